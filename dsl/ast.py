@@ -1,0 +1,218 @@
+"""The typed AST of a .tts file. Every node carries the span it came from.
+
+The parser (`ttsc.dsl.parser`) builds these; the compiler's front half
+(`ttsc.compiler.build`) turns them into IR. Nothing here knows about ops or
+types: names like `generate` are plain calls until the compiler resolves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from ttsc.dsl.errors import Span
+
+
+# ---------------------------------------------------------------- expressions
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class Number:
+    value: int | float
+    span: Span
+
+
+@dataclass(frozen=True)
+class String:
+    value: str  # escapes already decoded
+    span: Span
+
+
+@dataclass(frozen=True)
+class Bool:
+    value: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class Auto:
+    """`auto`: a value the budget allocator chooses."""
+
+    span: Span
+
+
+@dataclass(frozen=True)
+class ListExpr:
+    items: tuple["Expr", ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Keyword:
+    name: str
+    value: "Expr"
+    span: Span  # of the keyword name
+
+
+@dataclass(frozen=True)
+class Call:
+    """`func(args, key=value)`. Ops, strategies, `choice`, `range`, `regex`."""
+
+    func: str
+    args: tuple["Expr", ...]
+    kwargs: tuple[Keyword, ...]
+    span: Span  # whole call
+    func_span: Span  # the callee name only
+
+
+@dataclass(frozen=True)
+class BinOp:
+    op: str  # "+"
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Compare:
+    op: str  # "<", "<=", ">", ">=", "==", "!="
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class BoolOp:
+    op: str  # "and", "or"
+    left: "Expr"
+    right: "Expr"
+    span: Span
+
+
+@dataclass(frozen=True)
+class Not:
+    operand: "Expr"
+    span: Span
+
+
+Expr = Union[Name, Number, String, Bool, Auto, ListExpr, Call, BinOp, Compare, BoolOp, Not]
+
+
+# ----------------------------------------------------------------- statements
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    value: Expr
+    span: Span  # of the target name
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """`repeat COUNT [until COND] { BODY }`: at most COUNT rounds; COND is
+    checked before each round and stops the loop once true."""
+
+    count: Expr
+    until: Expr | None
+    body: tuple["Stmt", ...]
+    span: Span  # of the `repeat` keyword
+
+
+@dataclass(frozen=True)
+class Return:
+    value: Expr
+    span: Span
+
+
+Stmt = Union[Assign, Repeat, Return]
+
+
+# ---------------------------------------------------------------- definitions
+
+@dataclass(frozen=True)
+class ModelDef:
+    """`model NAME = "SPEC"` or `model NAME = OTHER` (an alias)."""
+
+    name: str
+    spec: str | None
+    alias: str | None
+    span: Span  # of the name
+    value_span: Span  # of the spec string or the aliased name
+
+
+@dataclass(frozen=True)
+class Hole:
+    name: str
+    span: Span  # points at the hole inside the string
+
+
+@dataclass(frozen=True)
+class PromptDef:
+    """`prompt NAME = """USER"""`, optionally `system """..." user """..."""`,
+    or `raw prompt NAME = """..."""` (no chat template)."""
+
+    name: str
+    user: str
+    system: str | None
+    raw: bool
+    holes: tuple[Hole, ...]  # in order of appearance, system part first
+    span: Span
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    span: Span
+
+
+@dataclass(frozen=True)
+class StrategyDef:
+    name: str
+    params: tuple[Param, ...]
+    body: tuple[Stmt, ...]
+    span: Span  # of the name
+    end_span: Span  # of the closing brace
+
+
+@dataclass(frozen=True)
+class BudgetItem:
+    """One budget line, normalized: tokens in tokens, memory in bytes,
+    latency in seconds."""
+
+    resource: str  # "tokens" | "memory" | "latency"
+    value: float
+    per_input: bool
+    span: Span
+
+
+@dataclass(frozen=True)
+class BudgetDef:
+    items: tuple[BudgetItem, ...]
+    span: Span
+
+
+Definition = Union[ModelDef, PromptDef, StrategyDef, BudgetDef]
+
+
+@dataclass(frozen=True)
+class Module:
+    file: str
+    source: str
+    definitions: tuple[Definition, ...]
+
+    def models(self) -> list[ModelDef]:
+        return [d for d in self.definitions if isinstance(d, ModelDef)]
+
+    def prompts(self) -> list[PromptDef]:
+        return [d for d in self.definitions if isinstance(d, PromptDef)]
+
+    def strategies(self) -> list[StrategyDef]:
+        return [d for d in self.definitions if isinstance(d, StrategyDef)]
+
+    def budgets(self) -> list[BudgetDef]:
+        return [d for d in self.definitions if isinstance(d, BudgetDef)]

@@ -153,8 +153,9 @@ class Hole:
 
 @dataclass(frozen=True)
 class PromptDef:
-    """`prompt NAME = """USER"""`, optionally `system """..." user """..."""`,
-    or `raw prompt NAME = """..."""` (no chat template)."""
+    """`prompt NAME = <user text>`; optionally `system <text> user <text>`;
+    `raw prompt NAME = <text>` skips the chat template. Texts are strings,
+    usually triple-quoted."""
 
     name: str
     user: str

@@ -1,0 +1,90 @@
+"""Human-readable views of a compilation: pass report, plan stages, traces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ttsc.compiler.plan import Plan, Region, Stage
+
+
+def _fmt(v: Any) -> str:
+    return "?" if v is None else str(v)
+
+
+def _stage_line(stage: Stage, region: Region, indent: str) -> list[str]:
+    deps = f" after {', '.join(stage.deps)}" if stage.deps else ""
+    if stage.kind == "llm":
+        f = stage.facts
+        ops = ", ".join(f"{region.nodes[n].op} {n}" for n in stage.nodes)
+        return [f"{indent}{stage.id} llm   model={stage.model}{deps}",
+                f"{indent}      ops: {ops}",
+                f"{indent}      requests/input={_fmt(f.get('requests_per_input'))} "
+                f"samples/input={_fmt(f.get('samples_per_input'))} "
+                f"prompts={', '.join(f.get('prompts', []))}"]
+    if stage.kind == "loop":
+        lines = [f"{indent}{stage.id} loop  up to {_fmt(stage.count)} rounds"
+                 f"{' (stops early)' if stage.cond else ''}, carries {', '.join(stage.carried)}{deps}"]
+        if stage.cond is not None:
+            lines.append(f"{indent}      until:")
+            for s in stage.cond.stages:
+                lines += _stage_line(s, stage.cond, indent + "        ")
+        lines.append(f"{indent}      body:")
+        for s in stage.body.stages:
+            lines += _stage_line(s, stage.body, indent + "        ")
+        return lines
+    ops = ", ".join(f"{region.nodes[n].op} {n}" for n in stage.nodes)
+    extra = f" kernel={stage.facts['kernel']}" if stage.kind == "kernel" else ""
+    return [f"{indent}{stage.id} {stage.kind:<5} {ops}{extra}{deps}"]
+
+
+def stages_text(plan: Plan) -> str:
+    lines: list[str] = []
+    for stage in plan.region.stages:
+        lines += _stage_line(stage, plan.region, "  ")
+    return "\n".join(lines)
+
+
+def plan_summary(plan: Plan) -> str:
+    models = ", ".join(f"{k}={v}" for k, v in plan.models.items())
+    head = (f"plan for strategy `{plan.strategy}`({', '.join(plan.params)}) from {plan.file}\n"
+            f"models: {models}\n"
+            f"{plan.facts.get('stages', 0)} stages, {plan.facts.get('llm_stages', 0)} LLM stages")
+    extra = []
+    for key, label in (("predicted_tokens_per_input", "predicted tokens/input"),
+                       ("prefill_tokens_saved", "prefill tokens saved by sharing"),
+                       ("kv_peak_bytes", "KV peak bytes"), ("predicted_latency_s", "predicted latency s")):
+        if key in plan.facts:
+            extra.append(f"{label}: {plan.facts[key]}")
+    return "\n".join([head, *extra, "stages:", stages_text(plan)])
+
+
+def explain(compiled: Any) -> str:
+    plan = compiled.plan
+    lines = ["passes:"]
+    for r in compiled.report:
+        status = "changed" if r.changed else "no change"
+        lines.append(f"  {r.name:<16} {status}")
+        for note in r.notes:
+            lines.append(f"      - {note}")
+    if plan.allocation:
+        lines.append("allocation:")
+        for k, v in plan.allocation.items():
+            lines.append(f"  {k}: {v}")
+    if plan.kernels:
+        lines.append("generated kernels:")
+        for k in plan.kernels:
+            lines.append(f"  {k.get('name', 'kernel')} for node {k.get('node')}: {k.get('source')}")
+    lines.append(plan_summary(plan))
+    return "\n".join(lines)
+
+
+def trace_table(trace: list[Any]) -> str:
+    lines = [f"{'stage':<14} {'kind':<5} {'round':>5} {'reqs':>5} {'prompt':>7} {'reused':>7} "
+             f"{'gen':>6} {'sec':>7}  ops"]
+    for t in trace:
+        u = t.usage
+        lines.append(f"{t.stage:<14} {t.kind:<5} {_fmt(t.round) if t.round is not None else '':>5} "
+                     f"{t.requests:>5} {u.get('prompt_tokens', 0):>7} "
+                     f"{u.get('prompt_tokens_reused', 0):>7} {u.get('generated_tokens', 0):>6} "
+                     f"{t.seconds:>7.2f}  {', '.join(t.ops)}")
+    return "\n".join(lines)

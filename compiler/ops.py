@@ -1,0 +1,128 @@
+"""The op vocabulary of ttsc: value types, and the signature of every op.
+
+One table says, for each op a strategy can call, which arguments it takes
+(positional order, kinds, types, defaults) and what it returns. The builder
+checks calls against it; the executor and the docs read it too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class T(str, Enum):
+    """Value types flowing along IR edges."""
+
+    TEXT = "text"
+    CANDIDATES = "candidates"  # a list of generated texts with provenance
+    ANSWERS = "answers"  # a list of extracted answers (None where none was found)
+    SCORES = "scores"  # a list of floats aligned with candidates
+    NUMBER = "number"
+    BOOL = "bool"
+    LOOP = "loop"  # the bundle a repeat region yields; read with loop_out
+
+
+class Kind(str, Enum):
+    """How an argument is given in source."""
+
+    VALUE = "value"  # an expression producing a typed value (an IR edge)
+    MODEL = "model"  # a model name, or choice(...) / auto over model names
+    PROMPT = "prompt"  # a prompt name
+    EXTRACTOR = "extractor"  # number | choice | code | regex("...")
+    CONST = "const"  # a compile-time constant (number, string, list, auto, range, choice)
+    AGG = "agg"  # min | last | prod
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: Kind
+    types: tuple[T, ...] = ()  # accepted value types (VALUE) or constant types
+    required: bool = True
+    default: Any = None
+    positional: bool = True  # may be given by position
+
+
+@dataclass(frozen=True)
+class OpSig:
+    name: str
+    args: tuple[Arg, ...]
+    result: T
+    is_llm: bool
+    doc: str
+
+    def arg(self, name: str) -> Arg | None:
+        return next((a for a in self.args if a.name == name), None)
+
+    @property
+    def positional(self) -> tuple[Arg, ...]:
+        return tuple(a for a in self.args if a.positional)
+
+
+CANDS = (T.CANDIDATES,)
+SAMPLING = (
+    Arg("temperature", Kind.CONST, (T.NUMBER,), False, 0.7, False),
+    Arg("max_tokens", Kind.CONST, (T.NUMBER,), False, 256, False),
+    Arg("top_p", Kind.CONST, (T.NUMBER,), False, 1.0, False),
+    Arg("top_k", Kind.CONST, (T.NUMBER,), False, 0, False),
+    Arg("stop", Kind.CONST, (T.TEXT,), False, None, False),
+    Arg("seed", Kind.CONST, (T.NUMBER,), False, None, False),
+)
+N = Arg("n", Kind.CONST, (T.NUMBER,), False, 1, False)
+MODEL = Arg("model", Kind.MODEL)
+OPT_PROMPT = Arg("prompt", Kind.PROMPT, required=False)
+
+SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
+    OpSig("generate", (MODEL, Arg("prompt", Kind.PROMPT), N, *SAMPLING), T.CANDIDATES, True,
+          "sample n completions of a prompt"),
+    OpSig("extend", (MODEL, Arg("candidates", Kind.VALUE, CANDS), N, *SAMPLING), T.CANDIDATES, True,
+          "continue each unfinished candidate with n continuations"),
+    OpSig("extract", (Arg("candidates", Kind.VALUE, CANDS), Arg("how", Kind.EXTRACTOR)), T.ANSWERS,
+          False, "pull an answer out of each candidate: number, choice, code or regex(\"...\")"),
+    OpSig("vote", (Arg("answers", Kind.VALUE, (T.ANSWERS,)),
+                   Arg("weights", Kind.VALUE, (T.SCORES,), False, None, False)), T.TEXT, False,
+          "the most frequent answer (weighted by `weights` if given); ties go to the first seen"),
+    OpSig("verify", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT), T.SCORES, True,
+          "P(Yes) of an LLM judge for each candidate, read from next-token log-probabilities"),
+    OpSig("score", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT,
+                    Arg("agg", Kind.AGG, (), False, "min", False)), T.SCORES, True,
+          "step-level scores (P(Yes) after each step), aggregated by min, last or prod"),
+    OpSig("best", (Arg("candidates", Kind.VALUE, (T.CANDIDATES, T.ANSWERS)),
+                   Arg("by", Kind.VALUE, (T.SCORES,), True, None, False)), T.TEXT, False,
+          "the candidate with the highest score"),
+    OpSig("top", (Arg("candidates", Kind.VALUE, CANDS), Arg("by", Kind.VALUE, (T.SCORES,), True, None, False),
+                  Arg("k", Kind.CONST, (T.NUMBER,), True, None, False)), T.CANDIDATES, False,
+          "the k highest-scoring candidates, best first"),
+    OpSig("rank", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT,
+                   Arg("k", Kind.CONST, (T.NUMBER,), False, None, False)), T.CANDIDATES, True,
+          "listwise LLM ranking; keeps the top k if given"),
+    OpSig("critique", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT,
+                       Arg("temperature", Kind.CONST, (T.NUMBER,), False, 0.0, False),
+                       Arg("max_tokens", Kind.CONST, (T.NUMBER,), False, 128, False)), T.CANDIDATES, True,
+          "one critique per candidate (strengths and weaknesses)"),
+    OpSig("fuse", (MODEL, Arg("candidates", Kind.VALUE, CANDS),
+                   Arg("critiques", Kind.VALUE, CANDS, False, None, False), OPT_PROMPT, N, *SAMPLING),
+          T.CANDIDATES, True, "synthesize n new answers from the candidates (and their critiques)"),
+    OpSig("refine", (MODEL, Arg("candidates", Kind.VALUE, CANDS),
+                     Arg("critiques", Kind.VALUE, CANDS, False, None, False), OPT_PROMPT, *SAMPLING),
+          T.CANDIDATES, True, "rewrite each candidate in the light of its critique"),
+    OpSig("unit_tests", (MODEL, OPT_PROMPT, N, *SAMPLING), T.CANDIDATES, True,
+          "write n sets of Python assert statements for the question"),
+    OpSig("run_tests", (Arg("candidates", Kind.VALUE, CANDS), Arg("tests", Kind.VALUE, CANDS)), T.SCORES,
+          False, "fraction of the tests each candidate's code passes, in a sandbox"),
+    OpSig("agreement", (Arg("answers", Kind.VALUE, (T.ANSWERS,)),), T.NUMBER, False,
+          "share of answers equal to the most frequent one"),
+    OpSig("all_done", (Arg("candidates", Kind.VALUE, CANDS),), T.BOOL, False,
+          "true when every candidate has finished (end of sequence)"),
+]}
+
+EXTRACTORS = ("number", "choice", "code", "regex")
+AGGS = ("min", "last", "prod")
+# Names usable as values or in special positions that are not ops.
+SPACE_FUNCS = ("choice", "range")
+
+
+def sampling_defaults(sig: OpSig) -> dict[str, Any]:
+    return {a.name: a.default for a in sig.args if a.kind is Kind.CONST and a.default is not None}

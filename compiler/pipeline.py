@@ -1,0 +1,106 @@
+"""The compile pipeline: source -> AST -> IR -> passes -> Plan.
+
+`PASSES` is the readable list of passes in the order they run; `--explain`
+prints what each of them changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ttsc.compiler.build import Built, build
+from ttsc.compiler.ir import Program
+from ttsc.compiler.passes.cse import cse
+from ttsc.compiler.passes.defaults import select_defaults
+from ttsc.compiler.passes.dce import dce
+from ttsc.compiler.passes.fold import fold_constants
+from ttsc.compiler.passes.inline import inline
+from ttsc.compiler.passes.manager import Pass, PassRecord, run_passes, summarize
+from ttsc.compiler.passes.merge_samples import merge_samples
+from ttsc.compiler.plan import Plan
+from ttsc.compiler.lower import lower
+from ttsc.dsl.errors import Diagnostic, TTSError, UserError, did_you_mean, error
+from ttsc.dsl.parser import parse
+
+# Cleanup passes run to a fixpoint: each can expose work for another.
+PASSES: list[Pass] = [inline]
+# Budget allocation fixes knobs first; defaults fix what no budget decides.
+DECIDE: list[Pass] = [select_defaults]
+CLEANUP: list[Pass] = [fold_constants, cse, merge_samples, dce]
+
+
+@dataclass
+class Compiled:
+    plan: Plan
+    program: Program
+    report: list[PassRecord]
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+
+def check_source(source: str, file: str = "<string>") -> list[Diagnostic]:
+    """Every diagnostic of a file (errors and warnings), without raising."""
+    try:
+        built = build(parse(source, file))
+    except TTSError as exc:
+        return exc.diagnostics
+    return built.diagnostics.items
+
+
+def pick_strategy(built: Built, name: str | None) -> str:
+    strategies = list(built.info.strategies)
+    if not strategies:
+        raise TTSError([error("this file defines no strategy", None,
+                              "add one: strategy NAME(question) { ... return EXPR }")])
+    if name is None:
+        return strategies[-1]
+    if name not in strategies:
+        raise UserError(f"no strategy `{name}` in {built.info.file}",
+                        did_you_mean(name, strategies) or f"strategies: {', '.join(strategies)}")
+    return name
+
+
+def program_for(built: Built, strategy: str) -> Program:
+    info = built.info
+    graph = built.graphs[strategy].copy()
+    prompts = {
+        name: {"user": p.user, "system": p.system, "raw": p.raw, "holes": [h.name for h in p.holes]}
+        for name, p in info.prompts.items()
+    }
+    params = [p.name for p in info.strategies[strategy].params]
+    return Program(info.file, info.source, strategy, params, graph, dict(info.models), prompts,
+                   info.budget)
+
+
+def compile_program(program: Program, extra_passes: list[Pass] | None = None) -> tuple[Plan, list[PassRecord]]:
+    report = run_passes(program, PASSES)
+    report += run_passes(program, DECIDE)
+    report += run_passes(program, CLEANUP, fixpoint=True)
+    for p in extra_passes or []:
+        report += run_passes(program, [p])
+    report = summarize(report)
+    plan = lower(program, [r.as_dict() for r in report])
+    return plan, report
+
+
+def compile_source(source: str, file: str = "<string>", strategy: str | None = None) -> Compiled:
+    """Compile one strategy of a .tts source. Raises TTSError on any error."""
+    built = build(parse(source, file))
+    built.diagnostics.raise_if_errors({file: source})
+    name = pick_strategy(built, strategy)
+    program = program_for(built, name)
+    plan, report = compile_program(program)
+    return Compiled(plan, program, report, built.diagnostics.warnings)
+
+
+def compile_file(path: str | Path, strategy: str | None = None) -> Compiled:
+    return compile_source(read_source(path), str(path), strategy)
+
+
+def read_source(path: str | Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from None

@@ -1,0 +1,213 @@
+"""A Llama-family forward pass over a transformers model's weights.
+
+Covers Llama 2/3.x (incl. Llama-3 RoPE scaling), SmolLM2, Mistral without a
+sliding window, and Qwen2.x (bias on q/k/v). Weights are read from the Hugging
+Face state dict once and fused: q|k|v into one matrix and gate|up into another,
+so a layer is four matrix products whatever the batch.
+
+The forward runs over a flat list of tokens from many sequences ([T] ids and
+positions); attention, the only part that mixes tokens, is delegated to a
+`PagedAttention` that reads and writes the paged KV pool.
+
+Shapes: T tokens, E hidden, H query heads, Hkv KV heads, D head dim, I MLP width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from ttsc.dsl.errors import UserError
+
+if TYPE_CHECKING:
+    from ttsc.runtime.engines.paged.attention import PagedAttention
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None  # rope_type and its parameters, None for plain RoPE
+    max_position: int
+
+    @staticmethod
+    def from_hf(config: Any) -> "ModelConfig":
+        model_type = getattr(config, "model_type", "")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise UserError(f"the paged torch engine does not support `{model_type}` models",
+                            hint=f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}; "
+                                 "use the `hf` engine for other architectures")
+        if getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None):
+            raise UserError("the paged torch engine does not support sliding-window attention")
+        if getattr(config, "hidden_act", "silu") != "silu":
+            raise UserError(f"unsupported activation `{config.hidden_act}` (expected silu)")
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        theta, scaling = _rope_settings(config)
+        return ModelConfig(
+            vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+            intermediate_size=config.intermediate_size, num_layers=config.num_hidden_layers,
+            num_heads=heads, num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=head_dim, rms_norm_eps=config.rms_norm_eps, rope_theta=theta,
+            rope_scaling=scaling,
+            max_position=int(getattr(config, "max_position_embeddings", None) or 2048))
+
+
+def _rope_settings(config: Any) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling) from a transformers 5 `rope_parameters` or a 4.x config."""
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        theta = float(params["rope_theta"])
+        scaling = dict(params)
+    else:
+        theta = float(getattr(config, "rope_theta", 10000.0))
+        scaling = dict(getattr(config, "rope_scaling", None) or {})
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    if rope_type not in ("linear", "llama3"):
+        raise UserError(f"the paged torch engine does not support `{rope_type}` RoPE scaling",
+                        hint="supported: default, linear, llama3")
+    scaling["rope_type"] = rope_type
+    return theta, scaling
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies [D/2] in fp32, with Llama-3 or linear scaling applied."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    if s["rope_type"] == "linear":
+        return inv_freq / float(s["factor"])
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, blend between.
+    factor = float(s["factor"])
+    low, high = float(s["low_freq_factor"]), float(s["high_freq_factor"])
+    old_len = float(s["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [E]
+    qkv: torch.Tensor  # [(H + 2 Hkv) D, E]
+    qkv_bias: torch.Tensor | None  # [(H + 2 Hkv) D] (Qwen2)
+    o: torch.Tensor  # [E, H D]
+    post_norm: torch.Tensor  # [E]
+    gate_up: torch.Tensor  # [2 I, E]
+    down: torch.Tensor  # [E, I]
+
+
+class LlamaModel:
+    """Weights plus pure functions of them; no state between calls."""
+
+    def __init__(self, cfg: ModelConfig, embed: torch.Tensor, layers: list[LayerWeights],
+                 norm: torch.Tensor, lm_head: torch.Tensor):
+        self.cfg = cfg
+        self.embed = embed  # [V, E]
+        self.layers = layers
+        self.norm = norm  # [E]
+        self.lm_head = lm_head  # [V, E], may be the same tensor as `embed`
+        self.dtype = embed.dtype
+        self.device = embed.device
+        positions = torch.arange(cfg.max_position, dtype=torch.float32)
+        freqs = torch.outer(positions, rope_inv_freq(cfg))  # [P, D/2]
+        emb = torch.cat([freqs, freqs], dim=-1)  # [P, D]
+        self.cos = emb.cos().to(self.device, self.dtype)
+        self.sin = emb.sin().to(self.device, self.dtype)
+
+    @staticmethod
+    def from_hf(hf_model: Any, device: torch.device, dtype: torch.dtype) -> "LlamaModel":
+        cfg = ModelConfig.from_hf(hf_model.config)
+        sd = hf_model.state_dict()
+
+        def get(name: str) -> torch.Tensor:
+            return sd[name].to(device=device, dtype=dtype)
+
+        def maybe(name: str) -> torch.Tensor | None:
+            return get(name) if name in sd else None
+
+        layers = []
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            biases = [maybe(p + f"self_attn.{n}_proj.bias") for n in "qkv"]
+            if any(b is not None for b in biases) and not all(b is not None for b in biases):
+                raise UserError("unsupported checkpoint: bias on some of q/k/v projections only")
+            if p + "self_attn.o_proj.bias" in sd or p + "mlp.down_proj.bias" in sd:
+                raise UserError("unsupported checkpoint: bias on output or MLP projections")
+            layers.append(LayerWeights(
+                input_norm=get(p + "input_layernorm.weight"),
+                qkv=torch.cat([get(p + f"self_attn.{n}_proj.weight") for n in "qkv"]).contiguous(),
+                qkv_bias=torch.cat(biases) if biases[0] is not None else None,
+                o=get(p + "self_attn.o_proj.weight"),
+                post_norm=get(p + "post_attention_layernorm.weight"),
+                gate_up=torch.cat([get(p + "mlp.gate_proj.weight"),
+                                   get(p + "mlp.up_proj.weight")]).contiguous(),
+                down=get(p + "mlp.down_proj.weight")))
+        embed = get("model.embed_tokens.weight")
+        head = hf_model.get_output_embeddings().weight
+        tied = head.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
+        lm_head = embed if tied else head.detach().to(device=device, dtype=dtype)
+        return LlamaModel(cfg, embed, layers, get("model.norm.weight"), lm_head)
+
+    # ------------------------------------------------------------- forward
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
+                attn: "PagedAttention") -> torch.Tensor:
+        """Hidden states [T, E] after the final norm; KV of every token is stored."""
+        cfg = self.cfg
+        t = input_ids.shape[0]
+        h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D]
+        sin = self.sin[positions].unsqueeze(1)
+        x = F.embedding(input_ids, self.embed)  # [T, E]
+        for i, w in enumerate(self.layers):
+            y = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
+            qkv = F.linear(y, w.qkv, w.qkv_bias)  # [T, (H + 2 Hkv) D]
+            q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
+            q = apply_rope(q.view(t, h, d), cos, sin)  # [T, H, D]
+            k = apply_rope(k.view(t, hkv, d), cos, sin)  # [T, Hkv, D]
+            attn.store(i, k, v.view(t, hkv, d))
+            o = attn.attend(i, q)  # [T, H, D]
+            x = x + F.linear(o.reshape(t, h * d), w.o)
+            y = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
+            gate, up = F.linear(y, w.gate_up).chunk(2, dim=-1)  # [T, I] each
+            x = x + F.linear(F.silu(gate) * up, w.down)
+        return rms_norm(x, self.norm, cfg.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[R, E] -> fp32 logits [R, V]."""
+        return F.linear(hidden, self.lm_head).float()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Same op order as transformers' LlamaRMSNorm: normalize in fp32, scale in x's dtype.
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D]; cos/sin [T, 1, D]; rotate-half convention of Llama."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin

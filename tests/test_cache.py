@@ -1,0 +1,198 @@
+import hashlib
+import math
+import random
+import sqlite3
+from typing import Sequence
+
+import pytest
+
+from ttsc.runtime.cache import CachedEngine, CallCache, call_key
+from ttsc.runtime.engines.base import (Completion, ContinuationRequest, Engine, NextTokenRequest,
+                                       Prompt, SampleRequest, SamplingParams, Usage)
+
+
+class SeededEngine(Engine):
+    """A tiny deterministic engine: sample i of seed s depends only on (prompt, s + i).
+
+    Records every batch it is asked for, so tests can see what missed the cache.
+    """
+
+    name = "seeded"
+
+    def __init__(self):
+        self.batches: list[list] = []
+        self.extend_batches: list[list] = []
+        self._usage = Usage()
+
+    def _draw(self, prompt: Prompt, seed: int | None) -> Completion:
+        state = repr((prompt, seed)).encode() if seed is not None else None
+        rng = random.Random(hashlib.sha256(state).digest() if state else None)
+        ids = [rng.randrange(100) for _ in range(3)]
+        return Completion(" ".join(map(str, ids)), ids, [-rng.random() for _ in ids], "length")
+
+    def sample(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
+        self.batches.append(list(requests))
+        out = []
+        for r in requests:
+            seeds = [None if r.params.seed is None else r.params.seed + i for i in range(r.params.n)]
+            out.append([self._draw(r.prompt, s) for s in seeds])
+            self._usage.calls += 1
+            self._usage.generated_tokens += 3 * r.params.n
+        return out
+
+    def extend(self, candidates, params):
+        self.extend_batches.append(list(candidates))
+        return super().extend(candidates, params)
+
+    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[list[float]]:
+        self.batches.append(list(requests))
+        return [[-float(len(c)) for c in r.choices[:-1]] + [-math.inf] for r in requests]
+
+    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
+        self.batches.append(list(requests))
+        return [-0.5 * len(r.continuation) for r in requests]
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        return [ord(c) for c in prompt.messages[-1][1]]
+
+    @property
+    def usage(self) -> Usage:
+        return self._usage
+
+
+def request(text: str, n: int = 2, seed: int | None = 7, **kw) -> SampleRequest:
+    return SampleRequest(Prompt.user(text), SamplingParams(n=n, seed=seed, **kw))
+
+
+@pytest.fixture
+def cache(tmp_path):
+    c = CallCache(tmp_path / "calls.sqlite")
+    yield c
+    c.close()
+
+
+def test_call_cache_get_put(cache, tmp_path):
+    assert cache.get("k") is None
+    cache.put("k", {"a": [1, 2.5, None], "b": "text"})
+    cache.put_many({f"x{i}": i for i in range(1200)})  # more than one IN (...) chunk
+    assert cache.get("k") == {"a": [1, 2.5, None], "b": "text"}
+    assert cache.get_many(["x3", "missing", "x1199"]) == {"x3": 3, "x1199": 1199}
+    assert len(cache) == 1201
+    mode = sqlite3.connect(tmp_path / "calls.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_key_depends_on_model_kind_and_every_field():
+    base = request("q")
+    keys = {
+        call_key("m", "sample", base),
+        call_key("m2", "sample", base),
+        call_key("m", "next", base),
+        call_key("m", "sample", request("q", seed=8)),
+        call_key("m", "sample", request("q", temperature=0.5)),
+        call_key("m", "sample", request("q", stop=("\n",))),
+        call_key("m", "sample", SampleRequest(Prompt.user("q", system="s"), base.params)),
+        call_key("m", "sample", SampleRequest(Prompt(raw="q"), base.params)),
+    }
+    assert len(keys) == 8
+    assert call_key("m", "sample", request("q")) == call_key("m", "sample", base)
+
+
+def test_second_run_is_served_from_cache(cache):
+    inner = SeededEngine()
+    engine = CachedEngine(inner, cache, model="toy")
+    batch = [request("a"), request("b", n=3)]
+    first = engine.sample(batch)
+    assert len(inner.batches) == 1 and engine.hits == 0 and engine.misses == 5
+    second = engine.sample(batch)
+    assert second == first
+    assert len(inner.batches) == 1 and engine.hits == 5
+    assert engine.usage == inner.usage and engine.usage.calls == 2
+
+
+def test_cache_persists_across_engines(tmp_path):
+    path = tmp_path / "c.sqlite"
+    first_cache = CallCache(path)
+    first = CachedEngine(SeededEngine(), first_cache, model="toy").sample([request("a")])
+    first_cache.close()
+    inner = SeededEngine()
+    again = CachedEngine(inner, CallCache(path), model="toy").sample([request("a")])
+    assert again == first and inner.batches == []
+
+
+def test_misses_go_to_the_inner_engine_in_one_batch(cache):
+    inner = SeededEngine()
+    engine = CachedEngine(inner, cache, model="toy")
+    engine.sample([request("a")])
+    out = engine.sample([request("a"), request("b"), request("c")])
+    assert len(inner.batches) == 2
+    assert [r.prompt.messages[-1][1] for r in inner.batches[1]] == ["b", "c"]
+    assert out == inner.sample([request("a"), request("b"), request("c")])
+
+
+def test_more_samples_reuse_the_ones_already_drawn(cache):
+    inner = SeededEngine()
+    engine = CachedEngine(inner, cache, model="toy")
+    few = engine.sample([request("a", n=2)])[0]
+    many = engine.sample([request("a", n=5)])[0]
+    assert many[:2] == few
+    # Only the new tail was asked for, with the seeds it would have had.
+    tail = inner.batches[1][0].params
+    assert (tail.n, tail.seed) == (3, 9)
+    assert many == inner.sample([request("a", n=5)])[0]
+    assert engine.hits == 2
+
+
+def test_unseeded_requests_are_not_cached(cache):
+    inner = SeededEngine()
+    engine = CachedEngine(inner, cache, model="toy")
+    engine.sample([request("a", seed=None)])
+    engine.sample([request("a", seed=None)])
+    assert len(inner.batches) == 2 and engine.hits == 0 and len(cache) == 0
+
+
+def test_model_spec_separates_entries(cache):
+    inner = SeededEngine()
+    CachedEngine(inner, cache, model="one").sample([request("a")])
+    CachedEngine(inner, cache, model="two").sample([request("a")])
+    assert len(inner.batches) == 2
+
+
+def test_scores_are_cached(cache):
+    inner = SeededEngine()
+    engine = CachedEngine(inner, cache, model="toy")
+    next_requests = [NextTokenRequest(Prompt.user("Is it right?"), ("Yes", "No"))]
+    cont_requests = [ContinuationRequest(Prompt.user("q"), "abc"),
+                     ContinuationRequest(Prompt.user("q"), "abcd")]
+    assert engine.score_next(next_requests) == [[-3.0, -math.inf]]
+    assert engine.score_continuations(cont_requests) == [-1.5, -2.0]
+    calls = len(inner.batches)
+    assert engine.score_next(next_requests) == [[-3.0, -math.inf]]
+    assert engine.score_continuations(cont_requests[::-1]) == [-2.0, -1.5]
+    assert len(inner.batches) == calls and engine.hits == 3
+
+
+def test_extend_uses_the_inner_extend_and_the_sample_cache(cache):
+    inner = SeededEngine()
+    engine = CachedEngine(inner, cache, model="toy")
+    params = SamplingParams(n=2, seed=1)
+    candidates = [(Prompt.user("q"), "step 1."), (Prompt.user("q"), "step A.")]
+    out = engine.extend(candidates, params)
+    assert len(inner.extend_batches) == 1
+    # An extension is the sample of the continued prompt: the same cache entries.
+    again = engine.sample([SampleRequest(Prompt.user("q").continued("step 1."), params)])
+    assert again == out[:1] and engine.hits == 2
+    assert engine.extend(candidates, params) == out and len(inner.extend_batches) == 1
+
+
+def test_tokenize_passes_through(cache):
+    engine = CachedEngine(SeededEngine(), cache, model="toy")
+    assert engine.tokenize(Prompt.user("ab")) == [97, 98]
+
+
+def test_repeated_score_requests_are_computed_once(cache):
+    inner = SeededEngine()
+    engine = CachedEngine(inner, cache, model="toy")
+    a, b = ContinuationRequest(Prompt.user("q"), "ab"), ContinuationRequest(Prompt.user("q"), "abc")
+    assert engine.score_continuations([a, b, a]) == [-1.0, -1.5, -1.0]
+    assert inner.batches == [[a, b]]

@@ -1,0 +1,275 @@
+"""The `ttsc` command line.
+
+    ttsc check FILE...                    report every error and warning
+    ttsc compile FILE [--explain]         show the plan (--emit json, --dot)
+    ttsc run FILE --input question="..."  answer one input
+    ttsc eval FILE --data FILE.jsonl      accuracy over a data set
+
+A user mistake prints `FILE:LINE:COL: error: ...` (or the data file's line)
+and exits with status 2; nothing a user can fix ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ttsc.dsl.errors import TTSError, UserError
+
+EXAMPLES = """\
+examples:
+  ttsc check examples/*.tts
+  ttsc compile examples/best_of_n.tts --explain
+  ttsc compile examples/beam_search.tts --emit json > plan.json
+  ttsc compile examples/beam_search.tts --dot | dot -Tpng > ir.png
+  ttsc run examples/self_consistency.tts --input question="What is 3 + 4?"
+  ttsc eval examples/self_consistency.tts --data examples/data/addition.jsonl --limit 30
+"""
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _key_values(items: Sequence[str], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {item!r}: expected NAME=VALUE",
+                            hint=f'for example {flag} question="What is 2 + 3?"')
+        out[key.strip()] = value
+    return out
+
+
+def _print_warnings(warnings: list, sources: dict[str, str]) -> None:
+    for w in warnings:
+        _stderr(w.render(sources.get(w.span.file) if w.span else None))
+
+
+# ------------------------------------------------------------------- commands
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ttsc.compiler.pipeline import check_source, read_source
+
+    errors = warnings = 0
+    for path in args.files:
+        try:
+            source = read_source(path)
+        except UserError as exc:
+            _stderr(exc.render())
+            errors += 1
+            continue
+        diags = check_source(source, str(path))
+        for d in diags:
+            _stderr(d.render(source))
+            _stderr("")
+        e = sum(d.severity == "error" for d in diags)
+        errors += e
+        warnings += len(diags) - e
+        if not e:
+            print(f"{path}: ok" + (f" ({len(diags) - e} warning(s))" if len(diags) > e else ""))
+    if len(args.files) > 1 or errors:
+        print(f"{len(args.files)} file(s) checked: {errors} error(s), {warnings} warning(s)")
+    return 2 if errors else 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from ttsc.compiler.dot import to_dot
+    from ttsc.compiler.explain import explain, plan_summary
+    from ttsc.compiler.pipeline import compile_file
+
+    compiled = compile_file(args.file, args.strategy)
+    _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
+    if args.dot is not None:
+        dot = to_dot(compiled.program.graph, f"{compiled.plan.strategy} ({args.file})")
+        if args.dot == "-":
+            sys.stdout.write(dot)
+        else:
+            Path(args.dot).write_text(dot)
+            _stderr(f"wrote {args.dot}")
+        if args.emit != "json" and not args.explain:
+            return 0
+    if args.emit == "json":
+        print(compiled.plan.to_json())
+        return 0
+    print(explain(compiled) if args.explain else plan_summary(compiled.plan))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ttsc.api import apply_model_overrides, make_engines
+    from ttsc.compiler.explain import trace_table
+    from ttsc.compiler.pipeline import compile_file
+    from ttsc.runtime.executor import Executor
+
+    compiled = compile_file(args.file, args.strategy)
+    _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
+    plan = compiled.plan
+    inputs = _key_values(args.input, "--input")
+    unknown = [k for k in inputs if k not in plan.params]
+    if unknown:
+        raise UserError(f"--input {unknown[0]}=...: strategy `{plan.strategy}` has no parameter "
+                        f"`{unknown[0]}`", hint=f"its parameters: {', '.join(plan.params)}")
+    missing = [p for p in plan.params if p not in inputs]
+    if missing:
+        raise UserError(f"missing input `{missing[0]}` for strategy `{plan.strategy}`",
+                        hint=f'pass it with --input {missing[0]}="..."')
+    apply_model_overrides(plan, _key_values(args.model, "--model"))
+    engines = make_engines(plan, args.engine, args.device)
+    result = Executor(plan, engines, seed=args.seed).run([inputs])
+    answer = result.outputs[0]
+    print(answer if isinstance(answer, str) else json.dumps(_jsonable(answer), indent=2))
+    _stderr(f"[{plan.strategy}] {result.summary()}")
+    if args.trace:
+        _stderr(trace_table(result.trace))
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "text"):
+        return value.text
+    return value
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TextColumn
+
+    from ttsc.api import apply_model_overrides, make_engines
+    from ttsc.compiler.explain import plan_summary
+    from ttsc.compiler.pipeline import compile_file
+    from ttsc.runtime.eval import evaluate, load_dataset
+
+    compiled = compile_file(args.file, args.strategy)
+    _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
+    plan = compiled.plan
+    apply_model_overrides(plan, _key_values(args.model, "--model"))
+    rows = load_dataset(args.data, plan.params, args.answer_field, args.limit)
+    if not args.quiet:
+        _stderr(plan_summary(plan))
+    engines = make_engines(plan, args.engine, args.device)
+    with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=False, disable=args.quiet, console=None) as progress:
+        task = progress.add_task("eval", total=len(rows))
+        summary = evaluate(plan, engines, rows, scorer=args.scorer, answer_field=args.answer_field,
+                           seed=args.seed, batch_size=args.batch_size, out=args.out,
+                           on_item=lambda done, total: progress.update(task, completed=done))
+    lines = [f"strategy       {plan.strategy} ({args.file})",
+             f"data           {args.data} ({summary.items} items"
+             + (f", {summary.items - summary.run_items} resumed from {args.out}" if
+                summary.run_items < summary.items else "") + ")"]
+    if summary.sample_accuracy is not None:
+        lines.append(f"single sample  {summary.sample_accuracy:7.1%}   (mean accuracy of one sample)")
+    lines.append(f"accuracy       {summary.accuracy:7.1%}   ({summary.correct}/{summary.items})")
+    lines.append(f"tokens/input   {summary.tokens_per_input:9.1f}")
+    lines.append(f"wall time      {summary.seconds:9.1f} s")
+    print("\n".join(lines))
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    return 0
+
+
+# --------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="ttsc", formatter_class=fmt,
+        description="ttsc compiles test-time-scaling strategies (.tts files) for LLMs into "
+                    "inspectable plans and runs them fast.",
+        epilog=EXAMPLES)
+    p.add_argument("--version", action="version", version="ttsc 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("check", formatter_class=fmt, help="check .tts files for errors",
+                       description="Parse and type-check .tts files. Reports every error and "
+                                   "warning it finds as FILE:LINE:COL, with the line and a caret. "
+                                   "Exit status 2 if any file has an error.")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c.set_defaults(func=cmd_check)
+
+    c = sub.add_parser("compile", formatter_class=fmt, help="compile a strategy and show its plan",
+                       description="Compile one strategy to a plan: stages of batched LLM calls, "
+                                   "host steps and loop regions, after the optimization passes.",
+                       epilog="examples:\n  ttsc compile examples/best_of_n.tts --explain\n"
+                              "  ttsc compile examples/beam_search.tts --emit json\n"
+                              "  ttsc compile examples/beam_search.tts --dot ir.dot")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--strategy", help="which strategy (default: the last one in the file)")
+    c.add_argument("--explain", action="store_true",
+                   help="print what each pass changed and the stages with their static facts")
+    c.add_argument("--emit", choices=["json"], help="print the plan as JSON")
+    c.add_argument("--dot", nargs="?", const="-", metavar="PATH",
+                   help="write Graphviz DOT of the IR (to PATH, or stdout)")
+    c.set_defaults(func=cmd_compile)
+
+    def runtime_args(c: argparse.ArgumentParser) -> None:
+        c.add_argument("--strategy", help="which strategy (default: the last one in the file)")
+        c.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                       help="use another model for a model name, e.g. policy=hf:ORG/NAME "
+                            "(repeatable)")
+        c.add_argument("--seed", type=int, default=0, help="run seed (default 0): same seed, "
+                       "same answers")
+        c.add_argument("--engine", default="auto", choices=["auto", "hf", "paged"],
+                       help="torch engine to run local models on (default: auto)")
+        c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+
+    c = sub.add_parser("run", formatter_class=fmt, help="run a strategy on one input",
+                       description="Run a strategy on one input and print its answer, then a "
+                                   "one-line cost summary (calls, tokens, seconds) on stderr.",
+                       epilog='example:\n  ttsc run examples/self_consistency.tts '
+                              '--input question="What is 3 + 4?" --trace')
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--input", action="append", default=[], metavar="NAME=VALUE",
+                   help="a strategy parameter (repeatable)")
+    c.add_argument("--trace", action="store_true", help="print the per-stage trace")
+    runtime_args(c)
+    c.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("eval", formatter_class=fmt, help="evaluate a strategy on a JSONL data set",
+                       description="Run a strategy over a JSONL data set (one object a line with "
+                                   "the strategy's parameters and an answer field) and print "
+                                   "accuracy, tokens per input and wall time. With --out, each "
+                                   "item is appended as it finishes; rerunning resumes.",
+                       epilog="example:\n  ttsc eval examples/self_consistency.tts "
+                              "--data examples/data/addition.jsonl --limit 30 --out results.jsonl")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--data", required=True, metavar="FILE.jsonl")
+    c.add_argument("--limit", type=int, help="only the first N items")
+    c.add_argument("--scorer", default="number", help="number (default), exact, choice or regex")
+    c.add_argument("--answer-field", default="answer", help="field holding the gold answer")
+    c.add_argument("--out", metavar="results.jsonl", help="append per-item results here (resumable)")
+    c.add_argument("--batch-size", type=int, default=8, help="inputs run together (default 8)")
+    c.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
+    c.add_argument("--quiet", action="store_true", help="no plan summary or progress bar")
+    runtime_args(c)
+    c.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except TTSError as exc:
+        _stderr(exc.render())
+        return 2
+    except UserError as exc:
+        _stderr(exc.render())
+        return 2
+    except KeyboardInterrupt:
+        _stderr("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

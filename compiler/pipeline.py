@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttsc.compiler.build import Built, build
+from ttsc.compiler.passes.allocate import allocate
 from ttsc.compiler.ir import Program
 from ttsc.compiler.passes.cse import cse
 from ttsc.compiler.passes.defaults import select_defaults
@@ -18,6 +19,7 @@ from ttsc.compiler.passes.fold import fold_constants
 from ttsc.compiler.passes.inline import inline
 from ttsc.compiler.passes.manager import Pass, PassRecord, run_passes, summarize
 from ttsc.compiler.passes.merge_samples import merge_samples
+from ttsc.compiler.passes.prefix_sharing import prefix_sharing
 from ttsc.compiler.plan import Plan
 from ttsc.compiler.lower import lower
 from ttsc.dsl.errors import Diagnostic, TTSError, UserError, did_you_mean, error
@@ -26,8 +28,9 @@ from ttsc.dsl.parser import parse
 # Cleanup passes run to a fixpoint: each can expose work for another.
 PASSES: list[Pass] = [inline]
 # Budget allocation fixes knobs first; defaults fix what no budget decides.
-DECIDE: list[Pass] = [select_defaults]
-CLEANUP: list[Pass] = [fold_constants, cse, merge_samples, dce]
+DECIDE: list[Pass] = [allocate, select_defaults]
+# prefix_sharing lays prompts out and predicts costs once the graph is final.
+CLEANUP: list[Pass] = [fold_constants, cse, merge_samples, dce, prefix_sharing]
 
 
 @dataclass

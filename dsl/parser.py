@@ -39,6 +39,7 @@ RESERVED_WORDS = frozenset({
     "auto", "true", "false", "and", "or", "not",
 })
 DEFINITION_WORDS = ("model", "prompt", "strategy", "budget", "raw")
+MAX_NESTING = 100  # statement and expression depth inside a strategy
 
 BUDGET_RESOURCES = ("tokens", "memory", "latency")
 MEMORY_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -87,10 +88,10 @@ def parse(source: str, file: str = "<string>") -> ast.Module:
     except UnexpectedInput as err:
         raise TTSError([_syntax_error(err, source, file)], {file: source}) from None
     builder = _AstBuilder(file)
-    try:
-        definitions = builder.transform(tree)
-    except RecursionError:  # only the compiler's later walks could recurse; keep it a user error
-        raise TTSError([error("the source is nested too deeply", None)], {file: source}) from None
+    definitions = builder.transform(tree)  # non-recursive, so deep nesting cannot overflow here
+    for definition in definitions:
+        if isinstance(definition, ast.StrategyDef):
+            builder.diagnostics += _check_nesting(definition.body)
     if builder.diagnostics:
         ordered = sorted(builder.diagnostics, key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
         raise TTSError(ordered, {file: source})
@@ -286,8 +287,8 @@ class _AstBuilder(Transformer_NonRecursive):
             twin = next((k for k in kept if (k.resource, k.per_input) == (item.resource, item.per_input)), None)
             if twin is not None:
                 scope = " per input" if item.per_input else ""
-                self._error(f"`{item.resource}{scope}` is limited twice in this budget (first on line {twin.span.line})",
-                            item.span)
+                self._error(f"`{item.resource}{scope}` is limited twice in this budget "
+                            f"(first on line {twin.span.line})", item.span)
             kept.append(item)
         return ast.BudgetDef(tuple(kept), self._tspan(keyword))
 
@@ -309,6 +310,9 @@ class _AstBuilder(Transformer_NonRecursive):
         return ast.BudgetItem(resource.value, value * scale, per is not None, self._span(meta))
 
     def _unit_scale(self, resource: str, number: Token, unit: Token | None) -> float:
+        if unit is not None and unit.value.lower() in ("per_input", "perinput"):
+            self._error(f"unexpected `{unit.value}`", self._tspan(unit), "write `per input` as two words")
+            return 1.0
         if resource == "tokens":
             if unit is not None:
                 self._error(f"`tokens` is a count and takes no unit, but found `{unit.value}`", self._tspan(unit),
@@ -326,9 +330,39 @@ class _AstBuilder(Transformer_NonRecursive):
         return float(units[unit.value])
 
 
+def _check_nesting(body: tuple[ast.Stmt, ...]) -> list[Diagnostic]:
+    """An error when statements and expressions nest deeper than MAX_NESTING:
+    later passes walk the AST recursively, and no real strategy comes close."""
+    stack: list[tuple[object, int]] = [(stmt, 1) for stmt in body]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return [error(f"this is nested too deeply (more than {MAX_NESTING} levels)", node.span,
+                          "split it into several assignments")]
+        stack += [(child, depth + 1) for child in _children(node)]
+    return []
+
+
+def _children(node: object) -> tuple:
+    if isinstance(node, (ast.Assign, ast.Return)):
+        return (node.value,)
+    if isinstance(node, ast.Repeat):
+        return (node.count, *((node.until,) if node.until is not None else ()), *node.body)
+    if isinstance(node, ast.ListExpr):
+        return node.items
+    if isinstance(node, ast.Call):
+        return (*node.args, *(k.value for k in node.kwargs))
+    if isinstance(node, (ast.BinOp, ast.Compare, ast.BoolOp)):
+        return (node.left, node.right)
+    if isinstance(node, ast.Not):
+        return (node.operand,)
+    return ()
+
+
 # ------------------------------------------------------------ string texts
 
-def _read_text(tok: Token, file: str, diagnostics: list[Diagnostic], *, template: bool) -> tuple[str, list[ast.Hole]]:
+def _read_text(tok: Token, file: str, diagnostics: list[Diagnostic], *,
+               template: bool) -> tuple[str, list[ast.Hole]]:
     """The value of a STRING / LONG_STRING token and, for prompt templates, its
     holes. Walks the raw source text so every span points into the file."""
     triple = tok.type == "LONG_STRING"
@@ -580,7 +614,8 @@ def _unexpected_token(err: UnexpectedToken, source: str, file: str, delimiters: 
                      "combine comparisons with `and`, e.g. `a < b and b < c`")
     if expected == {"COMP"}:  # only a budget line wants exactly a comparison
         return error(f"unexpected {found}; expected `<=`", span, "a budget line reads `tokens <= 4000 per input`")
-    if tok.type == "LBRACE" and expected == {"LPAR"} and before_prev is not None and before_prev.type == "STRATEGY":
+    if (tok.type == "LBRACE" and expected == {"LPAR"}
+            and before_prev is not None and before_prev.type == "STRATEGY"):
         return error(f"strategy `{prev.value}` needs a parameter list", span,
                      f"write `strategy {prev.value}(question) {{`, or `strategy {prev.value}() {{` for none")
 

@@ -19,7 +19,7 @@ A sequence with no key at all (Lp = 0 and an empty suffix) gets zeros.
 
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -109,13 +109,15 @@ def attention_reference_per_sequence(q: torch.Tensor, prefix_k: torch.Tensor, pr
     n, hq, d = q.shape
     hkv = prefix_k.shape[1]
     out = torch.zeros_like(q)
-    for i, length in enumerate(suffix_lens.tolist()):
+    for i, length in enumerate(suffix_lens.long().tolist()):
         k = torch.cat([prefix_k, suffix_k[i, :length]]).transpose(0, 1)  # [Hkv, L, D]
         v = torch.cat([prefix_v, suffix_v[i, :length]]).transpose(0, 1)
         if k.shape[1] == 0:
             continue  # no key to attend to: zeros, as the cascade defines it
-        o = F.scaled_dot_product_attention(q[i].float()[:, None, :], k.float().repeat_interleave(hq // hkv, 0),
-                                           v.float().repeat_interleave(hq // hkv, 0), scale=scale)
+        # [Hq, 1, D] queries against [Hq, L, D] keys (each KV head repeated for its group).
+        g = hq // hkv
+        o = F.scaled_dot_product_attention(q[i].float()[:, None, :], k.float().repeat_interleave(g, 0),
+                                           v.float().repeat_interleave(g, 0), scale=scale)
         out[i] = o[:, 0, :].to(q.dtype)
     return out
 
@@ -144,7 +146,10 @@ def _check_shapes(q, prefix_k, prefix_v, suffix_k, suffix_v, suffix_lens) -> Non
 # ---------------------------------------------------------------- Triton
 
 _LOG2E = 1.4426950408889634
-_MIN_KEYS_PER_SPLIT = 128
+# Each prefix split writes a [BLOCK_M, D] fp32 partial (32 KiB at 128 x 64) that
+# the merge reads back; at 512+ keys (128+ KiB of fp16 K and V) that traffic
+# stays a small fraction of the prefix read it pays for.
+_MIN_KEYS_PER_SPLIT = 512
 
 
 def cascade_attention_triton(q: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
@@ -196,7 +201,7 @@ def _prefix_splits(lp: int, programs_per_split: int, block_n: int, device: torch
     """Split the prefix so the grid fills the GPU (flash-decoding), keeping chunks large."""
     if lp == 0:
         return 0, 0
-    target = 4 * _num_sms(device)
+    target = 2 * _num_sms(device)
     splits = min(max(1, triton_cdiv(target, programs_per_split)), max(1, lp // _MIN_KEYS_PER_SPLIT))
     keys = triton_cdiv(triton_cdiv(lp, splits), block_n) * block_n
     return triton_cdiv(lp, keys), keys
@@ -204,8 +209,13 @@ def _prefix_splits(lp: int, programs_per_split: int, block_n: int, device: torch
 
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4  # interpreted on CPU: a few splits, so the split-merge path is exercised
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @triton_kernel

@@ -16,11 +16,10 @@ import functools
 import importlib.util
 import os
 import sys
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import torch
 
-Backend = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
 
 
@@ -30,8 +29,8 @@ def triton_importable() -> bool:
 
 
 def interpreter_forced() -> bool:
-    """True when the user asked Triton to interpret every kernel."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when TRITON_INTERPRET asks Triton to interpret every kernel."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
 
 
 def interpreter_ready() -> bool:
@@ -48,6 +47,7 @@ def interpreter_ready() -> bool:
     return _stdlib_interpreted()
 
 
+@functools.cache  # fixed once triton.language is imported
 def _stdlib_interpreted() -> bool:
     import triton.language as tl
     from triton.runtime.interpreter import InterpretedFunction

@@ -17,9 +17,9 @@ Semantics, shared exactly by the torch reference and the Triton kernel:
   before top-k/top-p renormalization (the model's probability of the token at
   that temperature; raw log-softmax for greedy rows), as engines report it.
 
-Thresholds are found without sorting: a bisection over the float's ordered
-bit pattern counts (top-k) or sums (top-p) the tokens at or above a pivot, one
-streaming pass over the row per step.
+Thresholds are found without sorting: a search over the float's ordered bit
+pattern counts (top-k) or sums (top-p) the tokens at or above 16 pivots per
+streaming pass over the row, so a 32-bit key takes 8 passes.
 """
 
 from __future__ import annotations
@@ -38,19 +38,25 @@ except ImportError:  # the torch reference works without Triton
 PerRow = torch.Tensor | Sequence[float] | float
 
 
-def sample(logits: torch.Tensor, temperature: PerRow, top_k: PerRow, top_p: PerRow, seeds: PerRow,
-           *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row: (token_ids [B] int64, logprobs [B] float32)."""
-    args = _prepare(logits, temperature, top_k, top_p, seeds)
+def sample(logits: torch.Tensor, temperature: PerRow, top_k: PerRow, top_p: PerRow, seeds: PerRow | None,
+           *, uniforms: torch.Tensor | None = None,
+           backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row: (token_ids [B] int64, logprobs [B] float32).
+
+    `uniforms` [B] in [0, 1), when given, replaces the draws derived from
+    `seeds` (for callers with their own counter-based random stream).
+    """
+    args = _prepare(logits, temperature, top_k, top_p, seeds, uniforms)
     if use_triton(backend, logits.device):
         return _sample_triton(*args)
     return _sample_torch(*args)
 
 
 def sample_reference(logits: torch.Tensor, temperature: PerRow, top_k: PerRow, top_p: PerRow,
-                     seeds: PerRow) -> tuple[torch.Tensor, torch.Tensor]:
+                     seeds: PerRow | None, *, uniforms: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch reference of `sample` (sorting-based thresholds, same draw)."""
-    return _sample_torch(*_prepare(logits, temperature, top_k, top_p, seeds))
+    return _sample_torch(*_prepare(logits, temperature, top_k, top_p, seeds, uniforms))
 
 
 def uniform_from_seeds(seeds: torch.Tensor) -> torch.Tensor:
@@ -75,14 +81,19 @@ def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
     return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & 0xFFFFFFFF
 
 
-def _prepare(logits, temperature, top_k, top_p, seeds):
+def _prepare(logits, temperature, top_k, top_p, seeds, uniforms):
     if logits.dim() != 2 or logits.shape[1] == 0:
         raise ValueError(f"logits must be [B, V] with V > 0, got {tuple(logits.shape)}")
     b, dev = logits.shape[0], logits.device
     temperature = _per_row(temperature, b, torch.float32, dev, "temperature")
     top_k = _per_row(top_k, b, torch.int32, dev, "top_k")
     top_p = _per_row(top_p, b, torch.float32, dev, "top_p")
-    uniforms = uniform_from_seeds(_per_row(seeds, b, torch.int64, dev, "seeds"))
+    if uniforms is None:
+        if seeds is None:
+            raise ValueError("sample needs seeds or uniforms")
+        uniforms = uniform_from_seeds(_per_row(seeds, b, torch.int64, dev, "seeds"))
+    else:
+        uniforms = _per_row(uniforms, b, torch.float32, dev, "uniforms")
     return logits, temperature, top_k, top_p, uniforms
 
 
@@ -109,9 +120,9 @@ def _sample_torch(logits, temperature, top_k, top_p, uniforms):
     is_sampling = temperature > 0
     divisor = torch.where(is_sampling, temperature, torch.ones_like(temperature))
     x = logits.float() / divisor[:, None]
-    m = x.max(dim=1).values
-    log_z = m + torch.log(torch.exp(x - _finite_or_zero(m)[:, None]).sum(dim=1))
-    probs = torch.exp(x - _finite_or_zero(m)[:, None])
+    m = _finite_or_zero(x.max(dim=1).values)
+    probs = torch.exp(x - m[:, None])  # unnormalized, at most 1
+    log_z = m + torch.log(probs.sum(dim=1))
     keys = _ordered_keys(x)
 
     sorted_keys, order = keys.sort(dim=1, descending=True)
@@ -134,10 +145,9 @@ def _sample_torch(logits, temperature, top_k, top_p, uniforms):
     idx = torch.arange(v, device=logits.device)
     hits = kept & (cdf > (uniforms * total)[:, None])
     drawn = torch.where(hits, idx, v).min(dim=1).values
-    last_kept = torch.where(kept, idx, -1).max(dim=1).values  # rounding left no hit
-    drawn = torch.where(drawn < v, drawn, last_kept)
-
     greedy = torch.argmax(x, dim=1)
+    last_kept = torch.where(kept_probs > 0, idx, -1).max(dim=1).values  # rounding left no hit
+    drawn = torch.where(drawn < v, drawn, torch.where(last_kept >= 0, last_kept, greedy))
     tokens = torch.where(is_sampling, drawn, greedy)
     logprobs = x.gather(1, tokens[:, None])[:, 0] - log_z
     return tokens.to(torch.int64), logprobs
@@ -149,6 +159,8 @@ def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- Triton
 
+_PIVOTS = 16  # keys tested per threshold-search pass: 32-bit keys take 8 passes, not 32
+
 
 def _sample_triton(logits, temperature, top_k, top_p, uniforms):
     b, v = logits.shape
@@ -158,20 +170,25 @@ def _sample_triton(logits, temperature, top_k, top_p, uniforms):
     logprobs = torch.empty(b, device=logits.device, dtype=torch.float32)
     block_v = min(4096, next_power_of_2(v))
     _sample_kernel[(b,)](logits, temperature, top_k, top_p, uniforms, tokens, logprobs,
-                         logits.stride(0), v, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4)
+                         logits.stride(0), v, BLOCK_V=block_v, SEARCH_BLOCK=min(512, block_v),
+                         PIVOTS=_PIVOTS, num_warps=8 if block_v >= 2048 else 4)
     return tokens, logprobs
 
 
 @triton_kernel
 def _sample_kernel(logits_ptr, temp_ptr, top_k_ptr, top_p_ptr, uniform_ptr, token_ptr, logprob_ptr,
-                   stride_b, V, BLOCK_V: tl.constexpr):
-    # One program per row; every pass streams the row in BLOCK_V tiles.
+                   stride_b, V, BLOCK_V: tl.constexpr, SEARCH_BLOCK: tl.constexpr,
+                   PIVOTS: tl.constexpr):
+    # One program per row; every pass streams the row in tiles (the threshold
+    # searches in smaller SEARCH_BLOCK tiles, as they hold SEARCH_BLOCK x PIVOTS).
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_b
     temperature = tl.load(temp_ptr + row)
     is_sampling = temperature > 0
     divisor = tl.where(is_sampling, temperature, 1.0)
     offs = tl.arange(0, BLOCK_V)
+    search_offs = tl.arange(0, SEARCH_BLOCK)
+    steps = (tl.arange(0, PIVOTS) + 1).to(tl.int64)
 
     # Pass 1: max (first argmax), min and the softmax normalizer.
     m = tl.full((), float("-inf"), tl.float32)
@@ -199,23 +216,26 @@ def _sample_kernel(logits_ptr, temp_ptr, top_k_ptr, top_p_ptr, uniform_ptr, toke
         min_bits = x_min.to(tl.int32, bitcast=True)
         threshold = tl.where(min_bits >= 0, min_bits, min_bits ^ 0x7FFFFFFF).to(tl.int64)
 
-        # top-k: the largest key with at least k tokens at or above it.
+        # top-k: the largest key with at least k tokens at or above it. Each
+        # pass tests PIVOTS keys spread over [lo, hi], shrinking it PIVOTS+1-fold.
         k = tl.load(top_k_ptr + row)
         if (k > 0) & (k < V):
             lo = threshold
             hi = max_key
             while lo < hi:
-                mid = lo + (hi - lo + 1) // 2
-                count = tl.zeros((), tl.int32)
-                for v0 in range(0, V, BLOCK_V):
-                    idx = v0 + offs
+                pivots = tl.minimum(lo + ((hi - lo + 1) * steps + PIVOTS) // (PIVOTS + 1), hi)
+                counts = tl.zeros([PIVOTS], tl.int32)
+                for v0 in range(0, V, SEARCH_BLOCK):
+                    idx = v0 + search_offs
                     ok = idx < V
                     bits = (tl.load(base + idx, mask=ok, other=0.0).to(tl.float32) / divisor).to(
                         tl.int32, bitcast=True)
                     keys = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-                    count += tl.sum((ok & (keys >= mid)).to(tl.int32), 0)
-                lo = tl.where(count >= k, mid, lo)
-                hi = tl.where(count >= k, hi, mid - 1)
+                    above = (keys[:, None] >= pivots[None, :]) & ok[:, None]
+                    counts += tl.sum(above.to(tl.int32), 0)
+                take = counts >= k
+                lo = tl.max(tl.where(take, pivots, lo), 0)
+                hi = tl.min(tl.where(take, hi, pivots - 1), 0)
             threshold = lo
 
         # Mass of what top-k kept.
@@ -235,26 +255,29 @@ def _sample_kernel(logits_ptr, temp_ptr, top_k_ptr, top_p_ptr, uniform_ptr, toke
             lo = threshold
             hi = max_key
             while lo < hi:
-                mid = lo + (hi - lo + 1) // 2
-                mid_mass = tl.zeros((), tl.float32)
-                for v0 in range(0, V, BLOCK_V):
-                    idx = v0 + offs
+                pivots = tl.minimum(lo + ((hi - lo + 1) * steps + PIVOTS) // (PIVOTS + 1), hi)
+                masses = tl.zeros([PIVOTS], tl.float32)
+                for v0 in range(0, V, SEARCH_BLOCK):
+                    idx = v0 + search_offs
                     ok = idx < V
                     x = tl.load(base + idx, mask=ok, other=float("-inf")).to(tl.float32) / divisor
                     bits = x.to(tl.int32, bitcast=True)
                     keys = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-                    mid_mass += tl.sum(tl.where(ok & (keys >= mid), tl.exp(x - m_safe), 0.0), 0)
-                take = mid_mass >= target
-                lo = tl.where(take, mid, lo)
-                hi = tl.where(take, hi, mid - 1)
-                mass = tl.where(take, mid_mass, mass)
+                    probs = tl.where(ok, tl.exp(x - m_safe), 0.0)
+                    masses += tl.sum(tl.where(keys[:, None] >= pivots[None, :], probs[:, None], 0.0), 0)
+                take = masses >= target
+                new_lo = tl.max(tl.where(take, pivots, lo), 0)
+                # Masses fall as pivots rise, so the smallest taken one is new_lo's.
+                mass = tl.where(new_lo > lo, tl.min(tl.where(take, masses, float("inf")), 0), mass)
+                lo = new_lo
+                hi = tl.min(tl.where(take, hi, pivots - 1), 0)
             threshold = lo
 
         # Inverse CDF over the kept tokens, in vocabulary order.
         goal = tl.load(uniform_ptr + row) * mass
         running = tl.zeros((), tl.float32)
         drawn = tl.full((), -1, tl.int32)
-        last_kept = tl.zeros((), tl.int32)
+        last_kept = tl.full((), -1, tl.int32)
         for v0 in range(0, V, BLOCK_V):
             idx = v0 + offs
             ok = idx < V
@@ -266,9 +289,11 @@ def _sample_kernel(logits_ptr, temp_ptr, top_k_ptr, top_p_ptr, uniform_ptr, toke
             cdf = running + tl.cumsum(probs, 0)
             first = tl.min(tl.where(kept & (cdf > goal), idx, V), 0)
             drawn = tl.where((drawn < 0) & (first < V), first, drawn)
-            last_kept = tl.maximum(last_kept, tl.max(tl.where(kept, idx, -1), 0))
+            last_kept = tl.maximum(last_kept, tl.max(tl.where(probs > 0, idx, -1), 0))
             running += tl.sum(probs, 0)
-        token = tl.where(drawn >= 0, drawn, last_kept)
+        # Rounding can leave the goal just above the last partial sum: take the
+        # last kept token then (and the argmax for a row without any mass).
+        token = tl.where(drawn >= 0, drawn, tl.where(last_kept >= 0, last_kept, best))
 
     x_token = tl.load(base + token).to(tl.float32) / divisor
     tl.store(token_ptr + row, token.to(tl.int64))

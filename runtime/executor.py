@@ -207,10 +207,8 @@ class Executor:
             for v in stage.carried:
                 for a, value in zip(active, out[v]):
                     carried[v][a] = value
-        env[loop_id] = [None] * len(rows)
-        for nid, node in region.nodes.items():
-            if node.op == "loop_out" and node.inputs["loop"] == loop_id:
-                env[nid] = carried[node.attrs["var"]]
+        # LOOP_OUT nodes read their variable from this bundle.
+        env[loop_id] = [{v: carried[v][r] for v in stage.carried} for r in range(len(rows))]
 
     def _subregion(self, sub: Region, carried: dict[str, list], captured: dict[str, list],
                    active: list[int], rows: list[int], path: str, round_: int) -> Any:

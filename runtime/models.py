@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +127,8 @@ def resolve_spec(spec: str) -> str:
             raise UserError(f"malformed model spec `{spec}`: expected `openai:URL#MODEL`",
                             hint="for example `openai:http://localhost:8000/v1#my-model`")
         return f"openai:{url}#{model}"
-    hint = did_you_mean(s.lower(), BUILTIN_SPECS)
-    if hint is None and _HF_NAME.fullmatch(s):
-        hint = f"did you mean `hf:{s}`?"
+    hint = (f"did you mean `hf:{s}`?" if _HF_NAME.fullmatch(s)
+            else did_you_mean(s.lower(), BUILTIN_SPECS))
     raise UserError(f"unknown model spec `{spec}`; valid forms: " + ", ".join(SPEC_FORMS),
                     hint=hint)
 
@@ -198,10 +198,7 @@ def _load(canonical: str) -> tuple[Any, Any]:
         tiny = tiny_random_model()
         return tiny.model, tiny.tokenizer
     if canonical == SMOLLM2:
-        model, tokenizer = _load_gguf(_smollm2_dir(), SMOLLM2_GGUF)
-        if not tokenizer.chat_template:
-            tokenizer.chat_template = SMOLLM2_CHAT_TEMPLATE
-        return model, tokenizer
+        return _load_gguf(_smollm2_dir(), SMOLLM2_GGUF, chat_template=SMOLLM2_CHAT_TEMPLATE)
     prefix, _, rest = canonical.partition(":")
     if prefix == "vllm":
         raise UserError(f"model `{canonical}` is served by the vLLM engine, not the torch engine",
@@ -233,16 +230,73 @@ def _smollm2_dir() -> str:
     return directory
 
 
-def _load_gguf(directory: str, filename: str) -> tuple[Any, Any]:
+def _load_gguf(directory: str, filename: str,
+               chat_template: str = CHATML_TEMPLATE) -> tuple[Any, Any]:
+    """(model, tokenizer) from a GGUF file, through the converted-model disk cache.
+
+    transformers dequantizes GGUF on every load (about half a minute for the
+    135M model); the converted weights and tokenizer load in a few seconds.
+    """
+    path = Path(directory) / filename
+    converted = _converted_dir(path)
+    if converted is not None and (converted / "config.json").is_file():
+        try:
+            return _load_hf(str(converted), local_files_only=True, missing_hint="")
+        except Exception:  # a damaged cache entry: convert again below
+            shutil.rmtree(converted, ignore_errors=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"cannot load GGUF file `{os.path.join(directory, filename)}`: {e}") from e
-    _ensure_chat_template(tokenizer)
+        raise UserError(f"cannot load GGUF file `{path}`: {e}") from e
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = chat_template
+    # The weights are dequantized floats now; dropping the GGUF marks lets the
+    # model change dtype and be saved like any other.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if converted is not None:
+        _save_converted(model, tokenizer, converted)
     return model, tokenizer
+
+
+def _converted_dir(gguf_path: Path) -> Path | None:
+    """Where the converted form of a GGUF file is cached; None when caching is off.
+
+    `TTSC_CACHE_DIR` moves the cache (`off` disables it); the key changes with
+    the file's size and mtime and with the transformers version.
+    """
+    import transformers
+
+    root = os.environ.get("TTSC_CACHE_DIR")
+    if root == "off":
+        return None
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                            "ttsc")
+    try:
+        stat = gguf_path.stat()
+    except OSError:
+        return None
+    key = f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-tf{transformers.__version__}"
+    return Path(root) / "gguf" / key
+
+
+def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
+    # Written to a temporary sibling and renamed, so readers never see half a
+    # directory; when another process won the race, or the disk refuses, the
+    # model still loads, just without the cache.
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_hf(name_or_path: str, local_files_only: bool, missing_hint: str) -> tuple[Any, Any]:

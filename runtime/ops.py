@@ -111,6 +111,8 @@ def host_op(op: str, attrs: dict[str, Any], args: dict[str, Value]) -> Value:
         if attrs["op"] == "not":
             return not args["operand"]
         return (args["left"] and args["right"]) if attrs["op"] == "and" else (args["left"] or args["right"])
+    if op == "loop_out":
+        return args["loop"][attrs["var"]]
     if op == "choice":
         return args[f"option{attrs.get('selected') or 0}"]
     raise ValueError(f"no host implementation for op {op}")

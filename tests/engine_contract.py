@@ -335,27 +335,28 @@ def check_greedy_matches_generate(make: EngineFactory, loaded: LoadedModel,
 
 
 def check_sampling_distribution(make: EngineFactory, loaded: LoadedModel) -> None:
-    """First-token frequencies over many seeds follow softmax(logits / T), cut by top_k."""
+    """First-token frequencies over many seeds follow softmax(logits / T), cut by top-k/p."""
     engine = make()
     prompt = PROMPTS[0]
     ids = torch.tensor([engine.tokenize(prompt)], device=loaded.device)
     with torch.inference_mode():
         logits = loaded.model(ids).logits[0, -1].float().cpu()
     n = 1500
-    for temperature, top_k in ((1.0, 0), (0.7, 3)):
+    for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 3, 1.0), (1.0, 0, 0.6)):
         [samples] = engine.sample([SampleRequest(prompt, SamplingParams(
-            n=n, temperature=temperature, top_k=top_k, max_tokens=1, seed=1000,
+            n=n, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=1, seed=1000,
             ignore_eos=True))])
         probs = torch.softmax(logits / temperature, dim=-1)
-        for s in samples[:20]:  # logprobs are after temperature, before the top-k cut
+        for s in samples[:20]:  # logprobs are after temperature, before any cut
             assert abs(s.logprobs[0] - math.log(float(probs[s.token_ids[0]]))) < LOGPROB_TOL
-        if top_k:
-            kept = probs.topk(top_k).indices
-            probs = torch.zeros_like(probs).index_fill(0, kept, 1.0) * probs
-            probs /= probs.sum()
+        ranked, order = probs.sort(descending=True)
+        kept = order[(ranked.cumsum(0) - ranked < top_p)
+                     & (torch.arange(probs.numel()) < (top_k or probs.numel()))]
+        probs = torch.zeros_like(probs).index_fill(0, kept, 1.0) * probs
+        probs /= probs.sum()
         counts = torch.bincount(torch.tensor([s.token_ids[0] for s in samples]),
                                 minlength=probs.numel()).double()
-        assert counts[probs == 0].sum() == 0, "sampled a token outside top-k"
+        assert counts[probs == 0].sum() == 0, "sampled a token outside top-k / top-p"
         for token in probs.topk(3).indices.tolist():
             p = float(probs[token])
             sigma = math.sqrt(n * p * (1 - p))

@@ -79,7 +79,7 @@ class _Row:
 
     @property
     def is_truncated(self) -> bool:
-        return self.params.top_p < 1.0
+        return self.params.top_k > 0 or self.params.top_p < 1.0
 
     def next_uniform(self) -> float:
         if self.generator is None:
@@ -419,8 +419,8 @@ def _sample_truncated(logp: torch.Tensor, uniforms: torch.Tensor,
     top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float64,
                          device=logp.device)
     before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
+    # top_k >= 1 and top_p > 0, so the most likely token always survives.
     cut = (rank[None, :] >= top_k[:, None]) | (before >= top_p[:, None])
-    cut[:, 0] = False  # the most likely token always survives
     probs = probs.masked_fill(cut, 0.0)
     return order.gather(-1, _sample_inverse_cdf(probs, uniforms)[:, None])[:, 0]
 

@@ -108,11 +108,11 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 @dataclass
 class LayerWeights:
-    input_norm: torch.Tensor  # [E]
+    input_norm: torch.Tensor  # [E] fp32
     qkv: torch.Tensor  # [(H + 2 Hkv) D, E]
     qkv_bias: torch.Tensor | None  # [(H + 2 Hkv) D] (Qwen2)
     o: torch.Tensor  # [E, H D]
-    post_norm: torch.Tensor  # [E]
+    post_norm: torch.Tensor  # [E] fp32
     gate_up: torch.Tensor  # [2 I, E]
     down: torch.Tensor  # [E, I]
 
@@ -121,19 +121,18 @@ class LlamaModel:
     """Weights plus pure functions of them; no state between calls."""
 
     def __init__(self, cfg: ModelConfig, embed: torch.Tensor, layers: list[LayerWeights],
-                 norm: torch.Tensor, lm_head: torch.Tensor):
+                 norm: torch.Tensor, lm_head: torch.Tensor, lm_head_bias: torch.Tensor | None = None):
         self.cfg = cfg
         self.embed = embed  # [V, E]
         self.layers = layers
         self.norm = norm  # [E]
         self.lm_head = lm_head  # [V, E], may be the same tensor as `embed`
+        self.lm_head_bias = lm_head_bias  # [V] or None
         self.dtype = embed.dtype
         self.device = embed.device
         positions = torch.arange(cfg.max_position, dtype=torch.float32)
         freqs = torch.outer(positions, rope_inv_freq(cfg))  # [P, D/2]
-        emb = torch.cat([freqs, freqs], dim=-1)  # [P, D]
-        self.cos = emb.cos().to(self.device, self.dtype)
-        self.sin = emb.sin().to(self.device, self.dtype)
+        self.rope = torch.polar(torch.ones_like(freqs), freqs).to(self.device)  # [P, D/2] complex64
 
     @staticmethod
     def from_hf(hf_model: Any, device: torch.device, dtype: torch.dtype) -> "LlamaModel":
@@ -146,68 +145,84 @@ class LlamaModel:
         def maybe(name: str) -> torch.Tensor | None:
             return get(name) if name in sd else None
 
+        # RoPE rotates pairs (i, i + D/2) of each head; reorder q/k rows so pairs
+        # are adjacent and RoPE becomes one complex product. q.k is unchanged.
+        d = cfg.head_dim
+        pairs = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], dim=-1).flatten()
+        q_rows = (torch.arange(cfg.num_heads)[:, None] * d + pairs).flatten()
+        k_rows = (torch.arange(cfg.num_kv_heads)[:, None] * d + pairs).flatten()
+        reorder = {"q": q_rows.to(device), "k": k_rows.to(device), "v": None}
+
+        def proj(p: str, n: str, kind: str) -> torch.Tensor | None:
+            name = p + f"self_attn.{n}_proj.{kind}"
+            t = maybe(name)
+            return t if t is None or reorder[n] is None else t[reorder[n]]
+
         layers = []
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}."
-            biases = [maybe(p + f"self_attn.{n}_proj.bias") for n in "qkv"]
+            biases = [proj(p, n, "bias") for n in "qkv"]
             if any(b is not None for b in biases) and not all(b is not None for b in biases):
                 raise UserError("unsupported checkpoint: bias on some of q/k/v projections only")
             if p + "self_attn.o_proj.bias" in sd or p + "mlp.down_proj.bias" in sd:
                 raise UserError("unsupported checkpoint: bias on output or MLP projections")
             layers.append(LayerWeights(
-                input_norm=get(p + "input_layernorm.weight"),
-                qkv=torch.cat([get(p + f"self_attn.{n}_proj.weight") for n in "qkv"]).contiguous(),
+                input_norm=get(p + "input_layernorm.weight").float(),
+                qkv=torch.cat([proj(p, n, "weight") for n in "qkv"]).contiguous(),
                 qkv_bias=torch.cat(biases) if biases[0] is not None else None,
                 o=get(p + "self_attn.o_proj.weight"),
-                post_norm=get(p + "post_attention_layernorm.weight"),
+                post_norm=get(p + "post_attention_layernorm.weight").float(),
                 gate_up=torch.cat([get(p + "mlp.gate_proj.weight"),
                                    get(p + "mlp.up_proj.weight")]).contiguous(),
                 down=get(p + "mlp.down_proj.weight")))
         embed = get("model.embed_tokens.weight")
-        head = hf_model.get_output_embeddings().weight
+        head_module = hf_model.get_output_embeddings()
+        head = head_module.weight
         tied = head.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
         lm_head = embed if tied else head.detach().to(device=device, dtype=dtype)
-        return LlamaModel(cfg, embed, layers, get("model.norm.weight"), lm_head)
+        bias = getattr(head_module, "bias", None)
+        lm_head_bias = bias.detach().to(device=device, dtype=dtype) if bias is not None else None
+        return LlamaModel(cfg, embed, layers, get("model.norm.weight").float(), lm_head, lm_head_bias)
 
     # ------------------------------------------------------------- forward
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 attn: "PagedAttention") -> torch.Tensor:
-        """Hidden states [T, E] after the final norm; KV of every token is stored."""
+        """Hidden states [T, E] after the final norm; KV of every token is stored.
+
+        The residual stream stays in fp32 (as do the norm weights); matrix
+        products run in the model dtype. In fp32 this is transformers' math.
+        """
         cfg = self.cfg
         t = input_ids.shape[0]
         h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D]
-        sin = self.sin[positions].unsqueeze(1)
-        x = F.embedding(input_ids, self.embed)  # [T, E]
+        eps, dtype = cfg.rms_norm_eps, self.dtype
+        rope = self.rope[positions].unsqueeze(1)  # [T, 1, D/2] complex
+        x = F.embedding(input_ids, self.embed).float()  # [T, E] residual
         for i, w in enumerate(self.layers):
-            y = rms_norm(x, w.input_norm, cfg.rms_norm_eps)
+            y = rms_norm(x, w.input_norm, eps, dtype)
             qkv = F.linear(y, w.qkv, w.qkv_bias)  # [T, (H + 2 Hkv) D]
-            q, k, v = qkv.split([h * d, hkv * d, hkv * d], dim=-1)
-            q = apply_rope(q.view(t, h, d), cos, sin)  # [T, H, D]
-            k = apply_rope(k.view(t, hkv, d), cos, sin)  # [T, Hkv, D]
-            attn.store(i, k, v.view(t, hkv, d))
+            qk = apply_rope(qkv[:, :(h + hkv) * d].view(t, h + hkv, d), rope)  # [T, H + Hkv, D]
+            q, k = qk[:, :h], qk[:, h:]
+            attn.store(i, k, qkv[:, (h + hkv) * d:].view(t, hkv, d))
             o = attn.attend(i, q)  # [T, H, D]
             x = x + F.linear(o.reshape(t, h * d), w.o)
-            y = rms_norm(x, w.post_norm, cfg.rms_norm_eps)
+            y = rms_norm(x, w.post_norm, eps, dtype)
             gate, up = F.linear(y, w.gate_up).chunk(2, dim=-1)  # [T, I] each
-            x = x + F.linear(F.silu(gate) * up, w.down)
-        return rms_norm(x, self.norm, cfg.rms_norm_eps)
+            x = x + F.linear(F.silu(gate).mul_(up), w.down)
+        return rms_norm(x, self.norm, eps, dtype)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[R, E] -> fp32 logits [R, V]."""
-        return F.linear(hidden, self.lm_head).float()
+        return F.linear(hidden, self.lm_head, self.lm_head_bias).float()
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Same op order as transformers' LlamaRMSNorm: normalize in fp32, scale in x's dtype.
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * xf.to(x.dtype)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """x [T, E] fp32 -> normalized and scaled, in `dtype` (transformers' op order)."""
+    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight).to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, heads, D]; cos/sin [T, 1, D]; rotate-half convention of Llama."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, D] with rotation pairs adjacent; rope [T, 1, D/2] complex."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [T, heads, D/2]
+    return torch.view_as_real(xc * rope).flatten(-2).to(x.dtype)

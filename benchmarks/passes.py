@@ -1,0 +1,315 @@
+"""Benchmarks of the compiler's optimizations, ours against the baseline in one run.
+
+    python -P benchmarks/passes.py            # both parts, the embedded model on CPU
+    python -P benchmarks/passes.py --part prefix
+    python -P benchmarks/passes.py --part allocation
+
+1. Prefix sharing. A best-of-16 strategy whose generator and verifier prompts
+   share a ~1,000-token few-shot system prompt, the verifier prompt written
+   candidate-first. Baseline: the plan compiled without the prefix-sharing
+   pass, run on the HF engine (no prefix cache: every sample row and every
+   verifier call prefills its whole prompt). Ours: the full pipeline (the
+   verifier prompt laid out question-first) on the paged engine with its radix
+   prefix cache, same model and dtype. Prefill tokens predicted by the pass and
+   computed by the engines (usage counters), wall times, ratios. The paged
+   engine running the baseline layout shows what the layout adds.
+2. Allocation. Self-consistency on a held-out set mixing easy and hard items
+   (examples/data/mixed.jsonl). Every item gets a pool of samples once; the
+   two arms draw from the same pools. Uniform: n samples for every item.
+   Allocated: 4 pilot samples per item, their agreement picks a difficulty bin
+   calibrated on a dev set (addition_dev + two_digit), and CP-SAT spreads the
+   remaining budget across items by the bins' predicted vote-accuracy curves
+   (the same token accounting for both: each item's prompt once, plus the
+   generated tokens of every sample used). Accuracy at equal tokens, and the
+   tokens the allocation needs to match uniform n=16.
+
+The last line is one JSON object of figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "examples" / "data"
+MODEL = "smollm2-135m"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ prefix sharing
+
+FEWSHOT_TARGET_TOKENS = 1000
+
+
+def fewshot(tokenizer: Any, target: int = FEWSHOT_TARGET_TOKENS) -> str:
+    """Worked examples until the text is `target` tokens long."""
+    rng = random.Random(1)
+    lines = ["You solve arithmetic problems. Here are solved examples.", ""]
+    while True:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        lines += [f"Problem: What is {a} + {b}?",
+                  f"Solution: {a} + {b} = {a + b}. The tens give {a // 10 * 10 + b // 10 * 10}, "
+                  f"the ones give {a % 10 + b % 10}. Answer: {a + b}", ""]
+        text = "\n".join(lines)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= target:
+            return text
+
+
+def prefix_source(shots: str) -> str:
+    return f'''model policy = "{MODEL}"
+
+prompt solve = system """
+{shots}
+""" user """
+Problem: {{question}}
+Solve it, then finish with "Answer: <number>".
+"""
+
+prompt check = system """
+{shots}
+""" user """
+Proposed solution: {{candidate}}
+Problem: {{question}}
+Is the proposed solution correct? Answer Yes or No.
+"""
+
+strategy best_of_16(question) {{
+    cands = generate(policy, solve, n=16, temperature=0.8, max_tokens=32)
+    return best(cands, by=verify(policy, cands, check))
+}}
+'''
+
+
+def compile_plans(source: str):
+    """(plan with every pass, plan without prefix sharing, and their programs)."""
+    from ttsc.compiler import pipeline
+    from ttsc.compiler.build import build
+    from ttsc.compiler.lower import lower
+    from ttsc.compiler.passes.manager import run_passes, summarize
+    from ttsc.compiler.passes.prefix_sharing import prefix_sharing
+    from ttsc.dsl.parser import parse
+
+    full = pipeline.compile_source(source, "bench.tts")
+    built = build(parse(source, "bench.tts"))
+    program = pipeline.program_for(built, pipeline.pick_strategy(built, None))
+    report = run_passes(program, pipeline.PASSES) + run_passes(program, pipeline.DECIDE)
+    report += run_passes(program, [p for p in pipeline.CLEANUP if p is not prefix_sharing],
+                         fixpoint=True)
+    plain = lower(program, [r.as_dict() for r in summarize(report)])
+    return full.plan, plain, full.program, program
+
+
+def timed_run(plan, engine, question: str, seed: int = 0) -> tuple[float, Any]:
+    from ttsc.runtime.executor import Executor
+
+    start = time.perf_counter()
+    result = Executor(plan, {"policy": engine}, seed=seed).run([{"question": question}])
+    return time.perf_counter() - start, result.total_usage
+
+
+def bench_prefix() -> dict[str, Any]:
+    import torch
+
+    from ttsc.compiler import cost
+    from ttsc.compiler.passes.prefix_sharing import analyze
+    from ttsc.runtime.engines.base import Prompt, SampleRequest, SamplingParams
+    from ttsc.runtime.engines.hf import HFEngine
+    from ttsc.runtime.engines.paged.engine import PagedEngine
+    from ttsc.runtime.models import load_model
+
+    loaded = load_model(MODEL)
+    cost.cache_model_facts(MODEL, loaded)  # token-exact compile-time analysis
+    shots = fewshot(loaded.tokenizer)
+    source = prefix_source(shots)
+    with_pass, without_pass, prog_with, prog_without = compile_plans(source)
+    predicted = with_pass.facts["prefill_tokens_per_input"]
+    layout_only = analyze(prog_without).totals()["with"]  # baseline layout, with a prefix cache
+    log(f"few-shot prompt: {len(loaded.tokenizer(shots, add_special_tokens=False)['input_ids'])} tokens; "
+        f"predicted prefill/input: {predicted['without_sharing']} without sharing, "
+        f"{layout_only} with a cache but the original layout, {predicted['with_sharing']} with the pass")
+    question = "What is 47 + 38?"
+    warm = [SampleRequest(Prompt.user("Hi"), SamplingParams(max_tokens=2))]
+
+    hf = HFEngine(loaded)
+    hf.sample(warm)
+    log("baseline: HF engine (no prefix cache), plan without the pass ...")
+    hf_s, hf_u = timed_run(without_pass, hf, question)
+    log(f"  {hf_s:.1f} s, prefill computed {hf_u.prompt_tokens_computed}")
+
+    def paged() -> PagedEngine:
+        e = PagedEngine(loaded, dtype=torch.float32)  # the HF engine's dtype: same arithmetic
+        e.sample(warm)
+        return e
+
+    log("paged engine (radix cache), plan without the pass ...")
+    e = paged()
+    plain_s, plain_u = timed_run(without_pass, e, question)
+    e.close()
+    log(f"  {plain_s:.1f} s, prefill computed {plain_u.prompt_tokens_computed}")
+    log("ours: paged engine (radix cache), plan with the pass ...")
+    e = paged()
+    ours_s, ours_u = timed_run(with_pass, e, question)
+    e.close()
+    log(f"  {ours_s:.1f} s, prefill computed {ours_u.prompt_tokens_computed}")
+    return {
+        "prefix_fewshot_tokens": len(loaded.tokenizer(shots, add_special_tokens=False)["input_ids"]),
+        "prefix_prefill_predicted_without": predicted["without_sharing"],
+        "prefix_prefill_predicted_with": predicted["with_sharing"],
+        "prefix_prefill_predicted_cache_only": layout_only,
+        "prefix_prefill_computed_baseline": hf_u.prompt_tokens_computed,
+        "prefix_prefill_computed_cache_only": plain_u.prompt_tokens_computed,
+        "prefix_prefill_computed_ours": ours_u.prompt_tokens_computed,
+        "prefix_prefill_ratio": round(hf_u.prompt_tokens_computed / max(ours_u.prompt_tokens_computed, 1), 2),
+        "prefix_wall_baseline_s": round(hf_s, 2),
+        "prefix_wall_cache_only_s": round(plain_s, 2),
+        "prefix_wall_ours_s": round(ours_s, 2),
+        "prefix_wall_ratio": round(hf_s / ours_s, 2),
+    }
+
+
+# ------------------------------------------------------------------ allocation
+
+POOL = 32  # samples per item, drawn once; both arms subsample it
+PILOT = 4
+TOTALS = (4, 8, 16, 32)  # samples an item may get in all (pilot included)
+DRAWS = 40  # random subsets averaged per accuracy figure
+SOLVE = {"user": "{question}\nAnswer with the number only.\n", "system": None, "raw": False}
+MAX_TOKENS = 16
+TEMPERATURE = 0.8
+
+
+def vote_right(answers: list, right: list[bool]) -> bool:
+    from ttsc.runtime.ops import vote
+
+    winner = vote(answers)
+    return any(r for a, r in zip(answers, right) if a == winner and a is not None)
+
+
+def subset_accuracy(answers: list, right: list[bool], n: int, rng: random.Random,
+                    keep: int = 0) -> float:
+    """Mean vote accuracy over random n-sample subsets; the first `keep` samples
+    (the pilot) are always in."""
+    if n >= len(answers) and keep == 0:
+        return float(vote_right(answers, right))
+    hits = 0
+    rest = list(range(keep, len(answers)))
+    for _ in range(DRAWS):
+        pick = list(range(keep)) + rng.sample(rest, n - keep)
+        rng.shuffle(pick)  # ties go to the first seen: order is random
+        hits += vote_right([answers[i] for i in pick], [right[i] for i in pick])
+    return hits / DRAWS
+
+
+def bench_allocation() -> dict[str, Any]:
+    from ttsc.compiler.allocator import allocate_across_inputs
+    from ttsc.runtime.calibrate import agreement, draw_samples, fit_model
+    from ttsc.runtime.data import load_jsonl
+    from ttsc.runtime.engines.paged.engine import PagedEngine
+    from ttsc.runtime.models import load_model
+    from ttsc.runtime.scorers import score_number
+
+    dev = list(load_jsonl(DATA / "addition_dev.jsonl")) + list(load_jsonl(DATA / "two_digit.jsonl"))[:20]
+    held = list(load_jsonl(DATA / "mixed.jsonl"))
+    engine = PagedEngine(load_model(MODEL))
+    gold = lambda r: r["answer"]  # noqa: E731
+    pools = {}
+    for name, rows in (("dev", dev), ("held-out", held)):
+        start = time.perf_counter()
+        pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=POOL,
+                                   max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
+                                   how={"how": "number"}, gold=gold, is_right=score_number,
+                                   seed=11 if name == "dev" else 23, model="policy", spec=MODEL)
+        acc = sum(sum(c) for c in pools[name].correct) / (len(rows) * POOL)
+        log(f"{name}: {len(rows)} items x {POOL} samples in {time.perf_counter() - start:.0f} s, "
+            f"per-sample accuracy {acc:.3f}")
+    engine.close()
+    calib = fit_model(pools["dev"], dev, gold, score_number, None, PILOT)
+    bins = ", ".join(f"[{b['lo']:.2f},{b['hi']:.2f}] mean {b['a'] / (b['a'] + b['b']):.2f} "
+                     f"({b['questions']:.0f})" for b in calib.agreement_bins)
+    log(f"dev calibration: Beta({calib.a:.2f}, {calib.b:.2f}), wrong agree {calib.wrong_concentration:.2f}; "
+        f"agreement bins: {bins}")
+
+    pool = pools["held-out"]
+    rng = random.Random(5)
+    gen = [sum(ls) / len(ls) for ls in pool.lengths]  # mean generated tokens per sample
+    prompt = pool.prompt_tokens
+    m = len(held)
+
+    def tokens_for(ns: list[int]) -> int:
+        return round(sum(prompt[i] + ns[i] * gen[i] for i in range(m)))
+
+    def accuracy_for(ns: list[int], keep: int) -> float:
+        return sum(subset_accuracy(pool.answers[i], pool.correct[i], ns[i], rng, keep)
+                   for i in range(m)) / m
+
+    uniform = {n: {"tokens": tokens_for([n] * m), "accuracy": round(accuracy_for([n] * m, 0), 4)}
+               for n in (1, 2, 4, 8, 16, 32)}
+    for n, u in uniform.items():
+        log(f"uniform n={n:<2}: accuracy {u['accuracy']:.3f} at {u['tokens']} tokens")
+
+    # Per item: the bin its pilot agreement falls in, and that bin's curve.
+    pilot_gen = [sum(ls[:PILOT]) / PILOT for ls in pool.lengths]  # what is known at test time
+    models = [calib.agreement_model(agreement(ans[:PILOT])) for ans in pool.answers]
+    utilities = [[mod.vote_accuracy(t) for t in TOTALS] for mod in models]
+    costs = [[round(prompt[i] + t * pilot_gen[i]) for t in TOTALS] for i in range(m)]
+
+    def allocated(budget: int) -> tuple[float, int]:
+        picks = allocate_across_inputs(utilities, costs, budget)
+        ns = [TOTALS[j] for j in picks]
+        return accuracy_for(ns, PILOT), tokens_for(ns)
+
+    at_equal = {}
+    for n in (4, 8, 16):
+        acc, used = allocated(uniform[n]["tokens"])
+        at_equal[n] = {"uniform_accuracy": uniform[n]["accuracy"], "allocated_accuracy": round(acc, 4),
+                       "tokens_budget": uniform[n]["tokens"], "allocated_tokens": used}
+        log(f"at uniform n={n} tokens ({uniform[n]['tokens']}): allocated accuracy {acc:.3f} "
+            f"vs uniform {uniform[n]['accuracy']:.3f}")
+    # Fewest tokens at which the allocation reaches uniform n=16's accuracy.
+    target = uniform[16]["accuracy"]
+    lo, hi = sum(c[0] for c in costs), uniform[32]["tokens"]
+    needed = None
+    for budget in range(lo, hi + 1, max(1, (hi - lo) // 60)):
+        acc, used = allocated(budget)
+        if acc >= target:
+            needed = used
+            break
+    ratio = round(uniform[16]["tokens"] / needed, 2) if needed else None
+    log(f"to match uniform n=16 ({target:.3f}): allocated needs {needed} tokens vs "
+        f"{uniform[16]['tokens']} ({ratio}x fewer)")
+    return {
+        "alloc_items": m,
+        "alloc_uniform": {str(n): u for n, u in uniform.items()},
+        "alloc_at_equal_tokens": {str(n): v for n, v in at_equal.items()},
+        "alloc_tokens_to_match_uniform16": needed,
+        "alloc_uniform16_tokens": uniform[16]["tokens"],
+        "alloc_token_ratio_to_match": ratio,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=["prefix", "allocation", "all"], default="all")
+    args = parser.parse_args()
+    figures: dict[str, Any] = {"model": MODEL}
+    start = time.perf_counter()
+    if args.part in ("prefix", "all"):
+        figures.update(bench_prefix())
+    if args.part in ("allocation", "all"):
+        figures.update(bench_allocation())
+    figures["seconds"] = round(time.perf_counter() - start, 1)
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

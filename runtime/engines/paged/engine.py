@@ -1,0 +1,448 @@
+"""PagedEngine: the high-throughput torch engine.
+
+Own decode loop over the model's weights, a paged KV pool with a hard memory
+cap, a radix tree that shares every computed prefix, copy-on-write forks for
+the N samples of a prompt, and continuous batching of mixed requests. The loop
+is nano-vllm's: schedule, run, commit, then sample and finish.
+
+Conventions are the HF engine's (runtime/engines/hf.py), so the two agree
+token for token: prompts render through the chat template (raw text verbatim)
+with the assistant prefix appended; completions exclude EOS; a stop string cuts
+the text, not the tokens; sample i of a request with seed s uses seed s + i.
+Usage: `prompt_tokens` counts the prompt once per sample; what the engine did
+not compute (radix hits, prompts shared by forked samples) is `prompt_tokens_reused`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import random
+import threading
+import time
+from typing import Sequence as Seq
+
+import torch
+import torch.nn.functional as F
+
+from ttsc.dsl.errors import UserError
+from ttsc.runtime.engines.base import (
+    Completion,
+    ContinuationRequest,
+    Engine,
+    NextTokenRequest,
+    Prompt,
+    SampleRequest,
+    SamplingParams,
+    Usage,
+)
+from ttsc.runtime.engines.paged.block_manager import BlockManager
+from ttsc.runtime.engines.paged.model import LlamaModel
+from ttsc.runtime.engines.paged.radix import RadixCache
+from ttsc.runtime.engines.paged.runner import ModelRunner, kv_block_bytes
+from ttsc.runtime.engines.paged.sampler import RowSettings, sample
+from ttsc.runtime.engines.paged.scheduler import Scheduler
+from ttsc.runtime.engines.paged.sequence import Sequence, SequenceKind
+from ttsc.runtime.models import LoadedModel
+
+_SEED_MASK = (1 << 63) - 1
+_DECODE_CONTEXT = 4  # tokens of prompt decoded before a completion (SentencePiece spaces)
+_CPU_KV_DEFAULT = 4 << 30
+
+
+class PagedEngine(Engine):
+    name = "paged"
+
+    def __init__(self, loaded: LoadedModel, *, kv_memory_bytes: int | None = None,
+                 block_size: int = 16, max_batch_tokens: int = 2048, max_num_seqs: int = 256,
+                 dtype: torch.dtype | str | None = None, seed: int = 0,
+                 use_kernels: bool | None = None):
+        if block_size < 1 or max_batch_tokens < 1 or max_num_seqs < 1:
+            raise UserError("block_size, max_batch_tokens and max_num_seqs must be at least 1")
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.dtype = resolve_dtype(dtype, self.device, loaded.model.config)
+        self.model = LlamaModel.from_hf(loaded.model, self.device, self.dtype)
+        self.max_length = min(loaded.max_length, self.model.cfg.max_position)
+        self.block_size = block_size
+        block_bytes = kv_block_bytes(self.model, block_size)
+        cap = kv_memory_bytes if kv_memory_bytes is not None else default_kv_bytes(self.device)
+        num_blocks = cap // block_bytes
+        if num_blocks < 2:
+            raise UserError(f"kv_memory_bytes={cap} holds fewer than 2 KV blocks of "
+                            f"{block_bytes} bytes", hint="raise kv_memory_bytes")
+        self.requested_kv_bytes = cap
+        self.blocks = BlockManager(num_blocks, block_size, block_bytes)
+        self.radix = RadixCache(self.blocks)
+        self.scheduler = Scheduler(self.blocks, self.radix, max_batch_tokens, max_num_seqs)
+        if use_kernels is None:
+            from ttsc.kernels.dispatch import triton_usable
+            use_kernels = self.device.type == "cuda" and triton_usable(self.device)
+        self.runner = ModelRunner(self.model, num_blocks, block_size, use_kernel=use_kernels)
+        self._eos_ids = loaded.eos_token_ids
+        self._seeds = random.Random(seed)
+        self._usage = Usage()
+        self._prompt_tokens_requested = 0
+        self._fork_shared_tokens = 0
+        self._busy_seconds = 0.0
+        self._decode_only_seconds = 0.0  # steps without prefill rows, schedule to sample
+        self._decode_only_tokens = 0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ prompts
+
+    def prompt_text(self, prompt: Prompt) -> str:
+        """The prompt as text: chat template applied, assistant prefix appended."""
+        if prompt.raw is not None:
+            if prompt.messages:
+                raise UserError("a prompt has both raw text and chat messages; give one")
+            return prompt.raw + prompt.assistant_prefix
+        messages = [{"role": role, "content": content} for role, content in prompt.messages]
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                      tokenize=False)
+        except Exception as e:  # jinja raises its own errors for role-order rules
+            raise UserError(f"the chat template of model `{self.loaded.spec}` rejected the "
+                            f"prompt: {e}") from e
+        return text + prompt.assistant_prefix
+
+    def _encode(self, prompt: Prompt, text: str) -> list[int]:
+        # Raw text gets the tokenizer's special tokens (BOS); a chat template holds its own.
+        ids = self.tokenizer(text, add_special_tokens=prompt.raw is not None)["input_ids"]
+        if not ids and self.tokenizer.bos_token_id is not None:
+            ids = [self.tokenizer.bos_token_id]
+        return list(ids)
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        return self._encode(prompt, self.prompt_text(prompt))
+
+    # ------------------------------------------------------------ contract
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(*self._usage.as_tuple())
+
+    def sample(self, requests: Seq[SampleRequest]) -> list[list[Completion]]:
+        with self._lock:
+            groups: list[list[Sequence]] = []
+            leaders: list[Sequence] = []
+            for req in requests:
+                seqs = self._sequences_for(req)
+                groups.append(seqs)
+                if seqs and seqs[0].params.max_tokens > 0:
+                    leaders.append(seqs[0])
+            self._run(leaders)
+            results = []
+            for req, seqs in zip(requests, groups):
+                results.append([self._completion(s) for s in seqs])
+                self._account(req, seqs)
+            return results
+
+    def score_next(self, requests: Seq[NextTokenRequest]) -> list[list[float]]:
+        with self._lock:
+            seqs = []
+            for req in requests:
+                if not req.choices or any(not c for c in req.choices):
+                    raise UserError("score_next needs at least one non-empty choice")
+                ids = self.tokenize(req.prompt)
+                targets = [self._first_token(req.prompt, c, ids) for c in req.choices]
+                seqs.append(self._score_sequence(ids, len(ids) - 1, [targets]))
+            self._run(seqs)
+            for s in seqs:
+                self._account_score(s)
+            return [s.scores[0] for s in seqs]
+
+    def score_continuations(self, requests: Seq[ContinuationRequest]) -> list[float]:
+        with self._lock:
+            seqs: list[Sequence | None] = []
+            for req in requests:
+                full, start = self._continuation_split(req.prompt, req.continuation)
+                if start >= len(full):
+                    seqs.append(None)
+                    continue
+                targets = [[t] for t in full[start:]]
+                seqs.append(self._score_sequence(full, start - 1, targets))
+            self._run([s for s in seqs if s is not None])
+            out = []
+            for s in seqs:
+                if s is None:
+                    out.append(0.0)
+                    self._usage += Usage(calls=1)
+                else:
+                    out.append(float(sum(row[0] for row in s.scores)))
+                    self._account_score(s)
+            return out
+
+    def close(self) -> None:
+        self.runner.kv_pool = torch.empty(0)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def stats(self) -> dict:
+        """Memory, prefix-cache and work counters since the engine was created."""
+        s = self.scheduler.stats
+        b = self.blocks
+        return {
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "block_size": self.block_size,
+            "kv_block_bytes": b.block_bytes,
+            "kv_num_blocks": b.num_blocks,
+            "kv_cap_bytes": b.cap_bytes,
+            "kv_requested_bytes": self.requested_kv_bytes,
+            "kv_peak_bytes": b.peak_resident * b.block_bytes,
+            "kv_peak_live_bytes": b.peak_live * b.block_bytes,
+            "kv_live_bytes": b.live_bytes,
+            "kv_resident_bytes": b.resident_bytes,
+            "radix_hits_tokens": s.radix_hits_tokens,
+            "radix_miss_tokens": s.radix_miss_tokens,
+            "radix_nodes": self.radix.num_nodes,
+            "radix_evictions": self.radix.num_evicted,
+            "prefill_tokens_requested": self._prompt_tokens_requested,
+            "prefill_tokens_computed": s.prefill_tokens_computed,
+            "fork_shared_tokens": self._fork_shared_tokens,
+            "decode_tokens": s.decode_tokens,
+            "cow_copies": s.cow_copies,
+            "dedup_blocks": s.dedup_blocks,
+            "preemptions": s.preemptions,
+            "steps": s.steps,
+            "busy_seconds": self._busy_seconds,
+            "decode_only_seconds": self._decode_only_seconds,
+            "decode_only_tokens": self._decode_only_tokens,
+        }
+
+    # ------------------------------------------------------------ requests
+
+    def _sequences_for(self, req: SampleRequest) -> list[Sequence]:
+        params = req.params
+        _check_params(params)
+        if params.n == 0:
+            return []
+        ids = self.tokenize(req.prompt)
+        if len(ids) >= self.max_length:
+            raise UserError(f"prompt is {len(ids)} tokens; model `{self.loaded.spec}` "
+                            f"accepts at most {self.max_length} in all")
+        max_new = min(params.max_tokens, self.max_length - len(ids))
+        self._check_fits(len(ids) + max_new)
+        base = params.seed if params.seed is not None else self._seeds.getrandbits(62)
+        if max_new != params.max_tokens:
+            params = dataclasses.replace(params, max_tokens=max_new)
+        seqs = [Sequence(ids, params, (base + i) & _SEED_MASK) for i in range(params.n)]
+        seqs[0].num_forks = params.n - 1
+        seqs[0].siblings = seqs[1:]
+        return seqs
+
+    def _score_sequence(self, ids: list[int], start: int, targets: list[list[int]]) -> Sequence:
+        if len(ids) > self.max_length:
+            raise UserError(f"scored text is {len(ids)} tokens; model `{self.loaded.spec}` "
+                            f"accepts at most {self.max_length}")
+        self._check_fits(len(ids))
+        return Sequence(ids, SamplingParams(max_tokens=0), 0, kind=SequenceKind.SCORE,
+                        score_targets=targets, score_start=start)
+
+    def _check_fits(self, num_tokens: int) -> None:
+        need = -(-num_tokens // self.block_size) + 1  # +1: a copy-on-write source held briefly
+        if need > self.blocks.num_blocks:
+            raise UserError(
+                f"a request needs up to {need * self.blocks.block_bytes} bytes of KV cache "
+                f"({num_tokens} tokens) but the cap holds {self.blocks.cap_bytes} bytes",
+                hint="raise kv_memory_bytes or lower max_tokens")
+
+    def _first_token(self, prompt: Prompt, choice: str, prompt_ids: list[int]) -> int:
+        """The first token of `choice` as this engine tokenizes it after the prompt."""
+        full_ids = self._encode(prompt, self.prompt_text(prompt) + choice)
+        if len(full_ids) > len(prompt_ids) and full_ids[:len(prompt_ids)] == prompt_ids:
+            return full_ids[len(prompt_ids)]
+        # The choice merged with the prompt's last token: score it as written.
+        return int(self.tokenizer(choice, add_special_tokens=False)["input_ids"][0])
+
+    def _continuation_split(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
+        """Token ids of prompt+continuation and where the continuation's tokens start."""
+        prompt_ids = self.tokenize(prompt)
+        full_ids = self._encode(prompt, self.prompt_text(prompt) + continuation)
+        start = 0
+        while (start < len(prompt_ids) and start < len(full_ids)
+               and prompt_ids[start] == full_ids[start]):
+            start += 1
+        return full_ids, max(start, 1)  # the first token has no context to score it in
+
+    # ---------------------------------------------------------------- loop
+
+    def _run(self, seqs: list[Sequence]) -> None:
+        for seq in seqs:
+            self.scheduler.add(seq)
+        t0 = time.perf_counter()
+        try:
+            while self.scheduler.has_work():
+                self._step()
+        finally:
+            self._busy_seconds += time.perf_counter() - t0
+
+    def _step(self) -> None:
+        t0 = time.perf_counter()
+        batch = self.scheduler.schedule()
+        logits, rows = self.runner.run(batch)
+        self.scheduler.commit(batch)
+        to_sample: list[tuple[Sequence, int]] = []
+        to_score: list[tuple[Sequence, int, list[int]]] = []
+        for i, row in enumerate(rows):
+            seq = row.seq
+            if seq.kind == SequenceKind.SCORE:
+                to_score.append((seq, i, seq.score_targets[row.position - seq.score_start]))
+                continue
+            to_sample.append((seq, i))
+            if seq.num_forks:
+                self.scheduler.fork(seq, seq.siblings)
+                self._fork_shared_tokens += seq.num_tokens * seq.num_forks
+                seq.num_forks = 0
+                to_sample.extend((child, i) for child in seq.siblings)
+        if to_score:
+            logp = torch.log_softmax(logits[[i for _, i, _ in to_score]], dim=-1)
+            for r, (seq, _, targets) in enumerate(to_score):
+                seq.scores.append(logp[r, targets].tolist())
+        if to_sample:
+            settings = [RowSettings(s.params.temperature, s.params.top_k, s.params.top_p,
+                                    s.seed, s.num_completion_tokens) for s, _ in to_sample]
+            picked = [i for _, i in to_sample]
+            rows_logits = logits if picked == list(range(len(rows))) else logits[picked]
+            tokens, logprobs = sample(rows_logits, settings)
+            for (seq, _), token, logprob in zip(to_sample, tokens, logprobs):
+                self._append(seq, token, logprob)
+        for seq in batch.sequences:
+            if seq.kind == SequenceKind.SCORE and seq.num_cached_tokens == seq.num_tokens:
+                self.scheduler.finish(seq)
+        if not batch.prefill:  # pure decode steps: the figure a roofline compares against
+            self._decode_only_seconds += time.perf_counter() - t0
+            self._decode_only_tokens += len(batch.decode)
+
+    def _append(self, seq: Sequence, token: int, logprob: float) -> None:
+        params = seq.params
+        if token in self._eos_ids and not params.ignore_eos:
+            seq.finish_reason = "eos"
+        else:
+            seq.token_ids.append(token)
+            seq.logprobs.append(logprob)
+            if params.stop and self._hit_stop(seq):
+                seq.finish_reason = "stop"
+            elif seq.num_completion_tokens >= params.max_tokens:
+                seq.finish_reason = "length"
+        if seq.finish_reason:
+            self.scheduler.finish(seq)
+
+    def _hit_stop(self, seq: Sequence) -> bool:
+        text = self._decode(seq)
+        longest = max(len(s) for s in seq.params.stop)
+        # Re-search a margin: the tail of decoded text can change as bytes complete.
+        start = max(0, seq.searched_chars - longest - 4)
+        hits = [p for p in (text.find(s, start) for s in seq.params.stop if s) if p >= 0]
+        seq.searched_chars = len(text)
+        if hits:
+            seq.stop_text = text[:min(hits)]
+            return True
+        return False
+
+    def _decode(self, seq: Sequence) -> str:
+        context = seq.token_ids[max(0, seq.num_prompt_tokens - _DECODE_CONTEXT):seq.num_prompt_tokens]
+        context_text = self._detok(context)
+        full = self._detok(context + seq.completion_token_ids)
+        if full.startswith(context_text):
+            return full[len(context_text):]
+        return self._detok(seq.completion_token_ids)
+
+    def _detok(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False,
+                                     clean_up_tokenization_spaces=False)
+
+    def _completion(self, seq: Sequence) -> Completion:
+        if seq.params.max_tokens == 0:
+            return Completion("", [], [], "length")
+        text = seq.stop_text if seq.finish_reason == "stop" else self._decode(seq)
+        return Completion(text, seq.completion_token_ids, list(seq.logprobs),
+                          seq.finish_reason or "length")
+
+    # ------------------------------------------------------------- usage
+
+    def _account(self, req: SampleRequest, seqs: list[Sequence]) -> None:
+        generated = sum(s.num_completion_tokens for s in seqs)
+        if not seqs or seqs[0].params.max_tokens == 0:
+            self._usage += Usage(calls=1)
+            return
+        requested = seqs[0].num_prompt_tokens * len(seqs)
+        computed = seqs[0].num_prompt_computed
+        self._prompt_tokens_requested += requested
+        self._usage += Usage(calls=1, prompt_tokens=requested, prompt_tokens_computed=computed,
+                             prompt_tokens_reused=requested - computed, generated_tokens=generated)
+
+    def _account_score(self, seq: Sequence) -> None:
+        requested = seq.num_prompt_tokens
+        self._prompt_tokens_requested += requested
+        self._usage += Usage(calls=1, prompt_tokens=requested,
+                             prompt_tokens_computed=seq.num_prompt_computed,
+                             prompt_tokens_reused=requested - seq.num_prompt_computed)
+
+
+# ------------------------------------------------------------------ choices
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device, config) -> torch.dtype:
+    """The compute dtype: as asked, else half precision on CUDA, bf16 on CPUs where it pays."""
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if isinstance(dtype, str):
+        if dtype not in names:
+            raise UserError(f"unknown dtype `{dtype}`", hint="use float32, bfloat16 or float16")
+        return names[dtype]
+    if dtype is not None:
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_bf16_is_faster(config.hidden_size, config.intermediate_size) \
+        else torch.float32
+
+
+@functools.cache
+def cpu_bf16_is_faster(hidden: int, intermediate: int, batch: int = 64) -> bool:
+    """Measure one MLP-shaped matmul in fp32 and bf16 on this CPU (AMX/AVX512-BF16 pay)."""
+    def rate(dtype: torch.dtype) -> float:
+        x = torch.randn(batch, hidden).to(dtype)
+        w = torch.randn(2 * intermediate, hidden).to(dtype)
+        with torch.inference_mode():
+            for _ in range(3):
+                F.linear(x, w)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    F.linear(x, w)
+                best = min(best, time.perf_counter() - t0)
+        return best
+
+    return rate(torch.bfloat16) * 1.25 < rate(torch.float32)
+
+
+def default_kv_bytes(device: torch.device) -> int:
+    """A quarter of RAM (at most 4 GiB) on CPU; 40% of free GPU memory on CUDA."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.4)
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return _CPU_KV_DEFAULT
+    return min(_CPU_KV_DEFAULT, ram // 4)
+
+
+def _check_params(params: SamplingParams) -> None:
+    problems = []
+    if params.n < 0:
+        problems.append(f"n must be >= 0 (got {params.n})")
+    if params.temperature < 0:
+        problems.append(f"temperature must be >= 0 (got {params.temperature})")
+    if not 0 < params.top_p <= 1:
+        problems.append(f"top_p must be in (0, 1] (got {params.top_p})")
+    if params.top_k < 0:
+        problems.append(f"top_k must be >= 0 (got {params.top_k})")
+    if params.max_tokens < 0:
+        problems.append(f"max_tokens must be >= 0 (got {params.max_tokens})")
+    if problems:
+        raise UserError("invalid sampling settings: " + "; ".join(problems))

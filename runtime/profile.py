@@ -1,0 +1,204 @@
+"""`ttsc profile MODEL`: measure how fast an engine runs a model, for the cost model.
+
+A handful of timed calls (prompt length x batch size x decode length) are
+turned into (FLOPs, bytes, forward passes, seconds) points with the cost
+model's own formulas, and an effective roofline (FLOP/s, bytes/s, seconds of
+overhead per pass) is fitted to them. The compiler predicts latency from it.
+Prefill tokens come from the engine's usage counters, so an engine that
+shares a prompt among its samples is costed as doing so.
+
+Profiles are JSON files under $TTSC_CACHE_DIR/profiles (default
+~/.cache/ttsc/profiles), one per model, engine and device. Profiling also
+caches the model's tokenizer and chat template for token-exact compile-time
+prompt analysis (`cost.cache_model_facts`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ttsc.compiler import cost
+from ttsc.dsl.errors import UserError
+from ttsc.runtime.engines.base import Engine, NextTokenRequest, Prompt, SampleRequest, SamplingParams
+
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_PROMPT_TOKENS = (32, 256)
+DEFAULT_DECODE_TOKENS = 16
+_WORDS = ("apple river stone cloud seven garden orange window music silver paper "
+          "forest number yellow bridge coffee planet summer letter engine").split()
+
+
+@dataclass
+class Timing:
+    kind: str  # prefill | generate
+    batch: int
+    prompt_tokens: int
+    decode_tokens: int
+    prefill_computed: int
+    seconds: float
+    flops: float
+    bytes: float
+    passes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _prompt_of(engine: Engine, tokens: int, rng: random.Random) -> Prompt:
+    """A raw prompt of about `tokens` tokens of distinct random words (distinct
+    prompts, so a prefix cache cannot skip the work being timed)."""
+    words = [rng.choice(_WORDS) for _ in range(tokens)]
+    lo, hi = 1, len(words)
+    while lo < hi:  # the longest word prefix that fits
+        mid = (lo + hi + 1) // 2
+        if len(engine.tokenize(Prompt(raw=" ".join(words[:mid])))) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return Prompt(raw=" ".join(words[:lo]))
+
+
+def measure(engine: Engine, shape: cost.ModelShape, dtype_bytes: int, *,
+            batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+            prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
+            decode_tokens: int = DEFAULT_DECODE_TOKENS, seed: int = 0,
+            on_timing: Any = None) -> list[Timing]:
+    """Time prefill-only calls (score_next) and generation calls on `engine`."""
+    rng = random.Random(seed)
+    engine.sample([SampleRequest(_prompt_of(engine, 16, rng), SamplingParams(max_tokens=2))])  # warm-up
+    timings: list[Timing] = []
+    for p in prompt_tokens:
+        for b in batch_sizes:
+            prompts = [_prompt_of(engine, p, rng) for _ in range(b)]
+            lengths = [len(engine.tokenize(pr)) for pr in prompts]
+            before = engine.usage
+            start = time.perf_counter()
+            engine.score_next([NextTokenRequest(pr, ("the",)) for pr in prompts])
+            seconds = time.perf_counter() - start
+            computed = (engine.usage - before).prompt_tokens_computed
+            flops = sum(cost.prefill_flops(shape, n) for n in lengths)
+            moved = cost.prefill_bytes(shape, 1, 0, dtype_bytes) + sum(
+                shape.kv_bytes_per_token(dtype_bytes) * 2 * n for n in lengths)
+            t = Timing("prefill", b, p, 0, computed, seconds, flops, moved, 1)
+            timings.append(t)
+            if on_timing:
+                on_timing(t)
+            # One prompt, b samples: what test-time scaling does.
+            params = SamplingParams(n=b, temperature=1.0, max_tokens=decode_tokens,
+                                    ignore_eos=True, seed=seed)
+            prompt = _prompt_of(engine, p, rng)
+            length = len(engine.tokenize(prompt))
+            before = engine.usage
+            start = time.perf_counter()
+            engine.sample([SampleRequest(prompt, params)])
+            seconds = time.perf_counter() - start
+            used = engine.usage - before
+            computed = used.prompt_tokens_computed
+            shared = computed < b * length  # the engine prefilled the prompt once
+            c = cost.generation_cost(shape, length, b, decode_tokens, share_prefix=shared,
+                                     dtype_bytes=dtype_bytes)
+            t = Timing("generate", b, p, decode_tokens, computed, seconds, c.flops, c.bytes,
+                       1 + decode_tokens)
+            timings.append(t)
+            if on_timing:
+                on_timing(t)
+    return timings
+
+
+def profile_model(spec: str, engine_kind: str = "auto", device: str | None = None, *,
+                  batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+                  prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
+                  decode_tokens: int = DEFAULT_DECODE_TOKENS, save: bool = True,
+                  on_timing: Any = None) -> cost.EngineProfile:
+    """Measure, fit and (by default) store the profile of `spec` on an engine."""
+    from ttsc.runtime.engines.registry import make_engine
+    from ttsc.runtime.models import load_model
+
+    engine = make_engine(spec, engine=engine_kind, device=device)
+    try:
+        loaded = getattr(engine, "loaded", None) or load_model(spec, device=device)
+        cost.cache_model_facts(spec, loaded)
+        shape = cost.ModelShape.from_config(loaded.model.config)
+        dtype_bytes = _dtype_bytes(engine, loaded)
+        timings = measure(engine, shape, dtype_bytes, batch_sizes=batch_sizes,
+                          prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
+                          on_timing=on_timing)
+    finally:
+        engine.close()
+    profile = cost.new_profile(spec, getattr(engine, "name", engine_kind), loaded.device.type,
+                               dtype_bytes, [t.as_dict() for t in timings])
+    if save:
+        cost.save_profile(profile)
+    return profile
+
+
+def _dtype_bytes(engine: Engine, loaded: Any) -> int:
+    dtype = getattr(engine, "dtype", None)
+    if dtype is None:
+        dtype = next(loaded.model.parameters()).dtype
+    return int(getattr(dtype, "itemsize", 4))
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    def show(t: Timing) -> None:
+        rate = (t.batch * t.prompt_tokens if t.kind == "prefill" else t.batch * t.decode_tokens)
+        print(f"  {t.kind:<8} batch={t.batch:<3} prompt={t.prompt_tokens:<5} "
+              f"decode={t.decode_tokens:<3} {t.seconds:7.3f} s  ({rate / t.seconds:8.1f} tok/s)")
+
+    print(f"profiling {args.model} on engine {args.engine} ...")
+    profile = profile_model(args.model, args.engine, args.device,
+                            batch_sizes=_ints(args.batch_sizes), prompt_tokens=_ints(args.prompt_tokens),
+                            decode_tokens=args.decode_tokens, save=not args.dry_run, on_timing=show)
+    print(f"effective roofline: {profile.peak_flops / 1e9:.1f} GFLOP/s, "
+          f"{profile.bandwidth / 1e9:.2f} GB/s, {profile.overhead_s * 1e3:.2f} ms per forward pass "
+          f"({profile.engine}, {profile.device}, {profile.dtype_bytes}-byte weights)")
+    if profile.path:
+        print(f"saved {profile.path}")
+    if args.json:
+        print(profile.to_json())
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add `ttsc profile` to the CLI's subparsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    c = subparsers.add_parser(
+        "profile", formatter_class=fmt, help="measure a model's speed for the cost model",
+        description="Time prefill and decode of MODEL on an engine at a few batch sizes and "
+                    "prompt lengths, fit an effective roofline (FLOP/s, bytes/s, overhead per "
+                    "forward pass) and store it as JSON under $TTSC_CACHE_DIR/profiles "
+                    "(default ~/.cache/ttsc/profiles). `ttsc compile` predicts latency from it; "
+                    "without one it uses documented defaults. Also caches the model's tokenizer "
+                    "so compile-time token counts are exact.",
+        epilog="examples:\n  ttsc profile smollm2-135m\n"
+               "  ttsc profile smollm2-135m --engine paged --batch-sizes 1,16,64\n"
+               "  ttsc profile hf:HuggingFaceTB/SmolLM2-360M-Instruct --device cuda")
+    c.add_argument("model", metavar="MODEL", help="a model spec, e.g. smollm2-135m")
+    c.add_argument("--engine", default="auto", help="engine to time (default: auto)")
+    c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    c.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+                   metavar="B,B,...", help="rows per call (default %(default)s)")
+    c.add_argument("--prompt-tokens", default=",".join(map(str, DEFAULT_PROMPT_TOKENS)),
+                   metavar="P,P,...", help="prompt lengths (default %(default)s)")
+    c.add_argument("--decode-tokens", type=int, default=DEFAULT_DECODE_TOKENS, metavar="N",
+                   help="tokens generated per row (default %(default)s)")
+    c.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
+    c.add_argument("--json", action="store_true", help="also print the profile as JSON")
+    c.set_defaults(func=cmd_profile)

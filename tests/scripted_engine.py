@@ -1,0 +1,74 @@
+"""A deterministic test double of the engine contract.
+
+It answers from the prompt text alone, so executor tests can assert exactly
+what a strategy returns: `answers` maps a substring of the prompt to the list
+of sample texts to cycle through; `yes` maps a substring of a verifier prompt
+to P(Yes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from ttsc.runtime.engines.base import (Completion, ContinuationRequest, Engine, NextTokenRequest,
+                                       Prompt, SampleRequest, Usage)
+
+
+def _text(prompt: Prompt) -> str:
+    body = prompt.raw if prompt.raw is not None else "\n".join(c for _, c in prompt.messages)
+    return body + prompt.assistant_prefix
+
+
+class ScriptedEngine(Engine):
+    name = "scripted"
+
+    def __init__(self, answers: dict[str, list[str]] | None = None,
+                 yes: dict[str, float] | None = None, finish: str = "eos"):
+        self.answers = answers or {}
+        self.yes = yes or {}
+        self.finish = finish
+        self._usage = Usage()
+        self.batches: list[int] = []  # size of every sample() call
+
+    def _pick(self, text: str, i: int) -> str:
+        for key, outs in self.answers.items():
+            if key in text:
+                return outs[i % len(outs)]
+        return "no idea"
+
+    def sample(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
+        self.batches.append(len(requests))
+        out = []
+        for r in requests:
+            text = _text(r.prompt)
+            comps = []
+            for i in range(r.params.n):
+                t = self._pick(text, i + (r.params.seed or 0) % 3)
+                comps.append(Completion(t, [1] * len(t.split()), [-0.1] * len(t.split()), self.finish))
+                self._usage.generated_tokens += len(t.split())
+            self._usage.calls += 1
+            self._usage.prompt_tokens += len(text.split())
+            self._usage.prompt_tokens_computed += len(text.split())
+            out.append(comps)
+        return out
+
+    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[list[float]]:
+        out = []
+        for r in requests:
+            text = _text(r.prompt)
+            p = next((v for k, v in self.yes.items() if k in text), 0.5)
+            out.append([math.log(p), math.log(1 - p)])
+            self._usage.calls += 1
+            self._usage.prompt_tokens += len(text.split())
+        return out
+
+    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
+        return [-float(len(r.continuation)) for r in requests]
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        return list(range(len(_text(prompt).split())))
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(*self._usage.as_tuple())

@@ -1,0 +1,125 @@
+"""The `ttsc` command line: exit codes, error formats, outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ttsc.cli import main
+from ttsc.compiler.plan import Plan
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = '''model policy = "tiny-random"
+prompt solve = """{question}"""
+strategy sc(question) {
+    return vote(extract(generate(policy, solve, n=3, max_tokens=4), number))
+}
+'''
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    path = tmp_path / "tiny.tts"
+    path.write_text(TINY)
+    return path
+
+
+def test_check_reports_all_files_and_exit_status(tmp_path, capsys):
+    bad = tmp_path / "bad.tts"
+    bad.write_text('model m = "smollm2-135m"\nprompt p = "{question}"\nstrategy s(question) {\n'
+                   '    return vote(extract(generat(m, p), number))\n}\n')
+    code = main(["check", str(ROOT / "examples/self_consistency.tts"), str(bad)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert "self_consistency.tts: ok" in out
+    assert f"{bad}:4:25: error: unknown operation `generat`" in err
+    assert "2 file(s) checked: 1 error(s)" in out
+
+
+def test_check_all_examples_pass(capsys):
+    files = sorted(str(p) for p in (ROOT / "examples").glob("*.tts"))
+    assert main(["check", *files]) == 0
+
+
+def test_compile_emit_json_round_trips(capsys):
+    assert main(["compile", str(ROOT / "examples/best_of_n.tts"), "--emit", "json"]) == 0
+    out = capsys.readouterr().out
+    plan = Plan.from_json(out)
+    assert plan.strategy == "best_of_n" and plan.params == ["question"]
+
+
+def test_compile_explain_lists_passes_and_stages(capsys):
+    assert main(["compile", str(ROOT / "examples/composed.tts"), "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "inline" in out and "inlined strategy `refined`" in out
+    assert "merge_samples" in out and "into one with n=16" in out
+    assert "s0 llm   model=policy" in out
+
+
+def test_compile_dot(tmp_path, capsys):
+    dot = tmp_path / "ir.dot"
+    assert main(["compile", str(ROOT / "examples/beam_search.tts"), "--dot", str(dot)]) == 0
+    text = dot.read_text()
+    assert text.startswith("digraph ttsc {") and "cluster_" in text and "extend" in text
+
+
+def test_unknown_strategy_is_exit_2(capsys):
+    assert main(["compile", str(ROOT / "examples/best_of_n.tts"), "--strategy", "best_of"]) == 2
+    err = capsys.readouterr().err
+    assert "error: no strategy `best_of`" in err and "did you mean `best_of_n`?" in err
+
+
+def test_missing_file_is_exit_2(capsys):
+    assert main(["compile", "nope.tts"]) == 2
+    assert "nope.tts: no such file" in capsys.readouterr().err
+
+
+def test_run_prints_answer_and_cost(tiny_file, capsys):
+    assert main(["run", str(tiny_file), "--input", "question=What is 1+1?", "--trace"]) == 0
+    out, err = capsys.readouterr()
+    assert out.endswith("\n")
+    assert "[sc] " in err and "calls" in err and "generated tokens" in err
+    assert "generate" in err  # the trace table
+
+
+def test_run_missing_input_and_bad_model(tiny_file, capsys):
+    assert main(["run", str(tiny_file)]) == 2
+    assert "missing input `question`" in capsys.readouterr().err
+    assert main(["run", str(tiny_file), "--input", "question=x", "--model", "policy=nonsense"]) == 2
+    assert "--model policy=nonsense" in capsys.readouterr().err
+    assert main(["run", str(tiny_file), "--input", "question=x", "--model", "judge=tiny-random"]) == 2
+    assert "defines no model `judge`" in capsys.readouterr().err
+
+
+def test_eval_writes_results_and_resumes(tiny_file, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "question": f"What is {i} + 1?", "answer": str(i + 1)})
+                            + "\n" for i in range(5)))
+    out = tmp_path / "r.jsonl"
+    assert main(["eval", str(tiny_file), "--data", str(data), "--out", str(out), "--quiet",
+                 "--limit", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy" in text and "single sample" in text
+    assert len(out.read_text().splitlines()) == 3
+    assert main(["eval", str(tiny_file), "--data", str(data), "--out", str(out), "--quiet"]) == 0
+    assert "3 resumed" in capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["0", "1", "2", "3", "4"]
+
+
+def test_eval_malformed_line_names_line(tiny_file, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "a", "answer": "1"}\n{"question": oops}\n')
+    assert main(["eval", str(tiny_file), "--data", str(data)]) == 2
+    assert f"{data}:2" in capsys.readouterr().err
+
+
+def test_help_teaches():
+    out = subprocess.run([sys.executable, "-P", "-m", "ttsc.cli", "--help"], capture_output=True,
+                         text=True, cwd=ROOT).stdout
+    for word in ("check", "compile", "run", "eval", "examples:"):
+        assert word in out

@@ -1,0 +1,139 @@
+"""The executor runs plans: every op, loops, batching and seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from ttsc.compiler.pipeline import compile_source
+from ttsc.dsl.errors import UserError
+from ttsc.runtime.engines.hf import HFEngine
+from ttsc.runtime.executor import Executor
+from ttsc.runtime.ops import agreement, best, top, vote
+from ttsc.runtime.values import Candidate, fill
+
+from scripted_engine import ScriptedEngine
+
+HEAD = '''model policy = "tiny-random"
+model judge = policy
+prompt solve = """{question}"""
+prompt check = """Q: {question} A: {candidate} Correct?"""
+'''
+
+
+def plan_of(body: str, strategy: str | None = None):
+    return compile_source(HEAD + body, "t.tts", strategy).plan
+
+
+def run(body: str, inputs: list[dict], engine, seed: int = 0):
+    plan = plan_of(body)
+    return Executor(plan, {"policy": engine, "judge": engine}, seed=seed).run(inputs)
+
+
+# ---------------------------------------------------------------- host ops
+
+def test_vote_majority_ties_and_weights():
+    assert vote(["3", "4", "4", None]) == "4"
+    assert vote(["5", "6"]) == "5"  # tie: first seen wins
+    assert vote(["5", "6", "6"], weights=[3.0, 1.0, 1.0]) == "5"
+    assert vote([None, None]) == ""
+
+
+def test_agreement_best_top():
+    assert agreement(["1", "1", "2", None]) == 0.5
+    assert agreement([]) == 0.0
+    cands = [Candidate(t, None) for t in ("a", "b", "c")]
+    assert best(cands, [0.1, 0.9, 0.9]) == "b"
+    assert [c.text for c in top(cands, [0.2, 0.9, 0.5], 2)] == ["b", "c"]
+
+
+def test_fill_is_single_pass_and_keeps_escaped_braces():
+    assert fill("{a} {{x}} {b}", {"a": "{b}", "b": "B"}) == "{b} {x} B"
+
+
+# ------------------------------------------------------------ whole plans
+
+def test_self_consistency_votes_over_samples():
+    engine = ScriptedEngine({"2 + 2": ["Answer: 4", "Answer: 4", "Answer: 5"]})
+    result = run("strategy s(question) {\n return vote(extract(generate(policy, solve, n=6), number))\n}\n",
+                 [{"question": "What is 2 + 2?"}], engine)
+    assert result.outputs == ["4"]
+    assert [sorted(a) for a in result.sample_answers] == [["4", "4", "4", "4", "5", "5"]]
+
+
+def test_best_of_n_picks_highest_verifier_score():
+    engine = ScriptedEngine({"capital": ["Paris", "Lyon"]}, yes={"A: Paris": 0.9, "A: Lyon": 0.2})
+    result = run("strategy s(question) {\n c = generate(policy, solve, n=2)\n"
+                 " return best(c, by=verify(judge, c, check))\n}\n",
+                 [{"question": "capital of France?"}], engine)
+    assert result.outputs == ["Paris"]
+
+
+def test_inputs_are_batched_into_one_engine_call_per_stage():
+    engine = ScriptedEngine({"1 + 1": ["2"], "2 + 2": ["4"], "3 + 3": ["6"]})
+    result = run("strategy s(question) {\n return vote(extract(generate(policy, solve, n=4), number))\n}\n",
+                 [{"question": f"{k} + {k}"} for k in (1, 2, 3)], engine)
+    assert result.outputs == ["2", "4", "6"]
+    assert engine.batches == [3]  # three inputs, one sample() call
+
+
+def test_adaptive_loop_stops_per_input():
+    # "easy" agrees at once; "hard" never agrees, so it runs every round.
+    engine = ScriptedEngine({"easy": ["7"], "hard": ["1", "2", "3", "4"]})
+    body = ("strategy s(question) {\n c = generate(policy, solve, n=4)\n"
+            " repeat 3 until agreement(extract(c, number)) >= 0.75 {\n"
+            "  c = c + generate(policy, solve, n=4)\n }\n return vote(extract(c, number))\n}\n")
+    result = run(body, [{"question": "easy"}, {"question": "hard"}], engine)
+    assert result.outputs[0] == "7"
+    assert [len(a) for a in result.sample_answers] == [4, 16]
+    rounds = [t.round for t in result.trace if t.kind == "llm" and t.round is not None]
+    assert rounds == [0, 1, 2]
+
+
+def test_beam_search_extends_unfinished_candidates():
+    engine = ScriptedEngine({"solve": ["step"]}, finish="stop")
+    body = ("strategy s(question) {\n b = generate(policy, solve, n=4, stop=\"\\n\")\n"
+            " repeat 2 until all_done(b) {\n  b = top(b, by=verify(judge, b, check), k=2)\n"
+            "  b = extend(policy, b, n=3)\n }\n return best(b, by=verify(judge, b, check))\n}\n")
+    result = run(body, [{"question": "solve it"}], engine)
+    assert result.outputs == ["stepstepstep"]  # two extensions of a first step
+
+
+def test_every_llm_op_runs_on_a_real_tiny_model(tiny_model):
+    engine = HFEngine(tiny_model)
+    body = """strategy s(question) {
+    c = generate(policy, solve, n=3, max_tokens=4)
+    e = extend(policy, c, n=1, max_tokens=3)
+    crit = critique(judge, e, max_tokens=3)
+    r = refine(policy, e, critiques=crit, max_tokens=3)
+    ranked = rank(judge, r, k=2)
+    f = fuse(policy, ranked, critiques=crit, n=2, max_tokens=3)
+    t = unit_tests(policy, n=1, max_tokens=3)
+    scores = score(judge, f, agg=prod) + run_tests(f, t)
+    pool = f + f
+    return best(pool, by=scores)
+}
+"""
+    result = run(body, [{"question": "What is 1 + 1?"}], engine)
+    assert isinstance(result.outputs[0], str)
+    ops = [op for t in result.trace for op in t.ops]
+    for op in ("generate", "extend", "critique", "refine", "rank", "fuse", "unit_tests", "score",
+               "run_tests", "best"):
+        assert op in ops
+    assert result.total_usage.generated_tokens > 0
+
+
+def test_same_seed_same_answers_regardless_of_batch(tiny_model):
+    engine = HFEngine(tiny_model)
+    body = "strategy s(question) {\n return best(generate(policy, solve, n=2, max_tokens=5), by=verify(judge, generate(policy, solve, n=2, max_tokens=5), check))\n}\n"
+    alone = run(body, [{"question": "q1"}], engine, seed=7).outputs
+    batched = run(body, [{"question": "q0"}, {"question": "q1"}], engine, seed=7).outputs
+    assert alone[0] == batched[1]
+    other = run(body, [{"question": "q1"}], engine, seed=8).outputs
+    assert isinstance(other[0], str)
+
+
+def test_missing_input_is_a_user_error():
+    engine = ScriptedEngine()
+    plan = plan_of("strategy s(question) {\n return vote(extract(generate(policy, solve), number))\n}\n")
+    with pytest.raises(UserError, match="lacks `question`"):
+        Executor(plan, {"policy": engine, "judge": engine}).run([{"q": "x"}])

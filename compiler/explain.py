@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ttsc.compiler.plan import Plan, Region, Stage
@@ -33,7 +34,10 @@ def _stage_line(stage: Stage, region: Region, indent: str) -> list[str]:
             lines += _stage_line(s, stage.body, indent + "        ")
         return lines
     ops = ", ".join(f"{region.nodes[n].op} {n}" for n in stage.nodes)
-    extra = f" kernel={stage.facts['kernel']}" if stage.kind == "kernel" else ""
+    extra = ""
+    if stage.kind == "kernel":
+        k = stage.facts["kernel"]
+        extra = f"  [generated {k['name']} kernel {Path(k['source']).name}]"
     return [f"{indent}{stage.id} {stage.kind:<5} {ops}{extra}{deps}"]
 
 

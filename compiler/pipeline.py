@@ -17,6 +17,7 @@ from ttsc.compiler.passes.defaults import select_defaults
 from ttsc.compiler.passes.dce import dce
 from ttsc.compiler.passes.fold import fold_constants
 from ttsc.compiler.passes.inline import inline
+from ttsc.compiler.passes.kernels import generate_kernels
 from ttsc.compiler.passes.manager import Pass, PassRecord, run_passes, summarize
 from ttsc.compiler.passes.merge_samples import merge_samples
 from ttsc.compiler.passes.prefix_sharing import prefix_sharing
@@ -31,6 +32,8 @@ PASSES: list[Pass] = [inline]
 DECIDE: list[Pass] = [allocate, select_defaults]
 # prefix_sharing lays prompts out and predicts costs once the graph is final.
 CLEANUP: list[Pass] = [fold_constants, cse, merge_samples, dce, prefix_sharing]
+# Kernel generation runs once, on the final graph.
+CODEGEN: list[Pass] = [generate_kernels]
 
 
 @dataclass
@@ -79,6 +82,7 @@ def compile_program(program: Program, extra_passes: list[Pass] | None = None) ->
     report = run_passes(program, PASSES)
     report += run_passes(program, DECIDE)
     report += run_passes(program, CLEANUP, fixpoint=True)
+    report += run_passes(program, CODEGEN)
     for p in extra_passes or []:
         report += run_passes(program, [p])
     report = summarize(report)

@@ -2,20 +2,13 @@
 
 Every entry point takes `backend="auto" | "triton" | "torch"`; "auto" runs
 Triton on CUDA tensors when Triton is installed, the torch reference otherwise.
+Import from the module that holds each kernel (this package imports nothing,
+so the compiler can generate kernel source without loading torch):
+
+    ttsc.kernels.cascade_attention   shared-prefix decode attention (+ reference)
+    ttsc.kernels.sampling            fused per-row temperature / top-k / top-p sampling
+    ttsc.kernels.verifier_scoring    log-probabilities of a few tokens, online LSE
+    ttsc.kernels.aggregate_codegen   Triton source for vote chains (no torch)
+    ttsc.kernels.aggregate           loads and runs generated vote kernels
+    ttsc.kernels.dispatch            Triton-or-reference choice
 """
-
-from ttsc.kernels.aggregate import (AggregateSpec, GeneratedKernel, compile_aggregate, render_source,
-                                    vote_reference)
-from ttsc.kernels.cascade_attention import (attention_reference_per_sequence, cascade_attention,
-                                            cascade_attention_reference, merge_attention_states)
-from ttsc.kernels.dispatch import interpreter_ready, triton_usable
-from ttsc.kernels.sampling import sample, sample_reference, uniform_from_seeds
-from ttsc.kernels.verifier_scoring import choice_logprobs, choice_logprobs_reference
-
-__all__ = [
-    "AggregateSpec", "GeneratedKernel", "compile_aggregate", "render_source", "vote_reference",
-    "attention_reference_per_sequence", "cascade_attention", "cascade_attention_reference",
-    "merge_attention_states", "interpreter_ready", "triton_usable",
-    "sample", "sample_reference", "uniform_from_seeds",
-    "choice_logprobs", "choice_logprobs_reference",
-]

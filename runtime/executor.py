@@ -128,6 +128,10 @@ class Executor:
                 continue
             if stage.kind == "llm":
                 n = self._llm_stage(stage, region, env, rows, path, round_)
+            elif stage.kind == "kernel":
+                n = 0
+                for nid in stage.nodes:
+                    self._kernel_node(region, nid, env, len(rows))
             else:
                 n = 0
                 for nid in stage.nodes:
@@ -156,6 +160,15 @@ class Executor:
     def _host_node(self, region: Region, nid: str, env: Values, width: int) -> None:
         node = region.nodes[nid]
         env[nid] = [host_op(node.op, node.attrs, self._args(region, nid, env, i)) for i in range(width)]
+
+    def _kernel_node(self, region: Region, nid: str, env: Values, width: int) -> None:
+        """A vote over a whole batch in one generated-kernel call."""
+        from ttsc.runtime.aggregate import run_vote_kernel
+
+        node = region.nodes[nid]
+        answers = env[node.inputs["answers"]]
+        weights = env[node.inputs["weights"]] if "weights" in node.inputs else None
+        env[nid] = run_vote_kernel(node.facts["kernel"], answers, weights)
 
     def _llm_stage(self, stage: Stage, region: Region, env: Values, rows: list[int], path: str,
                    round_: int | None) -> int:

@@ -137,3 +137,28 @@ def test_missing_input_is_a_user_error():
     plan = plan_of("strategy s(question) {\n return vote(extract(generate(policy, solve), number))\n}\n")
     with pytest.raises(UserError, match="lacks `question`"):
         Executor(plan, {"policy": engine, "judge": engine}).run([{"q": "x"}])
+
+
+def test_generated_vote_kernel_matches_host_vote():
+    import random
+
+    from ttsc.runtime.aggregate import run_vote_kernel
+
+    rng = random.Random(0)
+    answers = [[rng.choice(["1", "2", "3", None]) for _ in range(rng.randint(1, 9))] for _ in range(40)]
+    answers += [[None, None], ["7", "8"], ["8", "7", "7", "8"]]  # no answer, ties
+    weights = [[rng.random() for _ in row] for row in answers]
+    info = {"num_samples": None}
+    assert run_vote_kernel(info, answers, None) == [vote(a) for a in answers]
+    assert run_vote_kernel(info, answers, weights) == [vote(a, w) for a, w in zip(answers, weights)]
+
+
+def test_vote_after_extract_runs_as_a_kernel_stage():
+    engine = ScriptedEngine({"2 + 2": ["Answer: 4", "Answer: 4", "Answer: 5"]})
+    plan = plan_of("strategy s(question) {\n return vote(extract(generate(policy, solve, n=6), number))\n}\n")
+    kernel_stages = [s for s in plan.region.stages if s.kind == "kernel"]
+    assert len(kernel_stages) == 1 and plan.kernels[0]["chain"] == "extract -> vote -> argmax"
+    assert plan.kernels[0]["num_samples"] == 6
+    result = Executor(plan, {"policy": engine, "judge": engine}).run([{"question": "What is 2 + 2?"}])
+    assert result.outputs == ["4"]
+    assert [t.kind for t in result.trace] == ["llm", "host", "kernel"]

@@ -17,7 +17,7 @@ It also measures the machine's matmul rate on the model's own GEMMs at batch 64
 pure-decode rate at batch 64 as a fraction of that roofline, and of the peak
 rate of a large square GEMM.
 
-    python -P benchmarks/engine.py [--quick] [--no-llamacpp]
+    python -P benchmarks/engine.py [--quick] [--no-llamacpp] [--threads N]
 
 Progress goes to stdout; the last line is one JSON object of figures.
 """
@@ -52,7 +52,11 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 prompts and 16 new tokens (smoke run)")
     parser.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp baseline")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch (and llama.cpp) threads; default: torch's choice")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     new_tokens = 16 if args.quick else NEW_TOKENS
     questions = QUESTIONS[:2] if args.quick else QUESTIONS
 

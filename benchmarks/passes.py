@@ -33,6 +33,7 @@ import json
 import random
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -209,103 +210,147 @@ def subset_accuracy(answers: list, right: list[bool], n: int, rng: random.Random
     return hits / DRAWS
 
 
-def bench_allocation() -> dict[str, Any]:
-    from ttsc.compiler.allocator import allocate_across_inputs
-    from ttsc.runtime.calibrate import agreement, draw_samples, fit_model
+def load_pools(path: str) -> dict[str, Any]:
+    from ttsc.runtime.calibrate import PilotSamples
+
+    return {k: PilotSamples(**v) for k, v in json.loads(Path(path).read_text()).items()}
+
+
+def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
+    from ttsc.runtime.calibrate import draw_samples, fit_model
     from ttsc.runtime.data import load_jsonl
     from ttsc.runtime.engines.paged.engine import PagedEngine
     from ttsc.runtime.models import load_model
     from ttsc.runtime.scorers import score_number
 
-    dev = list(load_jsonl(DATA / "addition_dev.jsonl")) + list(load_jsonl(DATA / "two_digit.jsonl"))[:20]
+    # The dev set's difficulty is known from where its items come from.
+    dev = ([dict(r, difficulty="easy") for r in load_jsonl(DATA / "addition_dev.jsonl")]
+           + [dict(r, difficulty="hard") for r in list(load_jsonl(DATA / "two_digit.jsonl"))[:20]])
     held = list(load_jsonl(DATA / "mixed.jsonl"))
-    engine = PagedEngine(load_model(MODEL))
     gold = lambda r: r["answer"]  # noqa: E731
-    pools = {}
-    for name, rows in (("dev", dev), ("held-out", held)):
-        start = time.perf_counter()
-        pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=POOL,
-                                   max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
-                                   how={"how": "number"}, gold=gold, is_right=score_number,
-                                   seed=11 if name == "dev" else 23, model="policy", spec=MODEL)
-        acc = sum(sum(c) for c in pools[name].correct) / (len(rows) * POOL)
-        log(f"{name}: {len(rows)} items x {POOL} samples in {time.perf_counter() - start:.0f} s, "
-            f"per-sample accuracy {acc:.3f}")
-    engine.close()
-    calib = fit_model(pools["dev"], dev, gold, score_number, None, PILOT)
-    bins = ", ".join(f"[{b['lo']:.2f},{b['hi']:.2f}] mean {b['a'] / (b['a'] + b['b']):.2f} "
-                     f"({b['questions']:.0f})" for b in calib.agreement_bins)
-    log(f"dev calibration: Beta({calib.a:.2f}, {calib.b:.2f}), wrong agree {calib.wrong_concentration:.2f}; "
-        f"agreement bins: {bins}")
+    pools = load_pools(pools_file) if pools_file and Path(pools_file).is_file() else {}
+    if not pools:
+        engine = PagedEngine(load_model(MODEL))
+        for name, rows in (("dev", dev), ("held-out", held)):
+            start = time.perf_counter()
+            pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=POOL,
+                                       max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
+                                       how={"how": "number"}, gold=gold, is_right=score_number,
+                                       seed=11 if name == "dev" else 23, model="policy", spec=MODEL)
+            log(f"{name}: {len(rows)} items x {POOL} samples in {time.perf_counter() - start:.0f} s")
+        engine.close()
+        if pools_file:
+            Path(pools_file).write_text(json.dumps({k: asdict(v) for k, v in pools.items()}))
+    else:
+        log(f"pools read from {pools_file}")
+    calib = fit_model(pools["dev"], dev, gold, score_number, "difficulty", PILOT)
+    groups = ", ".join(f"{g} Beta({v['a']:.2f}, {v['b']:.2f})" for g, v in calib.groups.items())
+    bins = ", ".join(f"[{b['lo']:.2f},{b['hi']:.2f}] mean {b['a'] / (b['a'] + b['b']):.2f}"
+                     for b in calib.agreement_bins)
+    log(f"dev fit: Beta({calib.a:.2f}, {calib.b:.2f}), wrong answers agree {calib.wrong_concentration:.2f}; "
+        f"{groups}; pilot-agreement bins {bins}")
+    bench = _AllocationBench(pools["held-out"], held)
+    for n, u in bench.uniform.items():
+        log(f"uniform n={n:<2}: accuracy {u['accuracy']:.3f} at {u['tokens']} tokens")
+    figures: dict[str, Any] = {"alloc_items": len(held), "alloc_pool": POOL,
+                               "alloc_uniform": {str(n): u for n, u in bench.uniform.items()}}
+    # Oracle difficulty (the data set's label), as in Snell et al.'s oracle bins:
+    # no pilot; costs estimated from the dev set's completion lengths.
+    dev_gen = {g: _mean_generated(pools["dev"], [i for i, r in enumerate(dev) if r["difficulty"] == g])
+               for g in calib.groups}
+    oracle = [calib.model(r["difficulty"]) for r in held]
+    figures.update(bench.arm("oracle", oracle, [dev_gen[r["difficulty"]] for r in held],
+                             (1, 2, 4, 8, 16, 32), keep=0))
+    # Predicted difficulty: the agreement of PILOT samples, paid for in tokens.
+    from ttsc.runtime.calibrate import agreement
 
     pool = pools["held-out"]
-    rng = random.Random(5)
-    gen = [sum(ls) / len(ls) for ls in pool.lengths]  # mean generated tokens per sample
-    prompt = pool.prompt_tokens
-    m = len(held)
+    predicted = [calib.agreement_model(agreement(ans[:PILOT])) for ans in pool.answers]
+    pilot_gen = [sum(ls[:PILOT]) / PILOT for ls in pool.lengths]
+    figures.update(bench.arm("pilot", predicted, pilot_gen, TOTALS, keep=PILOT))
+    return figures
 
-    def tokens_for(ns: list[int]) -> int:
-        return round(sum(prompt[i] + ns[i] * gen[i] for i in range(m)))
 
-    def accuracy_for(ns: list[int], keep: int) -> float:
-        return sum(subset_accuracy(pool.answers[i], pool.correct[i], ns[i], rng, keep)
-                   for i in range(m)) / m
+def _mean_generated(pool: Any, items: list[int]) -> float:
+    lengths = [n for i in items for n in pool.lengths[i]]
+    return sum(lengths) / len(lengths)
 
-    uniform = {n: {"tokens": tokens_for([n] * m), "accuracy": round(accuracy_for([n] * m, 0), 4)}
-               for n in (1, 2, 4, 8, 16, 32)}
-    for n, u in uniform.items():
-        log(f"uniform n={n:<2}: accuracy {u['accuracy']:.3f} at {u['tokens']} tokens")
 
-    # Per item: the bin its pilot agreement falls in, and that bin's curve.
-    pilot_gen = [sum(ls[:PILOT]) / PILOT for ls in pool.lengths]  # what is known at test time
-    models = [calib.agreement_model(agreement(ans[:PILOT])) for ans in pool.answers]
-    utilities = [[mod.vote_accuracy(t) for t in TOTALS] for mod in models]
-    costs = [[round(prompt[i] + t * pilot_gen[i]) for t in TOTALS] for i in range(m)]
+class _AllocationBench:
+    """Uniform n against CP-SAT allocations, all drawn from one pool per item."""
 
-    def allocated(budget: int) -> tuple[float, int]:
-        picks = allocate_across_inputs(utilities, costs, budget)
-        ns = [TOTALS[j] for j in picks]
-        return accuracy_for(ns, PILOT), tokens_for(ns)
+    def __init__(self, pool: Any, rows: list[dict[str, Any]]):
+        self.pool = pool
+        self.m = len(rows)
+        self.gen = [sum(ls) / len(ls) for ls in pool.lengths]  # realized tokens per sample
+        self.uniform = {n: {"tokens": self.tokens([n] * self.m),
+                            "accuracy": round(self.accuracy([n] * self.m, 0), 4)}
+                        for n in (1, 2, 4, 8, 16, 32)}
 
-    at_equal = {}
-    for n in (4, 8, 16):
-        acc, used = allocated(uniform[n]["tokens"])
-        at_equal[n] = {"uniform_accuracy": uniform[n]["accuracy"], "allocated_accuracy": round(acc, 4),
-                       "tokens_budget": uniform[n]["tokens"], "allocated_tokens": used}
-        log(f"at uniform n={n} tokens ({uniform[n]['tokens']}): allocated accuracy {acc:.3f} "
-            f"vs uniform {uniform[n]['accuracy']:.3f}")
-    # Fewest tokens at which the allocation reaches uniform n=16's accuracy.
-    target = uniform[16]["accuracy"]
-    lo, hi = sum(c[0] for c in costs), uniform[32]["tokens"]
-    needed = None
-    for budget in range(lo, hi + 1, max(1, (hi - lo) // 60)):
-        acc, used = allocated(budget)
-        if acc >= target:
-            needed = used
-            break
-    ratio = round(uniform[16]["tokens"] / needed, 2) if needed else None
-    log(f"to match uniform n=16 ({target:.3f}): allocated needs {needed} tokens vs "
-        f"{uniform[16]['tokens']} ({ratio}x fewer)")
-    return {
-        "alloc_items": m,
-        "alloc_uniform": {str(n): u for n, u in uniform.items()},
-        "alloc_at_equal_tokens": {str(n): v for n, v in at_equal.items()},
-        "alloc_tokens_to_match_uniform16": needed,
-        "alloc_uniform16_tokens": uniform[16]["tokens"],
-        "alloc_token_ratio_to_match": ratio,
-    }
+    def tokens(self, ns: list[int]) -> int:
+        """Each item's prompt once (samples share it) plus its samples' tokens."""
+        return round(sum(self.pool.prompt_tokens[i] + ns[i] * self.gen[i] for i in range(self.m)))
+
+    def accuracy(self, ns: list[int], keep: int) -> float:
+        rng = random.Random(5)
+        return sum(subset_accuracy(self.pool.answers[i], self.pool.correct[i], ns[i], rng, keep)
+                   for i in range(self.m)) / self.m
+
+    def arm(self, name: str, models: list[Any], est_gen: list[float], totals: tuple[int, ...],
+            keep: int) -> dict[str, Any]:
+        from ttsc.compiler.allocator import Infeasible, allocate_across_inputs
+
+        utilities = [[mod.vote_accuracy(t) for t in totals] for mod in models]
+        costs = [[round(self.pool.prompt_tokens[i] + t * est_gen[i]) for t in totals]
+                 for i in range(self.m)]
+
+        def run(budget: int) -> tuple[float, int] | None:
+            try:
+                picks = allocate_across_inputs(utilities, costs, budget)
+            except Infeasible:
+                return None
+            ns = [totals[j] for j in picks]
+            return self.accuracy(ns, keep), self.tokens(ns)
+
+        out: dict[str, Any] = {}
+        for n in (4, 8, 16):
+            got = run(self.uniform[n]["tokens"])
+            if got is None:
+                continue
+            out[str(n)] = {"uniform_accuracy": self.uniform[n]["accuracy"],
+                           "allocated_accuracy": round(got[0], 4), "allocated_tokens": got[1],
+                           "budget_tokens": self.uniform[n]["tokens"]}
+            log(f"{name}: at uniform n={n}'s tokens ({self.uniform[n]['tokens']}): accuracy "
+                f"{got[0]:.3f} vs {self.uniform[n]['accuracy']:.3f} (used {got[1]})")
+        target, reference = self.uniform[16]["accuracy"], self.uniform[16]["tokens"]
+        lo = sum(c[0] for c in costs)
+        hi = self.uniform[32]["tokens"]
+        needed = None
+        for budget in range(lo, hi + 1, max(1, (hi - lo) // 80)):
+            got = run(budget)
+            if got is not None and got[0] >= target:
+                needed = got[1]
+                break
+        ratio = round(reference / needed, 2) if needed else None
+        log(f"{name}: reaches uniform n=16's accuracy ({target:.3f}) with {needed} tokens vs "
+            f"{reference}: {ratio}x fewer")
+        return {f"alloc_{name}_at_equal_tokens": out, f"alloc_{name}_tokens_to_match_uniform16": needed,
+                f"alloc_{name}_token_ratio": ratio}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["prefix", "allocation", "all"], default="all")
+    parser.add_argument("--pools", metavar="FILE.json",
+                        help="allocation: read the sample pools from FILE if it exists, else "
+                             "draw them and write FILE (reruns skip the sampling)")
     args = parser.parse_args()
     figures: dict[str, Any] = {"model": MODEL}
     start = time.perf_counter()
     if args.part in ("prefix", "all"):
         figures.update(bench_prefix())
     if args.part in ("allocation", "all"):
-        figures.update(bench_allocation())
+        figures.update(bench_allocation(args.pools))
     figures["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(figures))
     return 0

@@ -307,7 +307,8 @@ def _load_hf(name_or_path: str, local_files_only: bool, missing_hint: str) -> tu
         model = AutoModelForCausalLM.from_pretrained(name_or_path,
                                                      local_files_only=local_files_only)
     except OSError as e:
-        raise UserError(f"model `{name_or_path}` is not available locally", hint=missing_hint) from e
+        raise UserError(f"model `{name_or_path}` is not available locally",
+                        hint=missing_hint or None) from e
     except (ValueError, KeyError) as e:
         raise UserError(f"cannot load model `{name_or_path}` as a causal LM: {e}") from e
     _ensure_chat_template(tokenizer)

@@ -69,7 +69,10 @@ def measure(engine: Engine, shape: cost.ModelShape, dtype_bytes: int, *,
             on_timing: Any = None) -> list[Timing]:
     """Time prefill-only calls (score_next) and generation calls on `engine`."""
     rng = random.Random(seed)
-    engine.sample([SampleRequest(_prompt_of(engine, 16, rng), SamplingParams(max_tokens=2))])  # warm-up
+    # Warm-up: first calls pay one-time costs (allocations, kernel selection).
+    warm = _prompt_of(engine, 16, rng)
+    engine.score_next([NextTokenRequest(warm, ("the",))])
+    engine.sample([SampleRequest(warm, SamplingParams(n=2, max_tokens=4, ignore_eos=True))])
     timings: list[Timing] = []
     for p in prompt_tokens:
         for b in batch_sizes:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import engine_contract as contract
 from ttsc.dsl.errors import UserError
-from ttsc.runtime.engines.base import NextTokenRequest, Prompt, SampleRequest, SamplingParams
+from ttsc.runtime.engines.base import (
+    ContinuationRequest,
+    NextTokenRequest,
+    Prompt,
+    SampleRequest,
+    SamplingParams,
+)
 from ttsc.runtime.engines.hf import HFEngine
 from ttsc.runtime.engines.registry import make_engine
 from ttsc.runtime.models import LoadedModel, tiny_random_model
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model's ops are too small to gain from threads, and on a shared
+    2-core machine idle OpenMP workers spinning for a core slow them 5x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # The default engine, and one whose tiny chunks and batches force chunking and
 # the pruning of finished rows.
@@ -89,6 +106,10 @@ def test_prompt_errors(tiny_model: LoadedModel) -> None:
     too_long = Prompt(raw="a" * (tiny_model.max_length + 5))
     with pytest.raises(UserError, match="accepts at most"):
         engine.sample([SampleRequest(too_long)])
+    with pytest.raises(UserError, match="accepts at most"):
+        engine.score_next([NextTokenRequest(too_long, ("Yes",))])
+    with pytest.raises(UserError, match="prompt \\+ continuation is"):
+        engine.score_continuations([ContinuationRequest(Prompt.user("hi"), too_long.raw)])
     with pytest.raises(UserError, match="both raw text and chat messages"):
         engine.tokenize(Prompt(messages=(("user", "hi"),), raw="hi"))
     with pytest.raises(UserError, match="non-empty choice"):

@@ -168,3 +168,45 @@ def test_smollm2_answers_two_plus_three() -> None:
     paris, london = engine.score_continuations([ContinuationRequest(asked, " Paris"),
                                                 ContinuationRequest(asked, " London")])
     assert paris > london + 2.0, (paris, london)
+
+
+def test_gguf_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"0123")
+    monkeypatch.setenv("TTSC_CACHE_DIR", str(tmp_path / "cache"))
+    target = models._converted_dir(gguf)
+    assert target is not None and target.parent == tmp_path / "cache" / "gguf"
+    assert target.name.startswith("model-4-")
+    gguf.write_bytes(b"01234")  # another file: another entry
+    assert models._converted_dir(gguf) != target
+    monkeypatch.setenv("TTSC_CACHE_DIR", "off")
+    assert models._converted_dir(gguf) is None
+
+
+def test_converted_models_are_written_atomically(tmp_path: Path, tiny_model: LoadedModel) -> None:
+    target = tmp_path / "gguf" / "entry"
+    target.parent.mkdir()
+    models._save_converted(tiny_model.model, tiny_model.tokenizer, target)
+    models._save_converted(tiny_model.model, tiny_model.tokenizer, target)  # lost a race
+    assert [p.name for p in target.parent.iterdir()] == ["entry"]
+    model, tokenizer = models._load_hf(str(target), local_files_only=True, missing_hint="")
+    assert torch.equal(model.lm_head.weight, tiny_model.model.lm_head.weight)
+    assert tokenizer.chat_template == tiny_model.tokenizer.chat_template
+
+
+@pytest.mark.slow
+def test_smollm2_disk_cache_is_exact(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The converted copy of the GGUF file gives bit-identical logits and tokens."""
+    monkeypatch.setenv("TTSC_CACHE_DIR", str(tmp_path))
+    directory = models._smollm2_dir()
+    fresh_model, fresh_tok = models._load_gguf(directory, models.SMOLLM2_GGUF)  # converts
+    cached_model, cached_tok = models._load_gguf(directory, models.SMOLLM2_GGUF)  # reads
+    assert cached_tok.chat_template == fresh_tok.chat_template
+    text = cached_tok.apply_chat_template([{"role": "user", "content": "héllo 2+3?"}],
+                                          add_generation_prompt=True, tokenize=False)
+    ids = fresh_tok(text, add_special_tokens=False)["input_ids"]
+    assert cached_tok(text, add_special_tokens=False)["input_ids"] == ids
+    with torch.inference_mode():
+        a = fresh_model(torch.tensor([ids])).logits
+        b = cached_model(torch.tensor([ids])).logits
+    assert torch.equal(a, b)

@@ -138,6 +138,11 @@ class HFEngine(Engine):
     def tokenize(self, prompt: Prompt) -> list[int]:
         return self._encode(prompt, self.prompt_text(prompt))
 
+    def _check_length(self, ids: list[int], what: str = "prompt") -> None:
+        if len(ids) >= self.max_length:
+            raise UserError(f"{what} is {len(ids)} tokens; model `{self.loaded.spec}` "
+                            f"accepts at most {self.max_length} in all")
+
     def _continuation_split(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt+continuation and where the continuation's tokens start."""
         prompt_ids = self.tokenize(prompt)
@@ -177,6 +182,7 @@ class HFEngine(Engine):
                 if not req.choices or any(not c for c in req.choices):
                     raise UserError("score_next needs at least one non-empty choice")
                 ids_list.append(self.tokenize(req.prompt))
+                self._check_length(ids_list[-1])
                 choice_ids.append([self._first_token(req.prompt, c) for c in req.choices])
             results: list[list[float]] = [[] for _ in requests]
             order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
@@ -194,6 +200,8 @@ class HFEngine(Engine):
     def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
         with self._lock:
             splits = [self._continuation_split(r.prompt, r.continuation) for r in requests]
+            for full_ids, _ in splits:
+                self._check_length(full_ids, "prompt + continuation")
             results = [0.0] * len(requests)
             order = sorted(range(len(splits)), key=lambda i: -len(splits[i][0]))
             for chunk in self._index_chunks(
@@ -237,9 +245,7 @@ class HFEngine(Engine):
             params = req.params
             _check_params(params)
             ids = self.tokenize(req.prompt)
-            if len(ids) >= self.max_length:
-                raise UserError(f"prompt is {len(ids)} tokens; model `{self.loaded.spec}` "
-                                f"accepts at most {self.max_length} in all")
+            self._check_length(ids)
             base = params.seed if params.seed is not None else self._seeds.getrandbits(62)
             max_new = min(params.max_tokens, self.max_length - len(ids))
             for i in range(params.n):
@@ -292,7 +298,7 @@ class HFEngine(Engine):
         input_ids, mask = self._left_pad(ids_list)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         use_cache=False, logits_to_keep=_last(input_ids.shape[1], keep))
+                         use_cache=False, logits_to_keep=_last(input_ids, keep))
         return out.logits
 
     @torch.inference_mode()
@@ -309,7 +315,7 @@ class HFEngine(Engine):
         cache = DynamicCache(config=self.model.config)
         logits = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                             past_key_values=cache, use_cache=True,
-                            logits_to_keep=_last(input_ids.shape[1], 1)).logits[:, -1]
+                            logits_to_keep=_last(input_ids, 1)).logits[:, -1]
         next_pos = positions[:, -1:] + 1  # [B, 1]
         batch = live  # batch[b] is the row in position b of the cache
         while True:
@@ -400,14 +406,15 @@ class HFEngine(Engine):
         return tokens.tolist(), logprobs.tolist()
 
 
-def _last(length: int, keep: int) -> torch.Tensor:
+def _last(input_ids: torch.Tensor, keep: int) -> torch.Tensor:
     """Positions of the last `keep` tokens, as an index tensor for `logits_to_keep`.
 
     An int would slice the hidden states to a strided view, and with bf16 weights
     CPU matmul then broadcasts the whole LM head per row (8x slower prefill);
     indexing copies the few kept rows instead.
     """
-    return torch.arange(max(length - keep, 0), length)
+    length = input_ids.shape[1]
+    return torch.arange(max(length - keep, 0), length, device=input_ids.device)
 
 
 def _sample_inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from ttsc.runtime.engines.base import (
     Usage,
 )
 from ttsc.runtime.engines.paged.block_manager import BlockManager
-from ttsc.runtime.engines.paged.model import LlamaModel
+from ttsc.runtime.engines.paged.model import LlamaModel, ModelConfig
 from ttsc.runtime.engines.paged.radix import RadixCache
 from ttsc.runtime.engines.paged.runner import ModelRunner, kv_block_bytes
 from ttsc.runtime.engines.paged.sampler import RowSettings, sample
@@ -48,7 +48,7 @@ from ttsc.runtime.models import LoadedModel
 
 _SEED_MASK = (1 << 63) - 1
 _DECODE_CONTEXT = 4  # tokens of prompt decoded before a completion (SentencePiece spaces)
-_CPU_KV_DEFAULT = 4 << 30
+_CPU_KV_DEFAULT = 1 << 30
 
 
 class PagedEngine(Engine):
@@ -63,7 +63,8 @@ class PagedEngine(Engine):
         self.loaded = loaded
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
-        self.dtype = resolve_dtype(dtype, self.device, loaded.model.config)
+        cfg = ModelConfig.from_hf(loaded.model.config)  # unsupported models fail here, first
+        self.dtype = resolve_dtype(dtype, self.device, cfg)
         self.model = LlamaModel.from_hf(loaded.model, self.device, self.dtype)
         self.max_length = min(loaded.max_length, self.model.cfg.max_position)
         self.block_size = block_size
@@ -384,7 +385,7 @@ class PagedEngine(Engine):
 
 # ------------------------------------------------------------------ choices
 
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device, config) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device, cfg: ModelConfig) -> torch.dtype:
     """The compute dtype: as asked, else half precision on CUDA, bf16 on CPUs where it pays."""
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -396,7 +397,7 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device, config)
         return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_bf16_is_faster(config.hidden_size, config.intermediate_size) \
+    return torch.bfloat16 if cpu_bf16_is_faster(cfg.hidden_size, cfg.intermediate_size) \
         else torch.float32
 
 
@@ -421,7 +422,7 @@ def cpu_bf16_is_faster(hidden: int, intermediate: int, batch: int = 64) -> bool:
 
 
 def default_kv_bytes(device: torch.device) -> int:
-    """A quarter of RAM (at most 4 GiB) on CPU; 40% of free GPU memory on CUDA."""
+    """An eighth of RAM (at most 1 GiB) on CPU; 40% of free GPU memory on CUDA."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free * 0.4)
@@ -429,7 +430,7 @@ def default_kv_bytes(device: torch.device) -> int:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return _CPU_KV_DEFAULT
-    return min(_CPU_KV_DEFAULT, ram // 4)
+    return min(_CPU_KV_DEFAULT, ram // 8)
 
 
 def _check_params(params: SamplingParams) -> None:

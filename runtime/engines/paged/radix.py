@@ -61,7 +61,7 @@ class RadixCache:
             child = node.children.get(tuple(token_ids[i * bs:(i + 1) * bs]))
             if child is None:
                 break
-            child.last_access = now
+            self._touch(child, now)
             path.append(child)
             node = child
         return path
@@ -76,7 +76,7 @@ class RadixCache:
         existing = parent.children.get(key)
         now = next(self._clock)
         if existing is not None:
-            existing.last_access = now
+            self._touch(existing, now)
             return existing
         node = RadixNode(key, block_id, parent, parent.depth + 1)
         node.last_access = now
@@ -92,6 +92,11 @@ class RadixCache:
         node.last_access = next(self._clock)
         if not node.children:
             self._push(node)
+
+    def _touch(self, node: RadixNode, now: int) -> None:
+        node.last_access = now
+        if not node.children and self.blocks.ref_counts[node.block_id] == 0:
+            self._push(node)  # its old heap entry is stale now
 
     def _push(self, node: RadixNode) -> None:
         heapq.heappush(self._heap, (node.last_access, next(self._tie), node))

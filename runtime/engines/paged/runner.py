@@ -1,8 +1,7 @@
 """Runs the model over the paged KV pool: builds the batch tensors, runs one forward.
 
 The KV pool is allocated once at the cap, [L, 2, Hkv, NB, bs, D], and written
-by index; on CPU `torch.empty` only reserves address space, pages are touched
-as blocks are first used.
+by index.
 """
 
 from __future__ import annotations
@@ -37,7 +36,9 @@ class ModelRunner:
         self.block_size = block_size
         self.device = model.device
         self.use_kernel = use_kernel
-        self.kv_pool = torch.empty(
+        # Zeroed, not empty: padded key slots are read with weight 0, and 0 * NaN
+        # from uninitialized memory would still poison the output.
+        self.kv_pool = torch.zeros(
             (cfg.num_layers, 2, cfg.num_kv_heads, num_blocks, block_size, cfg.head_dim),
             dtype=model.dtype, device=model.device)
         self.scale = cfg.head_dim ** -0.5

@@ -187,6 +187,7 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self._release(seq)
+        seq.scores.clear()  # a scoring prefill restarts from its first scored position
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1

@@ -1,0 +1,356 @@
+"""PagedEngine: the engine contract, exactness against transformers, prefix sharing, memory."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import engine_contract as contract
+from ttsc.dsl.errors import UserError
+from ttsc.runtime.engines.base import (
+    ContinuationRequest,
+    NextTokenRequest,
+    Prompt,
+    SampleRequest,
+    SamplingParams,
+)
+from ttsc.runtime.engines.paged.block_manager import BlockManager
+from ttsc.runtime.engines.paged.engine import PagedEngine
+from ttsc.runtime.engines.paged.model import LlamaModel, rope_inv_freq
+from ttsc.runtime.engines.paged.radix import RadixCache
+from ttsc.runtime.engines.paged.sampler import RowSettings, sample, uniform
+from ttsc.runtime.models import LoadedModel, tiny_random_model
+
+MiB = 1 << 20
+
+
+def fp32(loaded: LoadedModel, **kw) -> PagedEngine:
+    kw.setdefault("kv_memory_bytes", 16 * MiB)
+    return PagedEngine(loaded, dtype=torch.float32, **kw)
+
+
+def cramped(loaded: LoadedModel) -> PagedEngine:
+    """Small blocks, a pool of 40 blocks and 24-token steps: chunking, preemption, eviction."""
+    block_bytes = 2 * loaded.model.config.num_hidden_layers * 2 * 16 * 4 * 4  # kv heads 2, dim 16
+    return fp32(loaded, block_size=4, kv_memory_bytes=40 * block_bytes, max_batch_tokens=24)
+
+
+def assert_clean(engine: PagedEngine) -> None:
+    """Nothing is held after a call; block states and the radix tree are consistent."""
+    engine.blocks.check_invariants()
+    engine.radix.check_invariants()
+    assert engine.blocks.num_live == 0
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+# ------------------------------------------------------------------ the contract
+
+FACTORIES = {"default": fp32, "cramped": cramped}
+
+
+@pytest.mark.parametrize("factory", FACTORIES.values(), ids=FACTORIES.keys())
+@pytest.mark.parametrize("check", contract.ENGINE_CHECKS, ids=lambda c: c.__name__)
+def test_contract(check, factory, tiny_model: LoadedModel) -> None:
+    check(lambda: factory(tiny_model))
+
+
+@pytest.mark.parametrize("check", contract.MODEL_CHECKS, ids=lambda c: c.__name__)
+def test_contract_with_model(check, tiny_model: LoadedModel) -> None:
+    check(lambda: fp32(tiny_model), tiny_model)
+
+
+def test_contract_eos() -> None:
+    biased = contract.eos_biased_model()
+    contract.check_eos(lambda: fp32(biased), biased)
+
+
+def test_cascade_kernel_path_agrees(tiny_model: LoadedModel) -> None:
+    """The kernels package's cascade dispatcher (torch reference here) gives the same tokens."""
+    reqs = [SampleRequest(p, SamplingParams(n=4, temperature=0.8, max_tokens=10, seed=5))
+            for p in contract.PROMPTS]
+    ours = fp32(tiny_model).sample(reqs)
+    kernel = fp32(tiny_model, use_kernels=True).sample(reqs)
+    assert [[c.token_ids for c in cs] for cs in ours] == [[c.token_ids for c in cs] for cs in kernel]
+
+
+# ------------------------------------------------------- exactness vs transformers
+
+def _greedy_reference(loaded: LoadedModel, ids: list[int], n: int) -> tuple[list[int], list[float]]:
+    tokens, logprobs = [], []
+    ids = list(ids)
+    with torch.inference_mode():
+        for _ in range(n):
+            logp = torch.log_softmax(loaded.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+            token = int(logp.argmax())
+            tokens.append(token)
+            logprobs.append(float(logp[token]))
+            ids.append(token)
+    return tokens, logprobs
+
+
+ARCHS = {
+    "llama3-rope": dict(rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 64}),
+    "tied-embeddings": dict(tie_word_embeddings=True, num_key_value_heads=1),
+    "qwen2-bias": "qwen2",
+}
+
+
+def _arch_model(kind) -> LoadedModel:
+    if kind != "qwen2":
+        return tiny_random_model(seed=3, **kind)
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    base = tiny_random_model(seed=3)
+    cfg = Qwen2Config(vocab_size=base.model.config.vocab_size, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, initializer_range=0.3, tie_word_embeddings=False,
+                      eos_token_id=base.tokenizer.eos_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = Qwen2ForCausalLM(cfg).eval()
+        with torch.no_grad():  # biases start at zero; make them matter
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    return LoadedModel("qwen2-tiny", model, base.tokenizer, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ARCHS.values(), ids=ARCHS.keys())
+def test_greedy_and_logprobs_match_transformers(kind) -> None:
+    loaded = _arch_model(kind)
+    engine = fp32(loaded)
+    prompts = [Prompt.user("What is 2+3?"), Prompt(raw="The quick brown fox jumps over the lazy dog.")]
+    out = engine.sample([SampleRequest(p, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+                         for p in prompts])
+    for prompt, [c] in zip(prompts, out):
+        tokens, logprobs = _greedy_reference(loaded, engine.tokenize(prompt), 12)
+        assert c.token_ids == tokens
+        assert max(abs(a - b) for a, b in zip(c.logprobs, logprobs)) < 1e-4
+
+
+def test_rope_llama3_scaling_matches_transformers() -> None:
+    loaded = _arch_model(ARCHS["llama3-rope"])
+    ours = rope_inv_freq(LlamaModel.from_hf(loaded.model, torch.device("cpu"), torch.float32).cfg)
+    theirs = loaded.model.model.rotary_emb.inv_freq
+    assert torch.allclose(ours, theirs.float(), rtol=1e-6, atol=0)
+
+
+def test_unsupported_architecture_is_a_user_error(tiny_model: LoadedModel) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=300))
+    with pytest.raises(UserError, match="does not support `gpt2`"):
+        PagedEngine(LoadedModel("gpt2", gpt2, tiny_model.tokenizer, torch.device("cpu")))
+
+
+def test_forked_samples_score_as_transformers_does(tiny_model: LoadedModel) -> None:
+    """Every fork's logprobs equal a full forward over its own tokens: no fork read another's KV."""
+    engine = fp32(tiny_model, block_size=4)
+    prompt = Prompt.user("Is the proposed solution correct? Answer Yes or No.")
+    ids = engine.tokenize(prompt)
+    [samples] = engine.sample([SampleRequest(prompt, SamplingParams(
+        n=6, temperature=1.3, max_tokens=14, ignore_eos=True, seed=4))])
+    assert len({tuple(s.token_ids) for s in samples}) == 6
+    with torch.inference_mode():
+        for s in samples:
+            full = torch.tensor([ids + s.token_ids])
+            logits = tiny_model.model(full).logits[0, len(ids) - 1:-1].float() / 1.3
+            ref = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.token_ids)[:, None])[:, 0]
+            assert torch.allclose(torch.tensor(s.logprobs), ref, atol=1e-4)
+    assert engine.stats()["cow_copies"] >= 5  # the shared partial block was copied, not recomputed
+    assert_clean(engine)
+
+
+# ----------------------------------------------------------------- prefix sharing
+
+def test_radix_hits_and_misses_are_exact(tiny_model: LoadedModel) -> None:
+    bs = 4
+    engine = fp32(tiny_model, block_size=bs)
+    prompt = Prompt(raw="The quick brown fox jumps over the lazy dog. " * 2)
+    ids = engine.tokenize(prompt)
+    n_tok = len(ids)
+    params = SamplingParams(n=5, temperature=1.0, max_tokens=3, ignore_eos=True, seed=1)
+
+    engine.sample([SampleRequest(prompt, params)])
+    s = engine.stats()
+    assert (s["radix_hits_tokens"], s["radix_miss_tokens"]) == (0, n_tok)
+    assert s["prefill_tokens_computed"] == n_tok  # once, not 5 times
+    assert s["prefill_tokens_requested"] == 5 * n_tok
+    assert s["fork_shared_tokens"] == 4 * n_tok
+    u = engine.usage
+    assert (u.prompt_tokens, u.prompt_tokens_computed, u.prompt_tokens_reused) == (5 * n_tok, n_tok, 4 * n_tok)
+
+    # The same prompt again: its full blocks are cached, never the last token (its
+    # logits are needed); a cached block used in part is copied, not recomputed.
+    engine.sample([SampleRequest(prompt, params)])
+    s2 = engine.stats()
+    hits = min(n_tok // bs * bs, n_tok - 1)
+    assert s2["radix_hits_tokens"] - s["radix_hits_tokens"] == hits
+    assert s2["radix_miss_tokens"] - s["radix_miss_tokens"] == n_tok - hits
+    assert s2["prefill_tokens_computed"] - s["prefill_tokens_computed"] == n_tok - hits
+
+    # A prompt sharing only a prefix: hits are exactly the shared full blocks.
+    other = Prompt(raw="The quick brown fox jumps over the lazy dog. The end.")
+    other_ids = engine.tokenize(other)
+    common = next(i for i, (a, b) in enumerate(zip(ids, other_ids)) if a != b)
+    engine.score_next([NextTokenRequest(other, ("Yes", "No"))])
+    s3 = engine.stats()
+    assert s3["radix_hits_tokens"] - s2["radix_hits_tokens"] == common // bs * bs
+    assert s3["radix_miss_tokens"] - s2["radix_miss_tokens"] == len(other_ids) - common // bs * bs
+    assert_clean(engine)
+
+
+def test_verifier_calls_share_the_question(tiny_model: LoadedModel) -> None:
+    """Candidates scored against one question: the question is computed once."""
+    engine = fp32(tiny_model, block_size=4)
+    question = "Problem: What is 2+3? Think step by step.\nProposed solution: "
+    cands = ["5", "6", "The answer is 5.", "First, add the numbers."]
+    reqs = [ContinuationRequest(Prompt(raw=question), c) for c in cands]
+    first = engine.score_continuations(reqs[:1])
+    engine.score_continuations(reqs[1:])
+    q_len = len(engine.tokenize(Prompt(raw=question)))
+    assert engine.stats()["radix_hits_tokens"] >= 3 * ((q_len - 2) // 4 * 4)
+    fresh = [fp32(tiny_model).score_continuations([r])[0] for r in reqs]
+    assert first[0] == pytest.approx(fresh[0], abs=1e-4)
+    again = engine.score_continuations(reqs)
+    assert again == pytest.approx(fresh, abs=1e-4)
+
+
+def test_extend_reuses_the_candidate_prefix(tiny_model: LoadedModel) -> None:
+    engine = fp32(tiny_model, block_size=4)
+    prompt = Prompt.user("The quick brown fox")
+    p_len = len(engine.tokenize(prompt))
+    [[head]] = engine.sample([SampleRequest(prompt, contract.greedy(16, ignore_eos=True))])
+    before = engine.stats()["radix_hits_tokens"]
+    engine.extend([(prompt, head.text)], contract.greedy(4, ignore_eos=True))
+    # Blocks of the prompt and of the generated text were cached while decoding:
+    # everything up to where re-tokenizing the text departs from the generated ids.
+    new_ids = engine.tokenize(prompt.continued(head.text))
+    old_ids = engine.tokenize(prompt) + head.token_ids
+    same = next((i for i, (a, b) in enumerate(zip(new_ids, old_ids)) if a != b), len(new_ids))
+    expected = min(same, p_len + 15, len(new_ids) - 1) // 4 * 4
+    assert expected >= p_len // 4 * 4 + 8  # the generated blocks do count here
+    assert engine.stats()["radix_hits_tokens"] - before == expected
+
+
+def test_greedy_forks_deduplicate_blocks(tiny_model: LoadedModel) -> None:
+    """Identical greedy samples fill identical blocks; the radix tree keeps one copy."""
+    engine = fp32(tiny_model, block_size=4)
+    out = engine.sample([SampleRequest(contract.PROMPTS[0], contract.greedy(16, n=4, ignore_eos=True))])
+    assert len({tuple(c.token_ids) for c in out[0]}) == 1
+    assert engine.stats()["dedup_blocks"] >= 3 * 3
+    assert_clean(engine)
+
+
+def test_lru_eviction_of_unreferenced_blocks() -> None:
+    blocks = BlockManager(num_blocks=4, block_size=2, block_bytes=10)
+    radix = RadixCache(blocks)
+    paths = {}
+    for name, tokens in (("a", (1, 2, 3, 4)), ("b", (5, 6, 7, 8))):
+        node = radix.root
+        for i in range(2):
+            b = blocks.allocate()
+            node = radix.insert(node, tokens[2 * i:2 * i + 2], b)
+        paths[name] = node
+    for b in range(4):
+        blocks.decref(b)  # both sequences finished: all four blocks cached, idle
+    assert blocks.num_free == 0 and blocks.num_allocatable == 4
+    assert [n.block_id for n in radix.match([1, 2, 3, 4])] == [0, 1]  # touch "a"
+    new = blocks.allocate()  # evicts the least recently used leaf: the end of "b"
+    assert new == 3 and [n.block_id for n in radix.match([5, 6, 7, 8])] == [2]
+    held = [n.block_id for n in radix.match([1, 2, 3, 4])]
+    for b in held:
+        blocks.incref(b)  # referenced blocks are never evicted
+    assert blocks.allocate() == 2
+    with pytest.raises(MemoryError):
+        blocks.allocate()
+    blocks.check_invariants()
+    radix.check_invariants()
+
+
+# ------------------------------------------------------------------------ memory
+
+def test_memory_cap_holds_under_a_burst(tiny_model: LoadedModel) -> None:
+    prompts = [Prompt.user(f"Question {i}: what is {i} + {2 * i}?") for i in range(12)]
+    reqs = [SampleRequest(p, SamplingParams(n=3, temperature=0.9, max_tokens=20, ignore_eos=True,
+                                            seed=i)) for i, p in enumerate(prompts)]
+    reqs += [SampleRequest(p, contract.greedy(12)) for p in prompts[:6]]
+    roomy = fp32(tiny_model).sample(reqs)
+    engine = cramped(tiny_model)
+    tight = engine.sample(reqs)
+    assert [[c.token_ids for c in cs] for cs in tight] == [[c.token_ids for c in cs] for cs in roomy]
+    s = engine.stats()
+    assert s["kv_peak_bytes"] <= s["kv_cap_bytes"] <= s["kv_requested_bytes"]
+    assert s["kv_peak_bytes"] == s["kv_cap_bytes"]  # the pool was full: requests had to wait
+    assert s["preemptions"] > 0 and s["radix_evictions"] > 0
+    assert_clean(engine)
+
+
+def test_request_larger_than_the_cap_is_a_user_error(tiny_model: LoadedModel) -> None:
+    engine = cramped(tiny_model)
+    with pytest.raises(UserError, match="KV cache"):
+        engine.sample([SampleRequest(contract.PROMPTS[0], SamplingParams(max_tokens=500))])
+    with pytest.raises(UserError, match="fewer than 2 KV blocks"):
+        fp32(tiny_model, kv_memory_bytes=100)
+
+
+def test_kv_bytes_are_exact(tiny_model: LoadedModel) -> None:
+    cfg = tiny_model.model.config
+    engine = fp32(tiny_model, block_size=8, kv_memory_bytes=MiB)
+    per_block = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * 8 * 16 * 4
+    assert engine.blocks.block_bytes == per_block
+    assert engine.runner.kv_pool.numel() * 4 == engine.stats()["kv_cap_bytes"] == MiB // per_block * per_block
+    engine.sample([SampleRequest(Prompt(raw="x" * 40), contract.greedy(9, ignore_eos=True))])
+    fed = len(engine.tokenize(Prompt(raw="x" * 40))) + 8  # the last sampled token is never fed
+    assert engine.stats()["kv_peak_live_bytes"] == -(-fed // 8) * per_block
+
+
+# ----------------------------------------------------------------------- sampler
+
+def test_uniform_stream_is_deterministic_and_uniform() -> None:
+    draws = [uniform(7, k) for k in range(4000)]
+    assert draws == [uniform(7, k) for k in range(4000)]
+    assert draws != [uniform(8, k) for k in range(4000)]
+    assert all(0.0 <= u < 1.0 for u in draws)
+    assert abs(sum(draws) / len(draws) - 0.5) < 0.02
+
+
+def test_top_p_beyond_the_candidate_window() -> None:
+    """A flat distribution where top_p needs more than the first 1024 candidates."""
+    v = 4096
+    logits = -0.001 * torch.arange(v, dtype=torch.float32).repeat(2, 1)  # token i is the i-th likeliest
+    probs = torch.softmax(logits[0], -1)
+    allowed = int(((probs.cumsum(0) - probs) < 0.9).sum())  # the nucleus: tokens [0, allowed)
+    assert allowed > 2048
+    seen = set()
+    for k in range(150):
+        tokens, logprobs = sample(logits, [RowSettings(1.0, 0, 0.9, seed, k) for seed in (1, 2)])
+        seen.update(tokens)
+        for t, lp in zip(tokens, logprobs):
+            assert math.isclose(lp, float(probs[t].log()), abs_tol=1e-5)
+    assert max(seen) < allowed and max(seen) > 1024
+
+
+# ------------------------------------------------------------------- real model
+
+@pytest.mark.slow
+def test_embedded_model_greedy_matches_transformers() -> None:
+    from ttsc.runtime.models import load_model
+
+    loaded = load_model("smollm2-135m")
+    engine = PagedEngine(loaded, dtype=torch.float32, kv_memory_bytes=64 * MiB)
+    prompts = [Prompt.user("What is 7 + 5?"), Prompt.user("Name a color.", system="Be brief.")]
+    out = engine.sample([SampleRequest(p, contract.greedy(8, n=2)) for p in prompts])
+    for prompt, cs in zip(prompts, out):
+        ids = torch.tensor([engine.tokenize(prompt)])
+        with torch.inference_mode():
+            gen = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                        max_new_tokens=8, pad_token_id=loaded.tokenizer.pad_token_id)
+        expected = gen[0, ids.shape[1]:].tolist()
+        eos = loaded.eos_token_ids
+        expected = expected[:next((i for i, t in enumerate(expected) if t in eos), len(expected))]
+        assert all(c.token_ids == expected for c in cs)

@@ -20,14 +20,21 @@ rate of a large square GEMM.
     python -P benchmarks/engine.py [--quick] [--no-llamacpp] [--threads N]
 
 Progress goes to stdout; the last line is one JSON object of figures.
+
+OpenMP threads wait passively unless OMP_WAIT_POLICY says otherwise: on a
+shared machine spinning threads that lose their core stall every parallel
+region for milliseconds, which would measure the neighbours, not the engines.
 """
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
+
 import argparse
 import importlib.util
 import json
-import os
 import random
 import time
 
@@ -60,8 +67,9 @@ def main() -> None:
     new_tokens = 16 if args.quick else NEW_TOKENS
     questions = QUESTIONS[:2] if args.quick else QUESTIONS
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.1f} (other processes skew CPU timings)", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()[0]:.1f} "
+          "(other processes skew CPU timings)", flush=True)
     t0 = time.perf_counter()
     loaded = load_model(SMOLLM2)
     print(f"loaded {SMOLLM2} in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -79,7 +87,8 @@ def main() -> None:
           f"{SAMPLES} x {new_tokens}", flush=True)
 
     warm_up(engine)
-    result: dict = {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads()}
+    result: dict = {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+                    "load_average": os.getloadavg()[0]}
     work = {"work_a": prompts_a, "work_b": [prompt_b]}
     ids = {"work_a": ids_a, "work_b": [ids_b]}
     for name in ("work_a", "work_b"):
@@ -211,23 +220,31 @@ def run_llamacpp(gguf: str, ids_list: list[list[int]], new_tokens: int, eos: int
 
 # ------------------------------------------------------------------ roofline
 
-def linear_weights(engine: PagedEngine) -> list[torch.Tensor]:
+def linear_layers(engine: PagedEngine) -> list:
     m = engine.model
-    ws = [w for layer in m.layers for w in (layer.qkv, layer.o, layer.gate_up, layer.down)]
-    return ws + [m.lm_head]
+    return [lin for layer in m.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down)] + [m.lm_head]
 
 
 @torch.inference_mode()
-def gemm_seconds(weights: list[torch.Tensor], batch: int, reps: int = 5) -> float:
-    """Best time of all these GEMMs at M=batch, run back to back like one decode step."""
-    xs = {w.shape[1]: torch.randn(batch, w.shape[1]).to(w.dtype) for w in weights}
-    for w in weights:
-        F.linear(xs[w.shape[1]], w)
+def gemm_seconds(layers: list, batch: int, dtype: torch.dtype, packed: bool, reps: int = 5) -> float:
+    """Best time of one decode step's GEMMs at M=batch, bare and back to back.
+
+    `packed`: through the engine's prepacked oneDNN weights; otherwise `F.linear`
+    on plain weights (what transformers calls).
+    """
+    plain = [torch.randn(lin.out_features, lin.in_features).to(dtype) for lin in layers]
+    xs = {lin.in_features: torch.randn(batch, lin.in_features).to(dtype) for lin in layers}
+
+    def step() -> None:
+        for lin, w in zip(layers, plain):
+            x = xs[lin.in_features]
+            lin(x) if packed else F.linear(x, w)
+
+    step()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        for w in weights:
-            F.linear(xs[w.shape[1]], w)
+        step()
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -249,9 +266,11 @@ def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
     """Engine pure-decode GFLOP/s at `batch` rows vs the bare GEMMs of the same step."""
     engine = PagedEngine(loaded, dtype=dtype)
     warm_up(engine)
-    weights = linear_weights(engine)
-    flops_per_token = 2 * sum(w.numel() for w in weights)  # matmul FLOPs of one decode token
-    gemm_s = gemm_seconds(weights, batch)
+    layers = linear_layers(engine)
+    flops_per_token = 2 * sum(lin.numel for lin in layers)  # matmul FLOPs of one decode token
+    # The machine's matmul rate on these shapes: the faster of plain and prepacked GEMMs.
+    gemm_s = min(gemm_seconds(layers, batch, dtype, packed=False),
+                 gemm_seconds(layers, batch, dtype, packed=True))
     matmul_gflops = flops_per_token * batch / gemm_s / 1e9
     prompts = [Prompt.user(q) for q in QUESTIONS[: batch // SAMPLES]]
     before = engine.stats()

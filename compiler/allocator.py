@@ -511,8 +511,11 @@ def allocate_across_inputs(utilities: list[list[float]], costs: list[list[int]],
 
     Input i has options j with utility utilities[i][j] and cost costs[i][j]
     (a multiple-choice knapsack): difficulty-aware allocation across a data
-    set, as in Snell et al. (2024). Raises Infeasible when even the cheapest
-    options exceed the budget.
+    set, as in Snell et al. (2024). Inputs with the same curves (one
+    difficulty class) are interchangeable, so they are counted, not chosen one
+    by one: an integer per (class, option) instead of a Boolean per (input,
+    option), which spares CP-SAT a search through symmetric assignments.
+    Raises Infeasible when even the cheapest options exceed the budget.
     """
     from ortools.sat.python import cp_model
 
@@ -521,20 +524,33 @@ def allocate_across_inputs(utilities: list[list[float]], costs: list[list[int]],
     cheapest = sum(min(c) for c in costs)
     if cheapest > budget:
         raise Infeasible({"tokens": cheapest}, {"tokens": cheapest})
-    model = cp_model.CpModel()
-    picks = []
+    classes: dict[tuple, list[int]] = {}
     for i, (us, cs) in enumerate(zip(utilities, costs)):
-        lits = [model.NewBoolVar(f"x{i}_{j}") for j in range(len(us))]
-        model.AddExactlyOne(lits)
-        picks.append(lits)
-    model.Add(sum(c * lit for cs, lits in zip(costs, picks) for c, lit in zip(cs, lits)) <= budget)
-    model.Maximize(sum(int(round(u * scale)) * lit
-                       for us, lits in zip(utilities, picks) for u, lit in zip(us, lits)))
+        key = (tuple(int(round(u * scale)) for u in us), tuple(cs))
+        classes.setdefault(key, []).append(i)
+    model = cp_model.CpModel()
+    counts: dict[tuple, list[Any]] = {}
+    spend, gain = [], []
+    for key, members in classes.items():
+        us, cs = key
+        ys = [model.NewIntVar(0, len(members), "") for _ in us]
+        model.Add(sum(ys) == len(members))
+        counts[key] = ys
+        spend += [c * y for c, y in zip(cs, ys)]
+        gain += [u * y for u, y in zip(us, ys)]
+    model.Add(sum(spend) <= budget)
+    model.Maximize(sum(gain))
     solver = _solver(time_limit)
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise RuntimeError(f"CP-SAT gave no answer ({solver.StatusName(status)})")
-    return [next(j for j, lit in enumerate(lits) if solver.Value(lit)) for lits in picks]
+    picks = [0] * len(utilities)
+    for key, members in classes.items():
+        it = iter(members)
+        for j, y in enumerate(counts[key]):
+            for _ in range(solver.Value(y)):
+                picks[next(it)] = j
+    return picks
 
 
 def brute_force_across_inputs(utilities: list[list[float]], costs: list[list[int]], budget: int,

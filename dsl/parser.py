@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from ttsc.dsl import ast
 from ttsc.dsl.errors import Diagnostic, Span, TTSError, UserError, did_you_mean, error

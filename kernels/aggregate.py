@@ -24,7 +24,7 @@ from types import ModuleType
 
 import torch
 
-from ttsc.kernels.aggregate_codegen import AggregateSpec, render_source, write_source  # noqa: F401 (re-exported)
+from ttsc.kernels.aggregate_codegen import AggregateSpec, write_source
 from ttsc.kernels.dispatch import next_power_of_2, triton_importable, use_triton
 
 class GeneratedKernel:

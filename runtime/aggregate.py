@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from ttsc.kernels.aggregate import AggregateSpec, compile_aggregate
+from ttsc.kernels.aggregate import compile_aggregate
+from ttsc.kernels.aggregate_codegen import AggregateSpec
 
 
 def answer_ids(answers: list[list[str | None]]) -> tuple[torch.Tensor, list[list[str]]]:

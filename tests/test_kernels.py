@@ -27,8 +27,8 @@ if _SETS_INTERPRET:
 import pytest  # noqa: E402
 
 from ttsc.dsl.errors import UserError  # noqa: E402
-from ttsc.kernels.aggregate import (AggregateSpec, compile_aggregate, render_source,  # noqa: E402
-                                    vote_reference)
+from ttsc.kernels.aggregate import compile_aggregate, vote_reference  # noqa: E402
+from ttsc.kernels.aggregate_codegen import AggregateSpec, render_source  # noqa: E402
 from ttsc.kernels.cascade_attention import (attention_reference_per_sequence,  # noqa: E402
                                             cascade_attention, cascade_attention_reference)
 from ttsc.kernels.dispatch import interpreter_ready, triton_importable, use_triton  # noqa: E402

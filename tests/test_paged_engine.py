@@ -95,28 +95,32 @@ ARCHS = {
                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                          "original_max_position_embeddings": 64}),
     "tied-embeddings": dict(tie_word_embeddings=True, num_key_value_heads=1),
+    "llama-biases": dict(attention_bias=True, mlp_bias=True),
     "qwen2-bias": "qwen2",
 }
 
 
 def _arch_model(kind) -> LoadedModel:
     if kind != "qwen2":
-        return tiny_random_model(seed=3, **kind)
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+        loaded = tiny_random_model(seed=3, **kind)
+    else:
+        from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    base = tiny_random_model(seed=3)
-    cfg = Qwen2Config(vocab_size=base.model.config.vocab_size, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, initializer_range=0.3, tie_word_embeddings=False,
-                      eos_token_id=base.tokenizer.eos_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(3)
-        model = Qwen2ForCausalLM(cfg).eval()
-        with torch.no_grad():  # biases start at zero; make them matter
-            for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                    proj.bias.normal_(0, 0.5)
-    return LoadedModel("qwen2-tiny", model, base.tokenizer, torch.device("cpu"))
+        base = tiny_random_model(seed=3)
+        cfg = Qwen2Config(vocab_size=base.model.config.vocab_size, hidden_size=64, intermediate_size=128,
+                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=512, initializer_range=0.3,
+                          tie_word_embeddings=False, eos_token_id=base.tokenizer.eos_token_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(3)
+            model = Qwen2ForCausalLM(cfg).eval()
+        loaded = LoadedModel("qwen2-tiny", model, base.tokenizer, torch.device("cpu"))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(4)
+        for name, param in loaded.model.named_parameters():
+            if name.endswith(".bias"):  # biases start at zero; make them matter
+                param.normal_(0, 0.5)
+    return loaded
 
 
 @pytest.mark.parametrize("kind", ARCHS.values(), ids=ARCHS.keys())

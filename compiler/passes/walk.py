@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ttsc.compiler.ir import Graph, Op
+from ttsc.compiler.ir import Graph
 
 
 def graphs(graph: Graph) -> Iterator[Graph]:

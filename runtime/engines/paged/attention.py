@@ -1,9 +1,10 @@
 """Attention over the paged KV pool for one forward pass of a mixed batch.
 
-The pool is one tensor [L, 2, Hkv, NB, bs, D] (layer, K/V, KV head, block,
-offset, head dim): per layer and head, a block's KV is contiguous, a token's
-slot is `block * bs + offset`, and gathering blocks along dim 1 gives the
-[Hkv, B, S, D] layout batched matrix products want without another copy.
+The pool is one tensor [L, NB, bs, 2, Hkv, D] (layer, block, offset, K/V, KV
+head, head dim). Per layer a block is one contiguous chunk holding both K and
+V, so gathering a sequence's blocks is one plain row copy and storing a token
+is one indexed row write at slot `block * bs + offset`; the gathered keys and
+values are handed to attention as [B, Hkv, S, D] views without another copy.
 
 Token rows of a batch: first one row per decoding sequence, then the new
 tokens of prefilling sequences (chunked prefill), in order.
@@ -13,8 +14,8 @@ block tables start with the same shared blocks (the N samples of a prompt)
 form a group; the group's queries attend to the shared prefix in one matrix
 product, reading it once, each sequence attends to its own remaining blocks,
 and the two parts merge by log-sum-exp. On CUDA the kernels package's cascade
-dispatcher does the same per group. Prefill is padded SDPA with a
-bottom-right causal mask over each sequence's gathered context.
+dispatcher does the same per group. Prefill is SDPA with a bottom-right
+causal mask over each sequence's gathered context.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ class DecodeGroups:
     """Decode rows that share leading blocks; built once per step, used by every layer."""
 
     group_blocks: torch.Tensor  # [NG, NBp] shared prefix blocks (padded with block 0)
-    group_mask: torch.Tensor  # [Hkv*NG, 1, NBp*bs] 0 or -inf (padding keys)
-    group_rows: torch.Tensor  # [NG, Gmax] decode row of each member (padding repeats row 0)
+    group_mask: torch.Tensor  # [NG, 1, 1, NBp*bs] additive: 0, or -inf on padding keys
+    group_rows: torch.Tensor  # [NG*Gmax] decode row of each member (padding repeats row 0)
     row_slot: torch.Tensor  # [Bd] member index g*Gmax+j of each row (0 if in no group)
-    in_group: torch.Tensor  # [1, Bd, 1] fp32: 1 for rows in a group, 0 for the others
+    in_group: torch.Tensor  # [Bd, 1, 1] fp32: 1 for rows in a group, 0 for the others
+    num_groups: int
+    max_members: int  # Gmax
+    uniform: bool  # every row is in a group, all groups have Gmax rows, in row order
     # The same, as lists, for the per-group kernel path.
     groups: list[tuple[list[int], list[int]]]  # (rows, prefix blocks)
 
@@ -43,7 +47,7 @@ class DecodeMeta:
     num_rows: int  # Bd
     own_blocks: torch.Tensor  # [Bd, NB2] each row's blocks after its group prefix (padded)
     own_lens: torch.Tensor  # [Bd] tokens in those blocks
-    own_mask: torch.Tensor  # [Hkv*Bd, 1, NB2*bs] 0 or -inf
+    own_mask: torch.Tensor  # [Bd, 1, 1, NB2*bs] additive: 0, or -inf past the row's length
     groups: DecodeGroups | None
 
 
@@ -61,110 +65,99 @@ class PrefillMeta:
 class PagedAttention:
     def __init__(self, kv_pool: torch.Tensor, slot_mapping: torch.Tensor, scale: float,
                  decode: DecodeMeta | None, prefill: PrefillMeta | None, use_kernel: bool = False):
-        self.kv_pool = kv_pool  # [L, 2, Hkv, NB, bs, D]
+        self.kv_pool = kv_pool  # [L, NB, bs, 2, Hkv, D]
         self.slot_mapping = slot_mapping  # [T] where each new token's K/V goes
         self.scale = scale
         self.decode = decode
         self.prefill = prefill
         self.use_kernel = use_kernel  # decode through ttsc.kernels' cascade dispatcher
-        self._k_new: torch.Tensor | None = None
-        self._v_new: torch.Tensor | None = None
+        self._kv_new: torch.Tensor | None = None
 
-    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Write K/V [T, Hkv, D] of the new tokens into their slots."""
-        hkv, nb, bs, d = self.kv_pool.shape[2:]
-        self.kv_pool[layer, 0].view(hkv, nb * bs, d).index_copy_(1, self.slot_mapping, k.transpose(0, 1))
-        self.kv_pool[layer, 1].view(hkv, nb * bs, d).index_copy_(1, self.slot_mapping, v.transpose(0, 1))
-        self._k_new, self._v_new = k, v
+    def store(self, layer: int, kv: torch.Tensor) -> None:
+        """Write K|V [T, 2, Hkv, D] of the new tokens into their slots, in one indexed copy."""
+        nb, bs = self.kv_pool.shape[1:3]
+        self.kv_pool[layer].view(nb * bs, *kv.shape[1:]).index_copy_(0, self.slot_mapping, kv)
+        self._kv_new = kv
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q [T, H, D] -> attention output [T, H, D]."""
-        k_blocks = self.kv_pool[layer, 0]  # [Hkv, NB, bs, D]
-        v_blocks = self.kv_pool[layer, 1]
+        blocks = self.kv_pool[layer]  # [NB, bs, 2, Hkv, D]
         parts = []
         nd = self.decode.num_rows if self.decode else 0
         if self.decode:
-            qd = q[:nd]
-            if self.use_kernel:
-                parts.append(self._decode_kernel(qd, k_blocks, v_blocks))
-            else:
-                parts.append(self._decode(qd, k_blocks, v_blocks))
+            decode = self._decode_kernel if self.use_kernel else self._decode
+            parts.append(decode(q[:nd], blocks))
         if self.prefill:
-            parts.append(self._prefill(q[nd:], k_blocks, v_blocks))
+            parts.append(self._prefill(q[nd:], blocks))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # -------------------------------------------------------------- decode
 
-    def _decode(self, q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor) -> torch.Tensor:
+    def _decode(self, q: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         meta = self.decode
         bd, h, d = q.shape
-        hkv = k_blocks.shape[0]
+        hkv = blocks.shape[3]
         rep = h // hkv
-        # Work in [Hkv, rows, rep, D]: the rep query heads reading one KV head sit together.
-        qt = q.view(bd, hkv, rep, d).transpose(0, 1)
+        qh = q.view(bd, hkv, rep, d)  # the rep query heads reading one KV head sit together
         # Own blocks: each row's queries against that row's keys.
-        o2, lse2 = _attend(qt.reshape(hkv * bd, rep, d), _gather(k_blocks, meta.own_blocks),
-                           _gather(v_blocks, meta.own_blocks), meta.own_mask, self.scale)
-        o2 = o2.view(hkv, bd, rep, d)
+        o2, lse2 = _attend(qh, *_gather(blocks, meta.own_blocks), meta.own_mask,
+                           self.scale)  # [Bd, Hkv, rep, D], [Bd, Hkv, rep]
         g = meta.groups
         if g is not None:
             # Shared prefixes: all Gmax*rep queries of a group per KV head in one product.
-            ng, gmax = g.group_rows.shape
-            qg = qt.index_select(1, g.group_rows.flatten()).view(hkv * ng, gmax * rep, d)
-            o1, lse1 = _attend(qg, _gather(k_blocks, g.group_blocks), _gather(v_blocks, g.group_blocks),
-                               g.group_mask, self.scale)
-            o1 = o1.view(hkv, ng * gmax, rep, d).index_select(1, g.row_slot)  # [Hkv, Bd, rep, D]
-            lse1 = lse1.view(hkv, ng * gmax, rep).index_select(1, g.row_slot)
-            # Log-sum-exp merge: weight of the prefix part e^lse1 / (e^lse1 + e^lse2).
-            w1 = torch.sigmoid(lse1 - lse2.view(hkv, bd, rep)).mul_(g.in_group)
-            o2 = torch.lerp(o2, o1, w1.unsqueeze(-1).to(o2.dtype))
-        return o2.transpose(0, 1).reshape(bd, h, d).to(q.dtype)
+            ng, gmax = g.num_groups, g.max_members
+            qg = qh if g.uniform else qh.index_select(0, g.group_rows)
+            qg = qg.view(ng, gmax, hkv, rep, d).transpose(1, 2).reshape(ng, hkv, gmax * rep, d)
+            o1, lse1 = _attend(qg, *_gather(blocks, g.group_blocks), g.group_mask,
+                               self.scale)  # [NG, Hkv, Gmax*rep, D], [NG, Hkv, Gmax*rep]
+            o1 = o1.view(ng, hkv, gmax, rep, d).transpose(1, 2).reshape(ng * gmax, hkv, rep, d)
+            lse1 = lse1.view(ng, hkv, gmax, rep).transpose(1, 2).reshape(ng * gmax, hkv, rep)
+            # Log-sum-exp merge: the prefix part weighs e^lse1 / (e^lse1 + e^lse2).
+            if g.uniform:
+                w1 = torch.sigmoid(lse1 - lse2)
+            else:
+                o1 = o1.index_select(0, g.row_slot)  # [Bd, Hkv, rep, D]
+                w1 = torch.sigmoid(lse1.index_select(0, g.row_slot) - lse2).mul_(g.in_group)
+            o2 = torch.lerp(o2, o1.to(o2.dtype), w1.unsqueeze(-1).to(o2.dtype))
+        return o2.reshape(bd, h, d).to(q.dtype)
 
-    def _decode_kernel(self, q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor) -> torch.Tensor:
+    def _decode_kernel(self, q: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         from ttsc.kernels.cascade_attention import cascade_attention
 
         meta = self.decode
-        hkv, _, bs, d = k_blocks.shape
-        out = torch.empty_like(q)
-        own_k = _gather(k_blocks, meta.own_blocks)  # [Hkv*Bd, S, D]
-        own_v = _gather(v_blocks, meta.own_blocks)
         bd = q.shape[0]
-        own_k = own_k.view(hkv, bd, -1, d).permute(1, 2, 0, 3)  # [Bd, S, Hkv, D]
-        own_v = own_v.view(hkv, bd, -1, d).permute(1, 2, 0, 3)
+        _, bs, _, hkv, d = blocks.shape
+        own = blocks.index_select(0, meta.own_blocks.flatten()).view(bd, -1, 2, hkv, d)
+        own_k, own_v = own[:, :, 0], own[:, :, 1]  # [Bd, S, Hkv, D]
+        out = torch.empty_like(q)
         groups = meta.groups.groups if meta.groups else []
         grouped = {r for rows, _ in groups for r in rows}
         singles = [r for r in range(bd) if r not in grouped]
-        empty = k_blocks.new_empty(0, hkv, d)
-        calls = [(rows, blocks) for rows, blocks in groups] + ([(singles, [])] if singles else [])
-        for rows, blocks in calls:
+        calls = groups + ([(singles, [])] if singles else [])
+        for rows, blocks_ in calls:
             idx = torch.tensor(rows, device=q.device)
-            if blocks:
-                b = torch.tensor(blocks, device=q.device)
-                pk = k_blocks.index_select(1, b).reshape(hkv, -1, d).transpose(0, 1)  # [Lp, Hkv, D]
-                pv = v_blocks.index_select(1, b).reshape(hkv, -1, d).transpose(0, 1)
-            else:
-                pk = pv = empty
+            prefix = blocks.index_select(0, torch.tensor(blocks_, dtype=torch.long, device=q.device))
+            prefix = prefix.view(-1, 2, hkv, d)
+            pk, pv = prefix[:, 0], prefix[:, 1]  # [Lp, Hkv, D], Lp may be 0
             out[idx] = cascade_attention(q[idx], pk, pv, own_k[idx], own_v[idx],
                                          meta.own_lens[idx], self.scale)
         return out
 
     # ------------------------------------------------------------- prefill
 
-    def _prefill(self, q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor) -> torch.Tensor:
+    def _prefill(self, q: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         meta = self.prefill
         t, h, d = q.shape
-        hkv = k_blocks.shape[0]
         if meta.fresh_single:
             nd = self.decode.num_rows if self.decode else 0
-            k = self._k_new[nd:].transpose(0, 1).unsqueeze(0)  # [1, Hkv, T, D]
-            v = self._v_new[nd:].transpose(0, 1).unsqueeze(0)
+            k = self._kv_new[nd:, 0].transpose(0, 1).unsqueeze(0)  # [1, Hkv, T, D]
+            v = self._kv_new[nd:, 1].transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0), k, v, is_causal=True,
                                                scale=self.scale, enable_gqa=True)
             return o[0].transpose(0, 1)
         bp = meta.blocks.shape[0]
-        k = _gather(k_blocks, meta.blocks).view(hkv, bp, -1, d)[:, :, :meta.ctx_len]
-        v = _gather(v_blocks, meta.blocks).view(hkv, bp, -1, d)[:, :, :meta.ctx_len]
-        k, v = k.transpose(0, 1), v.transpose(0, 1)  # [Bp, Hkv, Kmax, D]
+        k, v = _gather(blocks, meta.blocks)
+        k, v = k[:, :, :meta.ctx_len], v[:, :, :meta.ctx_len]  # [Bp, Hkv, Kmax, D]
         if meta.q_dest is None:  # one sequence: no padding of queries
             qp = q.transpose(0, 1).unsqueeze(0)  # [1, H, T, D]
         else:
@@ -176,28 +169,27 @@ class PagedAttention:
         return o if meta.q_dest is None else o[meta.q_dest]
 
 
-def _gather(blocks: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Blocks [Hkv, NB, bs, D] at ids [R, n] -> [Hkv*R, n*bs, D]."""
-    hkv, _, bs, d = blocks.shape
+def _gather(blocks: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks [NB, bs, 2, Hkv, D] at ids [R, n] -> K, V [R, Hkv, n*bs, D] (views of one copy)."""
+    _, bs, _, hkv, d = blocks.shape
     r, n = ids.shape
-    return blocks.index_select(1, ids.flatten()).view(hkv * r, n * bs, d)
+    kv = blocks.index_select(0, ids.flatten()).view(r, n * bs, 2, hkv, d)
+    return kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
             scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched attention and its log-sum-exp: q [N, M, D], k/v [N, S, D], mask [N, 1, S] -> ([N, M, D], [N, M]).
+    """Attention with its log-sum-exp: q [B, Hkv, M, D], k/v [B, Hkv, S, D], mask [B, 1, 1, S].
 
-    On CPU the fused flash kernel (fp32 accumulation, any input dtype); elsewhere
-    plain matrix products in fp32.
+    Returns ([B, Hkv, M, D], [B, Hkv, M] fp32). On CPU the fused flash kernel
+    (fp32 accumulation, any input dtype, strided keys); elsewhere fp32 products.
     """
     if q.device.type == "cpu":
-        out, lse = _flash_cpu(q[:, None], k[:, None], v[:, None],
-                              attn_mask=mask[:, None].to(q.dtype), scale=scale)
-        return out[:, 0], lse[:, 0]
-    scores = torch.baddbmm(mask, q.float(), k.float().transpose(1, 2), alpha=scale)  # [N, M, S]
+        return _flash_cpu(q, k, v, attn_mask=mask, scale=scale)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale).add_(mask)
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1))
-    return torch.bmm(probs, v.float()), lse
+    return torch.matmul(probs, v.float()), lse
 
 
 _flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu

@@ -24,7 +24,6 @@ import time
 from typing import Sequence as Seq
 
 import torch
-import torch.nn.functional as F
 
 from ttsc.dsl.errors import UserError
 from ttsc.runtime.engines.base import (
@@ -38,7 +37,7 @@ from ttsc.runtime.engines.base import (
     Usage,
 )
 from ttsc.runtime.engines.paged.block_manager import BlockManager
-from ttsc.runtime.engines.paged.model import LlamaModel, ModelConfig
+from ttsc.runtime.engines.paged.model import Linear, LlamaModel, ModelConfig
 from ttsc.runtime.engines.paged.radix import RadixCache
 from ttsc.runtime.engines.paged.runner import ModelRunner, kv_block_bytes
 from ttsc.runtime.engines.paged.sampler import RowSettings, sample
@@ -280,6 +279,7 @@ class PagedEngine(Engine):
         finally:
             self._busy_seconds += time.perf_counter() - t0
 
+    @torch.inference_mode()
     def _step(self) -> None:
         t0 = time.perf_counter()
         batch = self.scheduler.schedule()
@@ -299,7 +299,7 @@ class PagedEngine(Engine):
                 seq.num_forks = 0
                 to_sample.extend((child, i) for child in seq.siblings)
         if to_score:
-            logp = torch.log_softmax(logits[[i for _, i, _ in to_score]], dim=-1)
+            logp = torch.log_softmax(logits[[i for _, i, _ in to_score]], dim=-1, dtype=torch.float32)
             for r, (seq, _, targets) in enumerate(to_score):
                 seq.scores.append(logp[r, targets].tolist())
         if to_sample:
@@ -403,22 +403,22 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device, cfg: Mo
 
 @functools.cache
 def cpu_bf16_is_faster(hidden: int, intermediate: int, batch: int = 64) -> bool:
-    """Measure one MLP-shaped matmul in fp32 and bf16 on this CPU (AMX/AVX512-BF16 pay)."""
-    def rate(dtype: torch.dtype) -> float:
+    """Time one MLP-shaped product as the engine would run it, fp32 vs bf16 (AMX/AVX512-BF16 pay)."""
+    def seconds(dtype: torch.dtype) -> float:
         x = torch.randn(batch, hidden).to(dtype)
-        w = torch.randn(2 * intermediate, hidden).to(dtype)
+        linear = Linear(torch.randn(2 * intermediate, hidden).to(dtype))
         with torch.inference_mode():
             for _ in range(3):
-                F.linear(x, w)
+                linear(x)
             best = float("inf")
             for _ in range(3):
                 t0 = time.perf_counter()
                 for _ in range(10):
-                    F.linear(x, w)
+                    linear(x)
                 best = min(best, time.perf_counter() - t0)
         return best
 
-    return rate(torch.bfloat16) * 1.25 < rate(torch.float32)
+    return seconds(torch.bfloat16) * 1.25 < seconds(torch.float32)
 
 
 def default_kv_bytes(device: torch.device) -> int:

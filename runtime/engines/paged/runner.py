@@ -1,6 +1,6 @@
 """Runs the model over the paged KV pool: builds the batch tensors, runs one forward.
 
-The KV pool is allocated once at the cap, [L, 2, Hkv, NB, bs, D], and written
+The KV pool is allocated once at the cap, [L, NB, bs, 2, Hkv, D], and written
 by index.
 """
 
@@ -39,7 +39,7 @@ class ModelRunner:
         # Zeroed, not empty: padded key slots are read with weight 0, and 0 * NaN
         # from uninitialized memory would still poison the output.
         self.kv_pool = torch.zeros(
-            (cfg.num_layers, 2, cfg.num_kv_heads, num_blocks, block_size, cfg.head_dim),
+            (cfg.num_layers, num_blocks, block_size, 2, cfg.num_kv_heads, cfg.head_dim),
             dtype=model.dtype, device=model.device)
         self.scale = cfg.head_dim ** -0.5
 
@@ -49,13 +49,13 @@ class ModelRunner:
             return
         src = torch.tensor([s for s, _ in copies], device=self.device)
         dst = torch.tensor([d for _, d in copies], device=self.device)
-        layers, kv, hkv, nb, bs, d = self.kv_pool.shape
-        pool = self.kv_pool.view(layers * kv * hkv, nb, bs * d)  # every layer's block at once
+        layers, nb = self.kv_pool.shape[:2]
+        pool = self.kv_pool.view(layers, nb, -1)  # every layer's block at once
         pool.index_copy_(1, dst, pool.index_select(1, src))
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[LogitRow]]:
-        """fp32 logits [R, V] for the rows that need them, and which rows those are."""
+        """Logits [R, V] (model dtype) for the rows that need them, and which rows those are."""
         self.copy_blocks(batch.copies)
         input_ids, positions, slots, hidden_rows, rows = self._flatten(batch)
         attn = PagedAttention(self.kv_pool, self._tensor(slots), self.scale,
@@ -63,7 +63,7 @@ class ModelRunner:
                               use_kernel=self.use_kernel)
         hidden = self.model.forward(self._tensor(input_ids), self._tensor(positions), attn)
         if not rows:
-            return hidden.new_empty(0, self.model.cfg.vocab_size, dtype=torch.float32), rows
+            return hidden.new_empty(0, self.model.cfg.vocab_size), rows
         return self.model.logits(hidden[self._tensor(hidden_rows)]), rows
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
@@ -105,7 +105,6 @@ class ModelRunner:
         if not decode:
             return None
         bs = self.block_size
-        hkv = self.model.cfg.num_kv_heads
         shared_depth = [0] * len(decode)
         for rows, depth in batch.decode_groups:
             for r in rows:
@@ -114,13 +113,13 @@ class ModelRunner:
         own_lens = [seq.num_tokens - shared_depth[i] * bs for i, seq in enumerate(decode)]
         own_blocks = self._padded(own)
         own_lens_t = self._tensor(own_lens)
-        own_mask = self._key_mask(own_lens_t, own_blocks.shape[1] * bs, hkv)
+        own_mask = self._key_mask(own_lens_t, own_blocks.shape[1] * bs)
         groups = None
         if batch.decode_groups:
             members = [rows for rows, _ in batch.decode_groups]
             prefixes = [decode[rows[0]].block_table[:depth] for rows, depth in batch.decode_groups]
             gmax = max(len(m) for m in members)
-            group_rows = self._padded(members, pad=0, width=gmax)
+            group_rows = self._padded(members, pad=0, width=gmax).flatten()
             row_slot = [0] * len(decode)
             in_group = [0.0] * len(decode)
             for g, rows in enumerate(members):
@@ -131,9 +130,11 @@ class ModelRunner:
             group_lens = self._tensor([len(p) * bs for p in prefixes])
             groups = DecodeGroups(
                 group_blocks=group_blocks,
-                group_mask=self._key_mask(group_lens, group_blocks.shape[1] * bs, hkv),
+                group_mask=self._key_mask(group_lens, group_blocks.shape[1] * bs),
                 group_rows=group_rows, row_slot=self._tensor(row_slot),
-                in_group=torch.tensor(in_group, device=self.device).view(1, -1, 1),
+                in_group=torch.tensor(in_group, device=self.device).view(-1, 1, 1),
+                num_groups=len(members), max_members=gmax,
+                uniform=all(len(m) == gmax for m in members) and gmax * len(members) == len(decode),
                 groups=list(zip(members, prefixes)))
         return DecodeMeta(len(decode), own_blocks, own_lens_t, own_mask, groups)
 
@@ -170,11 +171,11 @@ class ModelRunner:
         width = max(1, max(len(x) for x in lists)) if width is None else width
         return self._tensor([x + [pad] * (width - len(x)) for x in lists])
 
-    def _key_mask(self, lens: torch.Tensor, width: int, hkv: int) -> torch.Tensor:
-        """[Hkv*R, 1, width] additive mask: 0 for the first lens[r] keys, -inf after."""
+    def _key_mask(self, lens: torch.Tensor, width: int) -> torch.Tensor:
+        """[R, 1, 1, width] additive mask: 0 for the first lens[r] keys, -inf after."""
         keys = torch.arange(width, device=self.device)[None, :]
         # The CPU flash kernel wants the mask in the query dtype; matmuls elsewhere use fp32.
         dtype = self.model.dtype if self.device.type == "cpu" else torch.float32
         mask = torch.zeros(lens.shape[0], width, device=self.device, dtype=dtype)
         mask.masked_fill_(keys >= lens[:, None], float("-inf"))
-        return mask.expand(hkv, -1, -1).reshape(hkv * lens.shape[0], 1, width)
+        return mask[:, None, None, :]

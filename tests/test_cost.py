@@ -147,3 +147,22 @@ def test_prompt_tokenizer_is_exact_once_cached(tiny_model):
     want = tiny_model.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tok.encode(text) == want
     assert cost.model_shape("tiny-random").source == "cache"
+
+
+def test_profile_measures_fits_and_stores(capsys):
+    import argparse
+
+    from ttsc.runtime.profile import register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers())
+    args = parser.parse_args(["profile", "tiny-random", "--batch-sizes", "1,2",
+                              "--prompt-tokens", "8,32", "--decode-tokens", "2"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "effective roofline" in out and "saved" in out
+    prof = cost.load_profile("tiny-random")
+    assert prof.measured and prof.engine == "hf" and len(prof.measurements) == 8
+    assert prof.peak_flops > 0 and prof.bandwidth > 0 and prof.overhead_s >= 0
+    # Profiling also cached what compile-time analysis needs.
+    assert cost.prompt_tokenizer("tiny-random").exact

@@ -122,3 +122,69 @@ def test_calibration_file_round_trip(tmp_path):
     assert m.agreement_model(0.25).prior == BetaPrior(0.5, 2.0)
     path.write_text("{not json")
     assert load_calibration(strategy) is None
+
+
+# ------------------------------------------------------------------ fitting from pilot samples
+
+
+def pilot(answers, golds):
+    from ttsc.runtime.calibrate import PilotSamples
+
+    correct = [[a == g for a in ans] for ans, g in zip(answers, golds)]
+    return PilotSamples("policy", "tiny-random", answers, correct,
+                        [[3] * len(a) for a in answers], [[True] * len(a) for a in answers],
+                        [[str(x) for x in a] for a in answers], [10] * len(answers), 0.0)
+
+
+def test_agreement_bins_tile_the_unit_interval_and_keep_every_question():
+    from ttsc.runtime.calibrate import agreement, agreement_bins
+
+    assert agreement(["4", "4", None, "5"]) == 0.5 and agreement([None, None]) == 0.0
+    # 4 questions with unanimous pilots (right after), 4 scattered (wrong after), 1 in between.
+    answers = ([["7"] * 8] * 4 + [["1", "2", "3", "4", "9", "9", "9", "9"]] * 4
+               + [["5", "5", "6", "8", "5", "5", "5", "5"]])
+    golds = ["7"] * 4 + ["5"] * 4 + ["5"]
+    bins = agreement_bins(pilot(answers, golds), 4)
+    assert bins[0]["lo"] == 0.0 and bins[-1]["hi"] == 1.0
+    assert all(a["hi"] == b["lo"] for a, b in zip(bins, bins[1:]))
+    assert sum(b["questions"] for b in bins) == 9
+    low, high = bins[0], bins[-1]
+    assert low["a"] / (low["a"] + low["b"]) < 0.3 < high["a"] / (high["a"] + high["b"])
+
+
+def test_verifier_reliability_between_zero_and_one():
+    from ttsc.runtime.calibrate import verifier_reliability
+
+    correct = [[True, False, False, False]] * 5 + [[False, True, False, False]] * 5
+    perfect = [[1.0 if c else 0.0 for c in row] for row in correct]
+    useless = [[0.5] * 4 for _ in correct]
+    assert verifier_reliability(correct, perfect) == pytest.approx(1.0)
+    assert verifier_reliability(correct, useless, draws=400) < 0.4
+    assert verifier_reliability([[True] * 4] * 3, useless) is None  # no gap to close
+
+
+def test_calibrate_writes_the_file_the_allocator_reads(tmp_path, monkeypatch):
+    from ttsc.compiler.pipeline import compile_file
+    from ttsc.runtime.calibrate import calibrate, summary
+
+    monkeypatch.setenv("TTSC_CACHE_DIR", str(tmp_path / "cache"))
+    strategy = tmp_path / "s.tts"
+    strategy.write_text('''model policy = "tiny-random"
+prompt solve = """{question} Answer with a number."""
+strategy s(question) {
+    return vote(extract(generate(policy, solve, n=auto, max_tokens=4), number))
+}
+budget { tokens <= 500 per input }
+''')
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(f'{{"question": "What is {i} + 1?", "answer": "{i + 1}", '
+                            f'"difficulty": "{"easy" if i < 2 else "hard"}"}}\n' for i in range(4)))
+    lines: list[str] = []
+    cal = calibrate(strategy, data, samples=4, pilot=2, log=lines.append)
+    assert calibration_path(strategy).is_file() and any("saved" in line for line in lines)
+    m = cal.models["policy"]
+    assert m.questions == 4 and m.samples_per_question == 4 and set(m.groups) == {"easy", "hard"}
+    assert cal.input_tokens and cal.input_tokens > 0
+    assert "policy (tiny-random)" in summary(cal)
+    plan = compile_file(strategy).plan
+    assert plan.allocation["utility_model"].startswith("calibrated")

@@ -4,6 +4,8 @@
     ttsc compile FILE [--explain]         show the plan (--emit json, --dot)
     ttsc run FILE --input question="..."  answer one input
     ttsc eval FILE --data FILE.jsonl      accuracy over a data set
+    ttsc profile MODEL                    measure an engine for the cost model
+    ttsc calibrate FILE --data dev.jsonl  fit the utility model the allocator uses
 
 A user mistake prints `FILE:LINE:COL: error: ...` (or the data file's line)
 and exits with status 2; nothing a user can fix ends in a traceback.
@@ -27,6 +29,8 @@ examples:
   ttsc compile examples/beam_search.tts --dot | dot -Tpng > ir.png
   ttsc run examples/self_consistency.tts --input question="What is 3 + 4?"
   ttsc eval examples/self_consistency.tts --data examples/data/addition.jsonl --limit 30
+  ttsc profile smollm2-135m
+  ttsc calibrate examples/search_space.tts --data examples/data/addition_dev.jsonl
 """
 
 
@@ -249,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no plan summary or progress bar")
     runtime_args(c)
     c.set_defaults(func=cmd_eval)
+
+    from ttsc.runtime import calibrate, profile
+
+    profile.register_cli(sub)
+    calibrate.register_cli(sub)
     return p
 
 

@@ -109,7 +109,7 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 class Linear:
-    """y = x W^T + b. In bf16/fp16 on CPU the weight is reordered once for oneDNN.
+    """y = x W^T + b. In bf16 on CPU the weight is reordered once for oneDNN.
 
     `F.linear` repacks the weight into oneDNN's blocked layout on every call,
     which for decode-sized inputs costs about as much as the product itself;
@@ -137,10 +137,11 @@ class Linear:
 
 
 def can_prepack(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype in (torch.bfloat16, torch.float16)
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @dataclass

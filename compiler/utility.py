@@ -11,7 +11,8 @@ From that:
 - a verifier picking among k samples gets pass@1 + reliability x (coverage -
   pass@1), coverage being 1 - E[(1-p)^k] (a perfect verifier reaches coverage);
 - a sample cut off at `max_tokens` has no answer: p becomes p x P(the
-  completion finishes within max_tokens).
+  completion finishes within max_tokens) (relative to the pilot's max_tokens
+  for a calibrated model, whose accuracy was measured there).
 
 `ttsc calibrate` fits a, b, the wrong-answer concentration, the verifier
 reliability and the completion-length distribution from pilot samples on a
@@ -166,20 +167,25 @@ class AccuracyModel:
     wrong_concentration: float = PRIOR_WRONG_CONCENTRATION
     verifier_reliability: float = PRIOR_VERIFIER_RELIABILITY
     # Sorted lengths (tokens) of pilot completions that finished, and the share
-    # that finished within the pilot's max_tokens; None: the exponential prior.
+    # that finished within the pilot's max_tokens (reported; the accuracy
+    # already reflects it); None: the exponential prior.
     finished_lengths: tuple[int, ...] | None = None
     finished_share: float = 1.0
     calibrated: bool = False
 
     def finish_prob(self, max_tokens: int | None) -> float:
         """P(a completion finishes within max_tokens); 1 when unlimited, or
-        when the model was already truncated (finished_lengths == ())."""
+        when the model was already truncated (finished_lengths == ()).
+
+        A calibrated accuracy was measured at the pilot's max_tokens, so this is
+        relative to it: the share of the pilot's finished completions that
+        would also finish within max_tokens (1 at or beyond the pilot's limit,
+        which the pilot cannot see past)."""
         if max_tokens is None or self.finished_lengths == ():
             return 1.0
         if self.finished_lengths:
             lengths = self.finished_lengths
-            within = sum(1 for n in lengths if n <= max_tokens) / len(lengths)
-            return within * self.finished_share
+            return sum(1 for n in lengths if n <= max_tokens) / len(lengths)
         return 1.0 - math.exp(-max_tokens / PRIOR_MEAN_COMPLETION_TOKENS)
 
     def _expected(self, kind: str, k: int, max_tokens: int | None) -> float:

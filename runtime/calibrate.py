@@ -214,7 +214,8 @@ def _targets(program: Any) -> tuple[list[_Target], list[tuple[str, dict[str, Any
         (v for v in (mt or {}).get("choice", []) if isinstance(v, int)), default=DEFAULT_MAX_TOKENS)
     t = gen.attrs.get("temperature")
     temperature = (float(t) if isinstance(t, (int, float)) else
-                   sum(t["range"]) / 2 if isinstance(t, dict) and "range" in t else DEFAULT_TEMPERATURE)
+                   round(sum(t["range"]) / 2, 4) if isinstance(t, dict) and "range" in t
+                   else DEFAULT_TEMPERATURE)
     pdef = program.prompts[gen.attrs["prompt"]]
     targets = [_Target(name, pdef, max_tokens, temperature, how) for name in names(gen.attrs["model"])]
     checks = [(name, prompt_def(program, v)) for v in verifiers for name in names(v.attrs["model"])]
@@ -251,6 +252,7 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
     targets, verifiers = _targets(program)
     models: dict[str, ModelCalibration] = {}
     pools: dict[str, PilotSamples] = {}
+    drawn: dict[tuple, PilotSamples] = {}
     engines: dict[str, Engine] = {}
     input_tokens = None
     try:
@@ -263,11 +265,16 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
                     cost.cache_model_facts(spec, loaded)
             eng = engines[spec]
             mt = max_tokens or target.max_tokens
-            log(f"{target.model} ({spec}): {samples} samples x {len(rows)} questions, "
-                f"max_tokens={mt}, temperature={target.temperature}")
-            pool = draw_samples(eng, target.prompt, rows, program.params, samples=samples,
-                                max_tokens=mt, temperature=target.temperature, how=target.how,
-                                gold=gold, is_right=is_right, seed=seed, model=target.model, spec=spec)
+            key = (spec, mt, target.temperature)
+            if key in drawn:  # another name for the same model: the same samples
+                pool = drawn[key]
+            else:
+                log(f"{target.model} ({spec}): {samples} samples x {len(rows)} questions, "
+                    f"max_tokens={mt}, temperature={target.temperature:g}")
+                pool = drawn[key] = draw_samples(
+                    eng, target.prompt, rows, program.params, samples=samples, max_tokens=mt,
+                    temperature=target.temperature, how=target.how, gold=gold, is_right=is_right,
+                    seed=seed, model=target.model, spec=spec)
             pools[target.model] = pool
             models[target.model] = fit_model(pool, rows, gold, is_right, group_field, pilot)
             tok = getattr(eng, "tokenizer", None)

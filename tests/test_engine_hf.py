@@ -126,13 +126,15 @@ def test_generation_stops_at_the_context_limit() -> None:
 
 
 def test_registry(tiny_model: LoadedModel) -> None:
-    engine = make_engine("tiny-random", max_batch_size=4)
+    from ttsc.runtime.engines.paged.engine import PagedEngine
+
+    assert isinstance(make_engine("tiny-random"), PagedEngine)  # auto: the fast engine
+    engine = make_engine("tiny-random", engine="hf", max_batch_size=4)
     assert isinstance(engine, HFEngine) and engine.max_batch_size == 4
-    assert isinstance(make_engine("tiny-random", engine="hf"), HFEngine)
     with pytest.raises(UserError, match="unknown engine `bogus`"):
         make_engine("tiny-random", engine="bogus")
     with pytest.raises(UserError, match="no option `max_batch`") as err:
-        make_engine("tiny-random", max_batch=4)
+        make_engine("tiny-random", engine="hf", max_batch=4)
     assert "max_batch_size" in (err.value.hint or "")
     for spec in ("vllm:org/name", "openai:http://localhost:8000/v1#m"):
         with pytest.raises(UserError, match="no engine in this build serves"):

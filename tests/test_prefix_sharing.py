@@ -143,6 +143,9 @@ def test_plan_facts_report_predictions():
     assert f["predicted_tokens_per_input"] > f["prefill_tokens_per_input"]["with_sharing"]
     assert f["kv_peak_bytes"] > 0 and f["predicted_latency_s"] > 0
     assert f["token_counts"] == "estimated"  # no tokenizer cached in this test's cache dir
+    gen_stage, verify_stage = f["prefix_stages"]
+    assert gen_stage["prefill_without_sharing"] == 16 * gen_stage["prefill_with_sharing"]
+    assert verify_stage["order"] == verify_stage["nodes"]
     passes = {p["pass"]: p for p in plan.passes}
     assert any("estimated at 4 characters per token" in n for n in passes["prefix_sharing"]["notes"])
 

@@ -53,7 +53,8 @@ def test_best_of_k_lies_between_pass_at_1_and_coverage():
 
 
 def test_truncation_scales_accuracy():
-    m = AccuracyModel(BetaPrior(3.0, 3.0), finished_lengths=(10, 20, 30, 40), finished_share=1.0)
+    m = AccuracyModel(BetaPrior(3.0, 3.0), finished_lengths=(10, 20, 30, 40), finished_share=0.8)
+    # Relative to the pilot: half its finished samples were longer than 25.
     assert m.finish_prob(25) == 0.5 and m.finish_prob(100) == 1.0
     assert m.pass_at_1(25) == pytest.approx(0.25, abs=1e-3)
     t = truncated(m, 0.5)
@@ -116,7 +117,7 @@ def test_calibration_file_round_trip(tmp_path):
     back = load_calibration(strategy)
     assert back == cal
     m = back.models["policy"]
-    assert m.model().calibrated and m.model().finish_prob(5) == pytest.approx(2 / 3 * 0.9)
+    assert m.model().calibrated and m.model().finish_prob(5) == pytest.approx(2 / 3)
     assert m.model("easy").prior == BetaPrior(2.0, 1.0)
     assert m.agreement_model(0.75).prior == BetaPrior(4.0, 1.0)
     assert m.agreement_model(0.25).prior == BetaPrior(0.5, 2.0)

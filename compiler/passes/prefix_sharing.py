@@ -586,13 +586,13 @@ def prefix_sharing(program: Program) -> PassResult:
         if program.meta.get("prefix_notes") != analysis_notes:
             program.meta["prefix_notes"] = analysis_notes
             notes += analysis_notes
-        program.meta["prefix_sharing"] = {
-            "stages": [{"stage": s.name, "model": s.model, "nodes": s.nodes, "rounds": s.rounds,
-                        "prefill_with_sharing": s.prefill_with,
-                        "prefill_without_sharing": s.prefill_without,
-                        "generated_at_most": s.generated, "order": s.order,
-                        "predicted_seconds": round(s.seconds, 4)} for s in analysis.stages],
-        }
+        # Per LLM batch, for `--emit json`: prefill with and without a prefix
+        # cache, and the longest-prefix-first order of its nodes' requests.
+        facts["prefix_stages"] = [
+            {"stage": s.name, "model": s.model, "nodes": s.nodes, "rounds": s.rounds,
+             "prefill_with_sharing": s.prefill_with, "prefill_without_sharing": s.prefill_without,
+             "generated_at_most": s.generated, "order": s.order,
+             "predicted_seconds": round(s.seconds, 4)} for s in analysis.stages]
     program.meta.setdefault("plan_facts", {}).update(facts)
     return PassResult(bool(changed_notes), notes)
 

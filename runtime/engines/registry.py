@@ -105,4 +105,14 @@ def check_options(kind: str, cls: type, options: dict[str, Any],
                         or "its options: " + ", ".join(params))
 
 
+def _make_paged(spec: str, *, device: str | None = None, **options: Any) -> Engine:
+    from ttsc.runtime.engines.paged.engine import PagedEngine
+    from ttsc.runtime.models import load_model
+
+    check_options("paged", PagedEngine, options, skip=("loaded",))
+    # The paged engine converts the weights to its own dtype itself.
+    return PagedEngine(load_model(spec, device=device), **options)
+
+
 register_engine("hf", _make_hf, ("torch",))
+register_engine("paged", _make_paged, ("torch",), preferred=True)  # the fast one

@@ -156,7 +156,7 @@ def test_profile_measures_fits_and_stores(capsys):
 
     parser = argparse.ArgumentParser()
     register_cli(parser.add_subparsers())
-    args = parser.parse_args(["profile", "tiny-random", "--batch-sizes", "1,2",
+    args = parser.parse_args(["profile", "tiny-random", "--engine", "hf", "--batch-sizes", "1,2",
                               "--prompt-tokens", "8,32", "--decode-tokens", "2"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

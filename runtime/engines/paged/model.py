@@ -258,7 +258,8 @@ class LlamaModel:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:
     """x [T, E] fp32 -> normalized and scaled, in `dtype` (transformers' op order)."""
-    return (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight).to(dtype)
+    out = torch.empty(x.shape, dtype=dtype, device=x.device)  # the last product casts as it writes
+    return torch.mul(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), weight, out=out)
 
 
 def apply_rope_(x: torch.Tensor, rope: torch.Tensor) -> None:

@@ -24,6 +24,7 @@ from typing import Sequence as Seq
 import torch
 
 from ttsc.dsl.errors import UserError
+from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
     Completion,
     ContinuationRequest,
@@ -93,25 +94,10 @@ class PagedEngine(Engine):
 
     def prompt_text(self, prompt: Prompt) -> str:
         """The prompt as text: chat template applied, assistant prefix appended."""
-        if prompt.raw is not None:
-            if prompt.messages:
-                raise UserError("a prompt has both raw text and chat messages; give one")
-            return prompt.raw + prompt.assistant_prefix
-        messages = [{"role": role, "content": content} for role, content in prompt.messages]
-        try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                      tokenize=False)
-        except Exception as e:  # jinja raises its own errors for role-order rules
-            raise UserError(f"the chat template of model `{self.loaded.spec}` rejected the "
-                            f"prompt: {e}") from e
-        return text + prompt.assistant_prefix
+        return prompting.prompt_text(self.tokenizer, self.loaded.spec, prompt)
 
     def _encode(self, prompt: Prompt, text: str) -> list[int]:
-        # Raw text gets the tokenizer's special tokens (BOS); a chat template holds its own.
-        ids = self.tokenizer(text, add_special_tokens=prompt.raw is not None)["input_ids"]
-        if not ids and self.tokenizer.bos_token_id is not None:
-            ids = [self.tokenizer.bos_token_id]
-        return list(ids)
+        return prompting.encode(self.tokenizer, prompt, text)
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         return self._encode(prompt, self.prompt_text(prompt))

@@ -65,7 +65,8 @@ def top(cands: list[Candidate], by: list[float], k: int) -> list[Candidate]:
 
 def run_tests(cands: list[Candidate], tests: list[Candidate]) -> list[float]:
     """Fraction of all generated asserts each candidate's code passes."""
-    test_code = "\n".join(t for t in (extract(c.text, "code") for c in tests) if t)
+    # parse_unit_tests keeps only the valid assert lines of a model's reply.
+    test_code = "\n".join(t for t in (default_prompts.parse_unit_tests(c.text) for c in tests) if t)
     scores = []
     for c in cands:
         code = extract(c.text, "code")
@@ -186,8 +187,15 @@ class LLMOp(ABC):
 
 
 class Generate(LLMOp):
+    """n samples of one prompt per input (generate, unit_tests, fuse)."""
+
+    op = "generate"
+
+    def holes(self, args: dict) -> dict:
+        return _holes(args)
+
     def requests(self, attrs, args, ctx):
-        prompt = render_prompt(_prompt_def("generate", attrs, ctx), _holes(args))
+        prompt = render_prompt(_prompt_def(self.op, attrs, ctx), self.holes(args))
         return [SampleRequest(prompt, _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 0)))]
 
     def collect(self, attrs, args, reqs, results):
@@ -197,9 +205,7 @@ class Generate(LLMOp):
 
 
 class UnitTests(Generate):
-    def requests(self, attrs, args, ctx):
-        prompt = render_prompt(_prompt_def("unit_tests", attrs, ctx), _holes(args))
-        return [SampleRequest(prompt, _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 0)))]
+    op = "unit_tests"
 
 
 class Extend(LLMOp):
@@ -281,17 +287,12 @@ class Refine(Critique):
         return {**_holes(args), "candidate": c.text, "critique": critique}
 
 
-class Fuse(LLMOp):
-    def requests(self, attrs, args, ctx):
-        holes = {**_holes(args), "candidates": args["candidates"],
-                 "critiques": args.get("critiques") or []}
-        prompt = render_prompt(_prompt_def("fuse", attrs, ctx), holes)
-        return [SampleRequest(prompt, _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 0)))]
+class Fuse(Generate):
+    op = "fuse"
 
-    def collect(self, attrs, args, reqs, results):
-        (completions,), (req,) = results, reqs
-        return [Candidate(c.text, req.prompt, c.finish_reason == "eos", len(c.token_ids))
-                for c in completions]
+    def holes(self, args: dict) -> dict:
+        return {**_holes(args), "candidates": args["candidates"],
+                "critiques": args.get("critiques") or []}
 
 
 class Rank(LLMOp):

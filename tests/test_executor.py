@@ -162,3 +162,14 @@ def test_vote_after_extract_runs_as_a_kernel_stage():
     result = Executor(plan, {"policy": engine, "judge": engine}).run([{"question": "What is 2 + 2?"}])
     assert result.outputs == ["4"]
     assert [t.kind for t in result.trace] == ["llm", "host", "kernel"]
+
+
+def test_unit_tests_and_run_tests_pick_the_passing_program():
+    right = "```python\ndef add(a, b):\n    return a + b\n```"
+    wrong = "```python\ndef add(a, b):\n    return a - b\n```"
+    engine = ScriptedEngine({"Write Python assert": ["Tests:\nassert add(1, 2) == 3\nassert add(2, 2) == 4"],
+                             "Write add": [wrong, right]})
+    body = ("strategy s(question) {\n c = generate(policy, solve, n=2)\n"
+            " return best(c, by=run_tests(c, unit_tests(policy, n=1)))\n}\n")
+    result = run(body, [{"question": "Write add(a, b)."}], engine)
+    assert result.outputs == [right]

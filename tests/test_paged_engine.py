@@ -88,6 +88,23 @@ def test_cascade_kernel_path_agrees(tiny_model: LoadedModel) -> None:
     assert [[c.token_ids for c in cs] for cs in ours] == [[c.token_ids for c in cs] for cs in kernel]
 
 
+def test_kernel_scoring_and_sampling_paths_agree(tiny_model: LoadedModel) -> None:
+    """With kernels on, score_next goes through the fused verifier-scoring
+    dispatcher and sampling through the fused sampler (torch references here)."""
+    plain, kernel = fp32(tiny_model), fp32(tiny_model, use_kernels=True)
+    score = [NextTokenRequest(p, ("Yes", "No")) for p in contract.PROMPTS]
+    for a, b in zip(plain.score_next(score), kernel.score_next(score)):
+        assert a == pytest.approx(b, abs=1e-5)
+    greedy = [SampleRequest(p, SamplingParams(n=2, temperature=0, max_tokens=8)) for p in contract.PROMPTS]
+    assert ([[c.token_ids for c in cs] for cs in plain.sample(greedy)]
+            == [[c.token_ids for c in cs] for cs in kernel.sample(greedy)])
+    cut = [SampleRequest(p, SamplingParams(n=3, temperature=0.9, top_k=5, top_p=0.9, max_tokens=8, seed=1))
+           for p in contract.PROMPTS]
+    for cs in kernel.sample(cut):
+        for c in cs:
+            assert len(c.token_ids) == len(c.logprobs) and all(lp <= 0 for lp in c.logprobs)
+
+
 # ------------------------------------------------------- exactness vs transformers
 
 def _greedy_reference(loaded: LoadedModel, ids: list[int], n: int) -> tuple[list[int], list[float]]:

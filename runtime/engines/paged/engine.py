@@ -40,7 +40,7 @@ from ttsc.runtime.engines.paged.hardware import default_kv_bytes, resolve_dtype
 from ttsc.runtime.engines.paged.model import LlamaModel, ModelConfig
 from ttsc.runtime.engines.paged.radix import RadixCache
 from ttsc.runtime.engines.paged.runner import ModelRunner, kv_block_bytes
-from ttsc.runtime.engines.paged.sampler import RowSettings, sample
+from ttsc.runtime.engines.paged.sampler import RowSettings, sample, uniform
 from ttsc.runtime.engines.paged.scheduler import Scheduler
 from ttsc.runtime.engines.paged.sequence import Sequence, SequenceKind
 from ttsc.runtime.models import LoadedModel
@@ -79,6 +79,7 @@ class PagedEngine(Engine):
         if use_kernels is None:
             from ttsc.kernels.dispatch import triton_usable
             use_kernels = self.device.type == "cuda" and triton_usable(self.device)
+        self.use_kernels = use_kernels
         self.runner = ModelRunner(self.model, num_blocks, block_size, use_kernel=use_kernels)
         self._eos_ids = loaded.eos_token_ids
         self._seeds = random.Random(seed)
@@ -217,6 +218,37 @@ class PagedEngine(Engine):
         seqs[0].siblings = seqs[1:]
         return seqs
 
+    def _score_rows(self, logits: torch.Tensor, to_score: list) -> list[list[float]]:
+        """Log-probabilities of each score row's target tokens. With kernels on,
+        the fused verifier-scoring kernel reads them without a full softmax."""
+        picked = logits[[i for _, i, _ in to_score]]
+        widths = {len(targets) for _, _, targets in to_score}
+        if self.use_kernels and len(widths) == 1:
+            from ttsc.kernels.verifier_scoring import choice_logprobs
+
+            ids = torch.tensor([targets for _, _, targets in to_score], device=logits.device)
+            return choice_logprobs(picked, ids).tolist()
+        logp = torch.log_softmax(picked, dim=-1, dtype=torch.float32)
+        return [logp[r, targets].tolist() for r, (_, _, targets) in enumerate(to_score)]
+
+    def _sample_rows(self, logits: torch.Tensor, settings: list[RowSettings]) -> tuple[list[int], list[float]]:
+        """One token per row. With kernels on, the fused sampling kernel draws
+        it, fed this engine's own counter-based uniforms so seeds mean the same."""
+        if not self.use_kernels:
+            return sample(logits, settings)
+        from ttsc.kernels.sampling import sample as fused_sample
+
+        dev = logits.device
+        tokens, logprobs = fused_sample(
+            logits,
+            torch.tensor([s.temperature for s in settings], dtype=torch.float32, device=dev),
+            torch.tensor([s.top_k for s in settings], dtype=torch.int64, device=dev),
+            torch.tensor([s.top_p for s in settings], dtype=torch.float32, device=dev),
+            None,
+            uniforms=torch.tensor([uniform(s.seed, s.counter) for s in settings],
+                                  dtype=torch.float32, device=dev))
+        return tokens.tolist(), logprobs.tolist()
+
     def _score_sequence(self, ids: list[int], start: int, targets: list[list[int]]) -> Sequence:
         if len(ids) > self.max_length:
             raise UserError(f"scored text is {len(ids)} tokens; model `{self.loaded.spec}` "
@@ -283,15 +315,14 @@ class PagedEngine(Engine):
                 seq.num_forks = 0
                 to_sample.extend((child, i) for child in seq.siblings)
         if to_score:
-            logp = torch.log_softmax(logits[[i for _, i, _ in to_score]], dim=-1, dtype=torch.float32)
-            for r, (seq, _, targets) in enumerate(to_score):
-                seq.scores.append(logp[r, targets].tolist())
+            for (seq, _, _), scores in zip(to_score, self._score_rows(logits, to_score)):
+                seq.scores.append(scores)
         if to_sample:
             settings = [RowSettings(s.params.temperature, s.params.top_k, s.params.top_p,
                                     s.seed, s.num_completion_tokens) for s, _ in to_sample]
             picked = [i for _, i in to_sample]
             rows_logits = logits if picked == list(range(len(rows))) else logits[picked]
-            tokens, logprobs = sample(rows_logits, settings)
+            tokens, logprobs = self._sample_rows(rows_logits, settings)
             for (seq, _), token, logprob in zip(to_sample, tokens, logprobs):
                 self._append(seq, token, logprob)
         for seq in batch.sequences:

@@ -202,12 +202,21 @@ def test_value_choice_is_decided_by_utility_within_budget():
     m = prior_model(cost.model_shape("smollm2-135m").num_params)
     best_wins = m.best_of(8) > m.vote_accuracy(8)
     roomy = compiled(sc(n="8", ret=ret, budget="tokens <= 5000 per input"))
-    assert node(roomy, Op.CHOICE).attrs["selected"] == (1 if best_wins else 0)
+    assert chosen_option(roomy) == (1 if best_wins else 0)
+    # The decided choice folds away and the other branch is dead code.
+    assert not any(n.op is Op.CHOICE for _, n in roomy.program.graph.walk())
+    assert any(n.op is (Op.VERIFY if best_wins else Op.VOTE) for _, n in roomy.program.graph.walk())
     # Too few tokens for 8 verifier calls: the vote branch is the only one that fits.
     vote_only = _Builder(program(sc(n="8", ret=ret, budget="tokens <= 10 per input"))).build()
     cheapest = min(vote_only.measure(p)["tokens"] for p in vote_only.assignments())
     tight = compiled(sc(n="8", ret=ret, budget=f"tokens <= {cheapest} per input"))
-    assert node(tight, Op.CHOICE).attrs["selected"] == 0
+    assert chosen_option(tight) == 0
+    assert not any(n.op is Op.VERIFY for _, n in tight.program.graph.walk())
+
+
+def chosen_option(c) -> int:
+    [choice] = [v for k, v in c.plan.allocation["chosen"].items() if k.startswith("choice")]
+    return choice["selected"]
 
 
 def test_repeat_auto_rounds_fit_the_budget():

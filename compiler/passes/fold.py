@@ -1,5 +1,5 @@
-"""Constant folding: comparisons and logic over constants, single-option
-choices, and loops whose condition or round count is known."""
+"""Constant folding: comparisons and logic over constants, decided or
+single-option choices, and loops whose condition or round count is known."""
 
 from __future__ import annotations
 
@@ -46,10 +46,14 @@ def fold_constants(program: Program) -> PassResult:
                 graph.replace_uses(node.id, const.id)
                 graph.remove(node.id)
                 notes.append(f"{graph.name}: {node.op.value} {node.id} is always {str(value).lower()}")
-            elif node.op is Op.CHOICE and len(node.inputs) == 1:
-                graph.replace_uses(node.id, next(iter(node.inputs.values())))
+            elif node.op is Op.CHOICE and (len(node.inputs) == 1
+                                           or node.attrs.get("selected") is not None):
+                # A decided choice is its selected option; dce drops the others.
+                picked = node.attrs.get("selected") or 0
+                graph.replace_uses(node.id, node.inputs[f"option{picked}"])
                 graph.remove(node.id)
-                notes.append(f"{graph.name}: choice {node.id} has one option")
+                notes.append(f"{graph.name}: choice {node.id} is option {picked + 1} "
+                             f"of {len(node.inputs)}")
             elif node.op is Op.LOOP:
                 notes += _fold_loop(graph, node)
     return PassResult(bool(notes), notes)

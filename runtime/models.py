@@ -189,7 +189,21 @@ def load_model(spec: str, device: str | None = None,
             model, tokenizer = _load(canonical)
             model = model.to(device=dev, dtype=dt).eval().requires_grad_(False)
             _cache[key] = LoadedModel(spec, model, tokenizer, dev)
+            _remember_facts(spec, _cache[key])
         return _cache[key]
+
+
+def _remember_facts(spec: str, loaded: LoadedModel) -> None:
+    """Leave the tokenizer and config where the compiler looks, so later
+    compiles count prompt tokens exactly without loading the model."""
+    from ttsc.compiler import cost
+
+    if (cost.model_cache_path(spec) / "config.json").exists():
+        return
+    try:
+        cost.cache_model_facts(spec, loaded)
+    except OSError:
+        pass  # an unwritable cache only costs compile-time precision
 
 
 def _load(canonical: str) -> tuple[Any, Any]:

@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from ttsc.dsl.errors import UserError
+
 FinishReason = Literal["stop", "length", "eos"]
 
 
@@ -50,6 +52,23 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # sample i of a request uses seed + i
     ignore_eos: bool = False  # forced length, for benchmarks
+
+
+def check_sampling(params: SamplingParams) -> None:
+    """UserError listing every out-of-range sampling setting."""
+    problems = []
+    if params.n < 0:
+        problems.append(f"n must be >= 0 (got {params.n})")
+    if params.temperature < 0:
+        problems.append(f"temperature must be >= 0 (got {params.temperature})")
+    if not 0 < params.top_p <= 1:
+        problems.append(f"top_p must be in (0, 1] (got {params.top_p})")
+    if params.top_k < 0:
+        problems.append(f"top_k must be >= 0 (got {params.top_k})")
+    if params.max_tokens < 0:
+        problems.append(f"max_tokens must be >= 0 (got {params.max_tokens})")
+    if problems:
+        raise UserError("invalid sampling settings: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from transformers import DynamicCache
 from ttsc.dsl.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
+    check_sampling,
     Completion,
     ContinuationRequest,
     Engine,
@@ -228,7 +229,7 @@ class HFEngine(Engine):
         rows: list[_Row] = []
         for index, req in enumerate(requests):
             params = req.params
-            _check_params(params)
+            check_sampling(params)
             ids = self.tokenize(req.prompt)
             self._check_length(ids)
             base = params.seed if params.seed is not None else self._seeds.getrandbits(62)
@@ -427,18 +428,3 @@ def _sample_truncated(logp: torch.Tensor, uniforms: torch.Tensor,
     probs = probs.masked_fill(cut, 0.0)
     return order.gather(-1, _sample_inverse_cdf(probs, uniforms)[:, None])[:, 0]
 
-
-def _check_params(params: SamplingParams) -> None:
-    problems = []
-    if params.n < 0:
-        problems.append(f"n must be >= 0 (got {params.n})")
-    if params.temperature < 0:
-        problems.append(f"temperature must be >= 0 (got {params.temperature})")
-    if not 0 < params.top_p <= 1:
-        problems.append(f"top_p must be in (0, 1] (got {params.top_p})")
-    if params.top_k < 0:
-        problems.append(f"top_k must be >= 0 (got {params.top_k})")
-    if params.max_tokens < 0:
-        problems.append(f"max_tokens must be >= 0 (got {params.max_tokens})")
-    if problems:
-        raise UserError("invalid sampling settings: " + "; ".join(problems))

@@ -26,6 +26,7 @@ import torch
 from ttsc.dsl.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
+    check_sampling,
     Completion,
     ContinuationRequest,
     Engine,
@@ -201,7 +202,7 @@ class PagedEngine(Engine):
 
     def _sequences_for(self, req: SampleRequest) -> list[Sequence]:
         params = req.params
-        _check_params(params)
+        check_sampling(params)
         if params.n == 0:
             return []
         ids = self.tokenize(req.prompt)
@@ -397,18 +398,3 @@ class PagedEngine(Engine):
                              prompt_tokens_computed=seq.num_prompt_computed,
                              prompt_tokens_reused=requested - seq.num_prompt_computed)
 
-
-def _check_params(params: SamplingParams) -> None:
-    problems = []
-    if params.n < 0:
-        problems.append(f"n must be >= 0 (got {params.n})")
-    if params.temperature < 0:
-        problems.append(f"temperature must be >= 0 (got {params.temperature})")
-    if not 0 < params.top_p <= 1:
-        problems.append(f"top_p must be in (0, 1] (got {params.top_p})")
-    if params.top_k < 0:
-        problems.append(f"top_k must be >= 0 (got {params.top_k})")
-    if params.max_tokens < 0:
-        problems.append(f"max_tokens must be >= 0 (got {params.max_tokens})")
-    if problems:
-        raise UserError("invalid sampling settings: " + "; ".join(problems))

@@ -43,13 +43,9 @@ from ttsc.runtime.engines.base import (
 )
 from ttsc.runtime.models import LoadedModel
 
-_SEED_MASK = (1 << 63) - 1
 # Pruning copies the whole KV cache, so finished rows ride along (their outputs
 # ignored) until this fraction of the batch is done.
 _PRUNE_FRACTION = 0.25
-# Decoded-text context before a row's first generated token: SentencePiece
-# tokenizers drop a leading space when a suffix is decoded alone.
-_DECODE_CONTEXT = 4
 # Scoring keeps the logits of every continuation position; at most this many floats.
 _MAX_KEPT_LOGITS = 1 << 27
 
@@ -131,13 +127,9 @@ class HFEngine(Engine):
 
     def _continuation_split(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt+continuation and where the continuation's tokens start."""
-        prompt_ids = self.tokenize(prompt)
-        full_ids = self._encode(prompt, self.prompt_text(prompt) + continuation)
-        start = 0
-        while (start < len(prompt_ids) and start < len(full_ids)
-               and prompt_ids[start] == full_ids[start]):
-            start += 1
-        return full_ids, max(start, 1)  # the first token has no context to score it in
+        text = self.prompt_text(prompt)
+        return prompting.continuation_split(self.tokenizer, prompt, text,
+                                            self._encode(prompt, text), continuation)
 
     # ------------------------------------------------------------ contract
 
@@ -218,12 +210,8 @@ class HFEngine(Engine):
 
     def _first_token(self, prompt: Prompt, choice: str) -> int:
         """The first token of `choice` as this engine tokenizes it after the prompt."""
-        prompt_ids = self.tokenize(prompt)
-        full_ids = self._encode(prompt, self.prompt_text(prompt) + choice)
-        if len(full_ids) > len(prompt_ids) and full_ids[:len(prompt_ids)] == prompt_ids:
-            return full_ids[len(prompt_ids)]
-        # The choice merged with the prompt's last token: score it as written.
-        return int(self.tokenizer(choice, add_special_tokens=False)["input_ids"][0])
+        text = self.prompt_text(prompt)
+        return prompting.first_token(self.tokenizer, prompt, text, self._encode(prompt, text), choice)
 
     def _expand(self, requests: Sequence[SampleRequest]) -> list[_Row]:
         rows: list[_Row] = []
@@ -235,7 +223,7 @@ class HFEngine(Engine):
             base = params.seed if params.seed is not None else self._seeds.getrandbits(62)
             max_new = min(params.max_tokens, self.max_length - len(ids))
             for i in range(params.n):
-                rows.append(_Row(index, ids, params, (base + i) & _SEED_MASK, max_new))
+                rows.append(_Row(index, ids, params, (base + i) & prompting.SEED_MASK, max_new))
         return rows
 
     def _chunks(self, rows: list[_Row]) -> list[list[_Row]]:
@@ -349,17 +337,10 @@ class HFEngine(Engine):
             row.text = self._decode(row)
 
     def _decode(self, row: _Row) -> str:
-        context = row.prompt_ids[-_DECODE_CONTEXT:]
+        context = row.prompt_ids[-prompting.DECODE_CONTEXT:]
         if row.context_text is None:
-            row.context_text = self._detok(context)
-        full = self._detok(context + row.token_ids)
-        if full.startswith(row.context_text):
-            return full[len(row.context_text):]
-        return self._detok(row.token_ids)
-
-    def _detok(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False,
-                                     clean_up_tokenization_spaces=False)
+            row.context_text = prompting.detok(self.tokenizer, context)
+        return prompting.decode_completion(self.tokenizer, context, row.token_ids, row.context_text)
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
         """Next token and its log-probability for each row (logits: [A, V])."""

@@ -46,8 +46,6 @@ from ttsc.runtime.engines.paged.scheduler import Scheduler
 from ttsc.runtime.engines.paged.sequence import Sequence, SequenceKind
 from ttsc.runtime.models import LoadedModel
 
-_SEED_MASK = (1 << 63) - 1
-_DECODE_CONTEXT = 4  # tokens of prompt decoded before a completion (SentencePiece spaces)
 
 
 class PagedEngine(Engine):
@@ -214,7 +212,7 @@ class PagedEngine(Engine):
         base = params.seed if params.seed is not None else self._seeds.getrandbits(62)
         if max_new != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=max_new)
-        seqs = [Sequence(ids, params, (base + i) & _SEED_MASK) for i in range(params.n)]
+        seqs = [Sequence(ids, params, (base + i) & prompting.SEED_MASK) for i in range(params.n)]
         seqs[0].num_forks = params.n - 1
         seqs[0].siblings = seqs[1:]
         return seqs
@@ -268,21 +266,14 @@ class PagedEngine(Engine):
 
     def _first_token(self, prompt: Prompt, choice: str, prompt_ids: list[int]) -> int:
         """The first token of `choice` as this engine tokenizes it after the prompt."""
-        full_ids = self._encode(prompt, self.prompt_text(prompt) + choice)
-        if len(full_ids) > len(prompt_ids) and full_ids[:len(prompt_ids)] == prompt_ids:
-            return full_ids[len(prompt_ids)]
-        # The choice merged with the prompt's last token: score it as written.
-        return int(self.tokenizer(choice, add_special_tokens=False)["input_ids"][0])
+        return prompting.first_token(self.tokenizer, prompt, self.prompt_text(prompt), prompt_ids,
+                                     choice)
 
     def _continuation_split(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt+continuation and where the continuation's tokens start."""
-        prompt_ids = self.tokenize(prompt)
-        full_ids = self._encode(prompt, self.prompt_text(prompt) + continuation)
-        start = 0
-        while (start < len(prompt_ids) and start < len(full_ids)
-               and prompt_ids[start] == full_ids[start]):
-            start += 1
-        return full_ids, max(start, 1)  # the first token has no context to score it in
+        text = self.prompt_text(prompt)
+        return prompting.continuation_split(self.tokenizer, prompt, text,
+                                            self._encode(prompt, text), continuation)
 
     # ---------------------------------------------------------------- loop
 
@@ -360,16 +351,9 @@ class PagedEngine(Engine):
         return False
 
     def _decode(self, seq: Sequence) -> str:
-        context = seq.token_ids[max(0, seq.num_prompt_tokens - _DECODE_CONTEXT):seq.num_prompt_tokens]
-        context_text = self._detok(context)
-        full = self._detok(context + seq.completion_token_ids)
-        if full.startswith(context_text):
-            return full[len(context_text):]
-        return self._detok(seq.completion_token_ids)
-
-    def _detok(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=False,
-                                     clean_up_tokenization_spaces=False)
+        start = max(0, seq.num_prompt_tokens - prompting.DECODE_CONTEXT)
+        context = seq.token_ids[start:seq.num_prompt_tokens]
+        return prompting.decode_completion(self.tokenizer, context, seq.completion_token_ids)
 
     def _completion(self, seq: Sequence) -> Completion:
         if seq.params.max_tokens == 0:

@@ -13,17 +13,25 @@
    prefix cache, same model and dtype. Prefill tokens predicted by the pass and
    computed by the engines (usage counters), wall times, ratios. The paged
    engine running the baseline layout shows what the layout adds.
-2. Allocation. Self-consistency on a held-out set mixing easy and hard items
-   (examples/data/mixed.jsonl). Every item gets a pool of 32 samples once; all
-   arms draw from the same pools, with the same token accounting (each item's
-   prompt once, plus the generated tokens of every sample used). Uniform: n
-   samples for every item. Allocated (CP-SAT across the items, by the vote-
-   accuracy curves of the utility model fitted on a dev set of 120 other
-   items): "oracle" knows each item's difficulty label (Snell et al.'s oracle
-   difficulty bins); "pilot" predicts it from the agreement of 4 pilot samples
-   (paid for). "ceiling" allocates by the held-out pools' own per-class curves:
-   a bound on any allocation by difficulty class, not a method. For each: the
-   accuracy at uniform n's tokens, and the tokens needed to match uniform n=16.
+2. Allocation. Self-consistency on a held-out set of three difficulty tiers
+   (examples/data/tiers.jsonl: 30 easy items that copy a number, 30 single-
+   digit additions, 30 two-digit additions and subtractions). Every item gets
+   a pool of 32 samples once; all arms draw from the same pools, with the
+   same token accounting (each item's prompt once, plus the generated tokens
+   of every sample used). Uniform: n samples for every item. Allocated: CP-SAT
+   across the items (compiler/allocator.py) over totals 1..32 per item.
+   The method ("pilot"): each item's first 1 or 2 samples are a pilot (kept as
+   votes, tokens charged); its score (agreement and/or the samples' mean token
+   probability) is looked up in bins fitted on a disjoint dev set
+   (tiers_dev.jsonl), each bin holding the measured vote accuracy by total.
+   The pilot size and score are chosen by cross-validation on the dev set
+   alone. Bounds, not methods (they read what no method knows at test time):
+   "oracle" knows each held-out item's tier (Snell et al.'s oracle bins,
+   curves from the dev set); "ceiling" uses each tier's curve measured on the
+   held-out items; "item_oracle" each item's own curve. For each: accuracy at
+   uniform n's tokens (n = 4, 8, 16), and the tokens (and samples) needed to
+   match uniform n=8 and n=16 (the headline: 16, the n of the bundled
+   self-consistency strategy).
 
 The last line is one JSON object of figures.
 """
@@ -181,36 +189,15 @@ def bench_prefix() -> dict[str, Any]:
 
 # ------------------------------------------------------------------ allocation
 
-POOL = 32  # samples per held-out item, drawn once; every arm subsamples it
-DEV_POOL = 16  # samples per dev item (120 items), for calibration
-PILOT = 4
-TOTALS = (4, 8, 16, 32)  # samples an item may get in all (pilot included)
-DRAWS = 100  # random subsets averaged per accuracy figure
+POOL = 32  # samples per item (held-out and dev), drawn once; every arm subsamples them
+PILOTS = (1, 2)  # pilot sizes tried (samples per item, kept as votes, tokens charged)
+SPLITS = 3  # dev-set cross-validation: stratified halves, each fitted on one, tried on the other
+UNIFORM = (1, 2, 4, 8, 16, 32)
+COMPARE = (8, 16)  # uniform n's the token ratio is reported against; 16 is the headline
+HELD, DEV = "tiers.jsonl", "tiers_dev.jsonl"
 SOLVE = {"user": "{question}\nAnswer with the number only.\n", "system": None, "raw": False}
 MAX_TOKENS = 16
 TEMPERATURE = 0.8
-
-
-def vote_right(answers: list, right: list[bool]) -> bool:
-    from ttsc.runtime.ops import vote
-
-    winner = vote(answers)
-    return any(r for a, r in zip(answers, right) if a == winner and a is not None)
-
-
-def subset_accuracy(answers: list, right: list[bool], n: int, rng: random.Random,
-                    keep: int = 0) -> float:
-    """Mean vote accuracy over random n-sample subsets; the first `keep` samples
-    (the pilot) are always in."""
-    if n >= len(answers) and keep == 0:
-        return float(vote_right(answers, right))
-    hits = 0
-    rest = list(range(keep, len(answers)))
-    for _ in range(DRAWS):
-        pick = list(range(keep)) + rng.sample(rest, n - keep)
-        rng.shuffle(pick)  # ties go to the first seen: order is random
-        hits += vote_right([answers[i] for i in pick], [right[i] for i in pick])
-    return hits / DRAWS
 
 
 def load_pools(path: str) -> dict[str, Any]:
@@ -219,76 +206,158 @@ def load_pools(path: str) -> dict[str, Any]:
     return {k: PilotSamples(**v) for k, v in json.loads(Path(path).read_text()).items()}
 
 
-def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
-    from ttsc.runtime.calibrate import draw_samples, fit_model
-    from ttsc.runtime.data import load_jsonl
+def draw_pools(dev: list[dict], held: list[dict], pools_file: str | None) -> dict[str, Any]:
+    """POOL samples of every dev and held-out item (read from `pools_file` when
+    it holds pools of these sets, else drawn and written there)."""
+    from ttsc.runtime.calibrate import draw_samples
     from ttsc.runtime.engines.paged.engine import PagedEngine
     from ttsc.runtime.models import load_model
     from ttsc.runtime.scorers import score_number
 
-    # The dev set's difficulty is known from where its items come from.
-    dev = ([dict(r, difficulty="easy") for r in load_jsonl(DATA / "addition_dev.jsonl")]
-           + [dict(r, difficulty="easy") for r in load_jsonl(DATA / "addition.jsonl")]
-           + [dict(r, difficulty="hard") for r in load_jsonl(DATA / "two_digit.jsonl")])
-    held = list(load_jsonl(DATA / "mixed.jsonl"))
-    gold = lambda r: r["answer"]  # noqa: E731
-    pools = load_pools(pools_file) if pools_file and Path(pools_file).is_file() else {}
-    if not pools:
-        engine = PagedEngine(load_model(MODEL))
-        for name, rows in (("dev", dev), ("held-out", held)):
-            start = time.perf_counter()
-            size = DEV_POOL if name == "dev" else POOL
-            pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=size,
-                                       max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
-                                       how={"how": "number"}, gold=gold, is_right=score_number,
-                                       seed=11 if name == "dev" else 23, model="policy", spec=MODEL)
-            log(f"{name}: {len(rows)} items x {size} samples in {time.perf_counter() - start:.0f} s")
-        engine.close()
-        if pools_file:
-            Path(pools_file).write_text(json.dumps({k: asdict(v) for k, v in pools.items()}))
-    else:
-        log(f"pools read from {pools_file}")
-    calib = fit_model(pools["dev"], dev, gold, score_number, "difficulty", PILOT)
-    groups = ", ".join(f"{g} Beta({v['a']:.2f}, {v['b']:.2f})" for g, v in calib.groups.items())
-    bins = ", ".join(f"[{b['lo']:.2f},{b['hi']:.2f}] mean {b['a'] / (b['a'] + b['b']):.2f}"
-                     for b in calib.agreement_bins)
-    log(f"dev fit: Beta({calib.a:.2f}, {calib.b:.2f}), wrong answers agree {calib.wrong_concentration:.2f}; "
-        f"{groups}; pilot-agreement bins {bins}")
+    if pools_file and Path(pools_file).is_file():
+        pools = load_pools(pools_file)
+        sizes = {k: len(p.answers) for k, p in pools.items() if p.mean_logprobs}
+        if sizes == {"dev": len(dev), "held-out": len(held)}:
+            log(f"pools read from {pools_file}")
+            return pools
+        log(f"{pools_file} holds pools of other data: drawing new ones")
+    pools = {}
+    engine = PagedEngine(load_model(MODEL))
+    for name, rows, seed in (("dev", dev, 11), ("held-out", held, 23)):
+        start = time.perf_counter()
+        pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=POOL,
+                                   max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
+                                   how={"how": "number"}, gold=lambda r: r["answer"],
+                                   is_right=score_number, seed=seed, model="policy", spec=MODEL)
+        log(f"{name}: {len(rows)} items x {POOL} samples in {time.perf_counter() - start:.0f} s")
+    engine.close()
+    if pools_file:
+        Path(pools_file).write_text(json.dumps({k: asdict(v) for k, v in pools.items()}))
+    return pools
+
+
+def _subpool(pool: Any, idx: list[int]) -> Any:
+    from ttsc.runtime.calibrate import PilotSamples
+
+    pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+    return PilotSamples(pool.model, pool.spec, pick(pool.answers), pick(pool.correct),
+                        pick(pool.lengths), pick(pool.finished), pick(pool.texts),
+                        pick(pool.prompt_tokens), 0.0, pick(pool.mean_logprobs))
+
+
+def _fit(pool: Any, rows: list[dict], pilot: int, feature: str) -> Any:
+    from ttsc.runtime.calibrate import fit_model
+    from ttsc.runtime.scorers import score_number
+
+    return fit_model(pool, rows, lambda r: r["answer"], score_number, "difficulty", pilot,
+                     predictor_samples=pilot, feature=feature)
+
+
+def _pilot_arm(bench: "_AllocationBench", calib: Any, pool: Any, name: str,
+               quiet: bool = False) -> dict[str, Any]:
+    """The method: the first `pilot_samples` of each item's pool are its pilot;
+    the library's pilot_allocation gives each item's options (CP-SAT picks)."""
+    from ttsc.runtime.calibrate import pilot_allocation
+
+    k = calib.pilot_samples
+    prompt = sum(pool.prompt_tokens) / len(pool.prompt_tokens)  # one figure: items of a bin stay alike
+    totals, utilities, costs = pilot_allocation(
+        calib, [a[:k] for a in pool.answers], [lp[:k] for lp in pool.mean_logprobs],
+        [prompt] * len(pool.answers))
+    return bench.arm(name, utilities, costs, tuple(totals), keep=k, quiet=quiet)
+
+
+def select_pilot(pool: Any, dev: list[dict]) -> tuple[int, str, list[dict[str, Any]]]:
+    """The pilot size and score with the best mean token ratio against uniform
+    n=16 (then n=8) over SPLITS x 2 fits on half the dev set, tried on the other
+    half (halves stratified by tier). Only dev data is read."""
+    from ttsc.runtime.calibrate import PILOT_FEATURES
+
+    rng = random.Random(7)
+    splits = []
+    for _ in range(SPLITS):
+        a, b = [], []
+        for tier in sorted({r["difficulty"] for r in dev}):
+            idx = [i for i, r in enumerate(dev) if r["difficulty"] == tier]
+            rng.shuffle(idx)
+            a += idx[:len(idx) // 2]
+            b += idx[len(idx) // 2:]
+        splits += [(a, b), (b, a)]
+    benches = {tuple(b): _AllocationBench(_subpool(pool, b), [dev[i] for i in b]) for _, b in splits}
+    table = []
+    for k in PILOTS:
+        for feature in PILOT_FEATURES:
+            r8, r16 = [], []
+            for a, b in splits:
+                calib = _fit(_subpool(pool, a), [dev[i] for i in a], k, feature)
+                out = _pilot_arm(benches[tuple(b)], calib, _subpool(pool, b), "cv", quiet=True)["alloc_cv"]
+                r8.append(out["token_ratio_vs_uniform8"] or 0.0)  # never reached: 0
+                r16.append(out["token_ratio_vs_uniform16"] or 0.0)
+            row = {"pilot": k, "feature": feature, "ratio_vs_uniform8": round(sum(r8) / len(r8), 2),
+                   "ratio_vs_uniform16": round(sum(r16) / len(r16), 2)}
+            log(f"dev cross-validation: pilot {k} {feature:<19} mean token ratio vs uniform n=8 "
+                f"{row['ratio_vs_uniform8']:.2f}, n=16 {row['ratio_vs_uniform16']:.2f}")
+            table.append(row)
+    best = max(table, key=lambda r: (r["ratio_vs_uniform16"], r["ratio_vs_uniform8"]))
+    return best["pilot"], best["feature"], table
+
+
+def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
+    from ttsc.runtime.calibrate import PILOT_TOTALS, pool_scores
+    from ttsc.runtime.data import load_jsonl
+
+    dev, held = list(load_jsonl(DATA / DEV)), list(load_jsonl(DATA / HELD))
+    assert not {r["question"] for r in dev} & {r["question"] for r in held}
+    pools = draw_pools(dev, held, pools_file)
+    # 1. Choose the pilot (size, score) on the dev set alone; 2. fit its bins
+    # on the whole dev set; 3. run it once on the held-out set.
+    pilot, feature, cv = select_pilot(pools["dev"], dev)
+    calib = _fit(pools["dev"], dev, pilot, feature)
+    tiers = sorted({r["difficulty"] for r in held})
+    dev_scores = pool_scores(pools["dev"], pilot, feature)
+    log(f"chosen on dev: a pilot of {pilot} sample(s) scored by {feature}; its dev bins:")
+    for b in calib.pilot_bins:
+        inside = [dev[i]["difficulty"] for i, s in enumerate(dev_scores) if calib.pilot_bin(s) is b]
+        log(f"  score <= {b['hi']:.3f}: {b['questions']} items ("
+            + " ".join(f"{t} {inside.count(t)}" for t in tiers) + "), vote accuracy by total "
+            + " ".join(f"{t}:{v:.2f}" for t, v in b["curve"].items()))
     bench = _AllocationBench(pools["held-out"], held)
     for n, u in bench.uniform.items():
         log(f"uniform n={n:<2}: accuracy {u['accuracy']:.3f} at {u['tokens']} tokens")
-    figures: dict[str, Any] = {"alloc_items": len(held), "alloc_pool": POOL,
-                               "alloc_uniform": {str(n): u for n, u in bench.uniform.items()}}
-    # Oracle difficulty (the data set's label), as in Snell et al.'s oracle bins:
-    # no pilot; costs estimated from the dev set's completion lengths.
-    dev_gen = {g: _mean_generated(pools["dev"], [i for i, r in enumerate(dev) if r["difficulty"] == g])
-               for g in calib.groups}
-    sizes = (1, 2, 4, 8, 16, 32)
-    oracle = [[calib.model(r["difficulty"]).vote_accuracy(t) for t in sizes] for r in held]
-    figures.update(bench.arm("oracle", oracle, [dev_gen[r["difficulty"]] for r in held], sizes,
-                             keep=0))
-    # The ceiling of any allocation by difficulty class: the held-out pools' own
-    # per-class accuracy curves (known only after the fact; a bound, not a method).
-    classes = sorted({r["difficulty"] for r in held})
-    members = {g: [i for i, r in enumerate(held) if r["difficulty"] == g] for g in classes}
-    curves = {g: [bench.accuracy_of(members[g], t) for t in sizes] for g in classes}
-    real_gen = {g: _mean_generated(pools["held-out"], members[g]) for g in classes}
-    figures.update(bench.arm("ceiling", [curves[r["difficulty"]] for r in held],
-                             [real_gen[r["difficulty"]] for r in held], sizes, keep=0))
-    # Predicted difficulty: the agreement of PILOT samples, paid for in tokens.
-    from ttsc.runtime.calibrate import agreement
+    figures: dict[str, Any] = {
+        "alloc_data": HELD, "alloc_items": len(held),
+        "alloc_tiers": {t: sum(r["difficulty"] == t for r in held) for t in tiers},
+        "alloc_pool": POOL, "alloc_pilot_samples": pilot, "alloc_pilot_feature": feature,
+        "alloc_pilot_cv": cv, "alloc_uniform": {str(n): u for n, u in bench.uniform.items()}}
+    figures.update(_pilot_arm(bench, calib, pools["held-out"], "pilot"))
 
-    pool = pools["held-out"]
-    bin_of = [calib.agreement_bins.index(next(b for b in calib.agreement_bins
-                                              if b["lo"] <= agreement(ans[:PILOT]) <= b["hi"]))
-              for ans in pool.answers]
-    predicted = [[calib.agreement_model(agreement(ans[:PILOT])).vote_accuracy(t) for t in TOTALS]
-                 for ans in pool.answers]
-    # Tokens per further sample: the mean pilot length of the item's bin (known
-    # at test time; one figure per bin keeps the items of a bin interchangeable).
-    bin_gen = {b: sum(sum(pool.lengths[i][:PILOT]) for i in range(len(held)) if bin_of[i] == b)
-               / (PILOT * bin_of.count(b)) for b in set(bin_of)}
-    figures.update(bench.arm("pilot", predicted, [bin_gen[b] for b in bin_of], TOTALS, keep=PILOT))
+    # Bounds, not methods: each reads what a method cannot know at test time.
+    prompt = round(sum(pools["held-out"].prompt_tokens) / len(held))
+
+    def costs(gen: list[float]) -> list[list[int]]:
+        return [[round(prompt + t * g) for t in PILOT_TOTALS] for g in gen]
+
+    # "oracle": the held-out items' difficulty labels, each tier's curve and
+    # tokens per sample measured on the dev set (Snell et al.'s oracle bins).
+    dev_idx = {t: [i for i, r in enumerate(dev) if r["difficulty"] == t] for t in tiers}
+    dev_bench = _AllocationBench(pools["dev"], dev, uniform=False)
+    dev_curve = {t: [dev_bench.mean_accuracy(dev_idx[t], n) for n in PILOT_TOTALS] for t in tiers}
+    dev_gen = {t: _mean_generated(pools["dev"], dev_idx[t]) for t in tiers}
+    figures.update(bench.arm("oracle", [dev_curve[r["difficulty"]] for r in held],
+                             costs([dev_gen[r["difficulty"]] for r in held]), PILOT_TOTALS, keep=0))
+    # "ceiling": the labels, and each tier's curve measured on the held-out
+    # items themselves: the most any allocation by difficulty class can save.
+    idx = {t: [i for i, r in enumerate(held) if r["difficulty"] == t] for t in tiers}
+    curve = {t: [bench.mean_accuracy(idx[t], n) for n in PILOT_TOTALS] for t in tiers}
+    gen = {t: _mean_generated(pools["held-out"], idx[t]) for t in tiers}
+    figures.update(bench.arm("ceiling", [curve[r["difficulty"]] for r in held],
+                             costs([gen[r["difficulty"]] for r in held]), PILOT_TOTALS, keep=0))
+    # "item_oracle": each held-out item's own curve, from its own pool: about
+    # the most any per-input choice of n can save on these items.
+    table = bench.table(0)
+    figures.update(bench.arm("item_oracle", [[table[n][i] for n in PILOT_TOTALS]
+                                             for i in range(len(held))],
+                             costs(bench.gen), PILOT_TOTALS, keep=0))
     return figures
 
 
@@ -298,72 +367,106 @@ def _mean_generated(pool: Any, items: list[int]) -> float:
 
 
 class _AllocationBench:
-    """Uniform n against CP-SAT allocations, all drawn from one pool per item."""
+    """Uniform n against CP-SAT allocations, all drawn from one pool per item.
 
-    def __init__(self, pool: Any, rows: list[dict[str, Any]]):
+    Token accounting, the same for every arm: each item's prompt once (its
+    samples share it) plus each sample's generated tokens (the item's mean
+    completion length). Accuracy: each item's vote over a random subset of its
+    pool (the pilot always in), averaged over draws; one table per pilot size,
+    so every arm reads the same figures."""
+
+    def __init__(self, pool: Any, rows: list[dict[str, Any]], uniform: bool = True):
         self.pool = pool
         self.m = len(rows)
-        self.gen = [sum(ls) / len(ls) for ls in pool.lengths]  # realized tokens per sample
+        self.gen = [sum(ls) / len(ls) for ls in pool.lengths]
+        self._tables: dict[int, dict[int, list[float]]] = {}
         self.uniform = {n: {"tokens": self.tokens([n] * self.m),
                             "accuracy": round(self.accuracy([n] * self.m, 0), 4)}
-                        for n in (1, 2, 4, 8, 16, 32)}
+                        for n in UNIFORM} if uniform else {}
 
     def tokens(self, ns: list[int]) -> int:
-        """Each item's prompt once (samples share it) plus its samples' tokens."""
         return round(sum(self.pool.prompt_tokens[i] + ns[i] * self.gen[i] for i in range(self.m)))
 
+    def table(self, keep: int) -> dict[int, list[float]]:
+        """Per total n (>= keep): each item's vote accuracy."""
+        from ttsc.runtime.calibrate import PILOT_TOTALS, conditional_vote_accuracy
+
+        if keep not in self._tables:
+            rng = random.Random(5 + keep)
+            self._tables[keep] = {
+                n: [conditional_vote_accuracy(self.pool.answers[i], self.pool.correct[i], keep, n,
+                                              rng) for i in range(self.m)]
+                for n in sorted(set(PILOT_TOTALS) | set(UNIFORM)) if keep <= n <= POOL}
+        return self._tables[keep]
+
     def accuracy(self, ns: list[int], keep: int) -> float:
-        rng = random.Random(5)
-        return sum(subset_accuracy(self.pool.answers[i], self.pool.correct[i], ns[i], rng, keep)
-                   for i in range(self.m)) / self.m
+        t = self.table(keep)
+        return sum(t[n][i] for i, n in enumerate(ns)) / self.m
 
-    def accuracy_of(self, items: list[int], n: int) -> float:
-        rng = random.Random(6)
-        return sum(subset_accuracy(self.pool.answers[i], self.pool.correct[i], n, rng)
-                   for i in items) / len(items)
+    def mean_accuracy(self, items: list[int], n: int) -> float:
+        t = self.table(0)
+        return sum(t[n][i] for i in items) / len(items)
 
-    def arm(self, name: str, utilities: list[list[float]], est_gen: list[float],
-            totals: tuple[int, ...], keep: int) -> dict[str, Any]:
-        """CP-SAT allocation by `utilities` (per item, per option in `totals`)."""
+    def arm(self, name: str, utilities: list[list[float]], costs: list[list[int]],
+            totals: tuple[int, ...], keep: int, quiet: bool = False) -> dict[str, Any]:
+        """CP-SAT allocation by `utilities` and estimated `costs` (per item, per
+        option in `totals`); accuracy and tokens as realized on the pools."""
         from ttsc.compiler.allocator import Infeasible, allocate_across_inputs
 
-        # Estimated costs per class (prompt lengths differ by a token or two):
-        # items of one class stay interchangeable for the solver.
-        prompt = round(sum(self.pool.prompt_tokens) / self.m)
-        costs = [[round(prompt + t * est_gen[i]) for t in totals] for i in range(self.m)]
+        say = (lambda msg: None) if quiet else log  # noqa: E731
 
-        def run(budget: int) -> tuple[float, int] | None:
+        def run(budget: int) -> tuple[float, int, list[int]] | None:
             try:
                 picks = allocate_across_inputs(utilities, costs, budget)
             except Infeasible:
                 return None
             ns = [totals[j] for j in picks]
-            return self.accuracy(ns, keep), self.tokens(ns)
+            return self.accuracy(ns, keep), self.tokens(ns), ns
 
-        out: dict[str, Any] = {}
-        for n in (4, 8, 16):
+        out: dict[str, Any] = {"at_equal_tokens": {}}
+        for n in () if quiet else (4, 8, 16):
             got = run(self.uniform[n]["tokens"])
             if got is None:
                 continue
-            out[str(n)] = {"uniform_accuracy": self.uniform[n]["accuracy"],
-                           "allocated_accuracy": round(got[0], 4), "allocated_tokens": got[1],
-                           "budget_tokens": self.uniform[n]["tokens"]}
-            log(f"{name}: at uniform n={n}'s tokens ({self.uniform[n]['tokens']}): accuracy "
+            out["at_equal_tokens"][str(n)] = {
+                "uniform_accuracy": self.uniform[n]["accuracy"],
+                "allocated_accuracy": round(got[0], 4), "allocated_tokens": got[1],
+                "budget_tokens": self.uniform[n]["tokens"]}
+            say(f"{name}: at uniform n={n}'s tokens ({self.uniform[n]['tokens']}): accuracy "
                 f"{got[0]:.3f} vs {self.uniform[n]['accuracy']:.3f} (used {got[1]})")
-        target, reference = self.uniform[16]["accuracy"], self.uniform[16]["tokens"]
         lo = sum(c[0] for c in costs)
-        hi = self.uniform[32]["tokens"]
-        needed = None
-        for budget in range(lo, hi + 1, max(1, (hi - lo) // 100)):
+        hi = self.uniform[POOL]["tokens"]
+        for n in COMPARE:
+            target, reference = self.uniform[n]["accuracy"], self.uniform[n]["tokens"]
+            needed = self._least_budget(run, target, lo, hi)
+            ratio = round(reference / needed[1], 2) if needed else None
+            samples = round(n * self.m / sum(needed[2]), 2) if needed else None
+            spread = (" ".join(f"{t}:{needed[2].count(t)}" for t in totals if t in needed[2])
+                      if needed else "-")
+            say(f"{name}: reaches uniform n={n}'s accuracy ({target:.3f}) with "
+                f"{needed[1] if needed else None} tokens vs {reference}: {ratio}x fewer tokens, "
+                f"{samples}x fewer samples (items per total: {spread})")
+            out[f"tokens_to_match_uniform{n}"] = needed[1] if needed else None
+            out[f"token_ratio_vs_uniform{n}"] = ratio
+            out[f"sample_ratio_vs_uniform{n}"] = samples
+        return {f"alloc_{name}": out}
+
+    @staticmethod
+    def _least_budget(run, target: float, lo: int, hi: int):
+        """The least budget (to within 0.1 % of the range) whose allocation
+        reaches `target`: a coarse scan, then a fine one below the first hit."""
+        step = max(1, (hi - lo) // 100)
+        prev = lo
+        for budget in range(lo, hi + 1, step):
             got = run(budget)
             if got is not None and got[0] >= target:
-                needed = got[1]
-                break
-        ratio = round(reference / needed, 2) if needed else None
-        log(f"{name}: reaches uniform n=16's accuracy ({target:.3f}) with {needed} tokens vs "
-            f"{reference}: {ratio}x fewer")
-        return {f"alloc_{name}_at_equal_tokens": out, f"alloc_{name}_tokens_to_match_uniform16": needed,
-                f"alloc_{name}_token_ratio": ratio}
+                for fine in range(prev, budget + 1, max(1, step // 10)):
+                    g = run(fine)
+                    if g is not None and g[0] >= target:
+                        return g
+                return got
+            prev = budget
+        return None
 
 
 def main() -> int:

@@ -359,6 +359,13 @@ class ModelCalibration:
     samples_per_question: int
     groups: dict[str, dict[str, float]] = field(default_factory=dict)  # e.g. difficulty -> a, b
     agreement_bins: list[dict[str, float]] = field(default_factory=list)
+    # The pilot predictor (runtime/calibrate.py: pilot_bins): which score of
+    # how many pilot samples, and per score bin its range, the Beta of the
+    # later samples' accuracy, tokens per sample and the measured vote
+    # accuracy by total sample count (the pilot included).
+    pilot_feature: str = ""
+    pilot_samples: int = 0
+    pilot_bins: list[dict[str, Any]] = field(default_factory=list)
 
     def model(self, group: str | None = None) -> AccuracyModel:
         a, b = self.a, self.b
@@ -376,6 +383,38 @@ class ModelCalibration:
                                      tuple(sorted(self.finished_lengths)) or None,
                                      self.finished_share, True)
         return self.model()
+
+    def pilot_bin(self, score: float) -> dict[str, Any]:
+        """The pilot bin a score falls in (the first and last are open-ended)."""
+        if not self.pilot_bins:
+            raise ValueError("this calibration has no pilot bins (run `ttsc calibrate`)")
+        return next((b for b in self.pilot_bins if score <= b["hi"]), self.pilot_bins[-1])
+
+    def pilot_curve(self, score: float, totals: Sequence[int]) -> list[float]:
+        """Predicted vote accuracy at each total sample count (each >= the pilot's
+        size) for an input whose pilot scored `score`: the dev set's measured
+        accuracy where it reached, extended past that by the bin's Beta model."""
+        b = self.pilot_bin(score)
+        measured = {int(t): v for t, v in b["curve"].items()}
+        top = max(measured)
+        model = AccuracyModel(BetaPrior(b["a"], b["b"]), self.wrong_concentration,
+                              PRIOR_VERIFIER_RELIABILITY, (), 1.0, True)
+        out = []
+        for t in totals:
+            if t < self.pilot_samples:
+                raise ValueError(f"a total of {t} samples is fewer than the pilot's "
+                                 f"{self.pilot_samples}")
+            if t in measured:
+                out.append(measured[t])
+            elif t > top:
+                extra = model.vote_accuracy(t) - model.vote_accuracy(top)
+                out.append(min(1.0, max(measured[top], measured[top] + extra)))
+            else:  # between measured totals: linear in log t
+                lo = max(k for k in measured if k < t)
+                hi = min(k for k in measured if k > t)
+                w = (math.log(t) - math.log(lo)) / (math.log(hi) - math.log(lo))
+                out.append(measured[lo] + w * (measured[hi] - measured[lo]))
+        return out
 
 
 @dataclass

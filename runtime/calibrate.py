@@ -10,7 +10,11 @@ and fit:
 - the lengths of completions that finished, and the share that finished;
 - per pilot agreement (how many of the first `--pilot` samples agree), a Beta
   of the remaining samples' accuracy: a difficulty predictor that needs no
-  labels at test time (used for per-input allocation across a data set);
+  labels at test time;
+- per bin of a pilot score (`--pilot-feature`: agreement, the samples' mean
+  token probability, or both), the measured vote accuracy at each total
+  sample count with the pilot kept as votes: the utility of per-input
+  allocation across a data set (`allocate_by_pilot`);
 - for the strategy's `verify` model, its reliability: how much of the gap
   between pass@1 and coverage its best-of-k choice closes.
 
@@ -23,7 +27,7 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -53,6 +57,9 @@ class PilotSamples:
     texts: list[list[str]]
     prompt_tokens: list[int]
     seconds: float
+    # Mean log-probability of each sample's generated tokens (the engine's,
+    # after temperature); empty when the pool was drawn without them.
+    mean_logprobs: list[list[float]] = field(default_factory=list)
 
     @property
     def counts(self) -> list[int]:
@@ -68,7 +75,7 @@ def draw_samples(engine: Engine, prompt_def: dict[str, Any], rows: Sequence[dict
     from ttsc.runtime.extract import extract
     from ttsc.runtime.values import render_prompt
 
-    out = PilotSamples(model, spec, [], [], [], [], [], [], 0.0)
+    out = PilotSamples(model, spec, [], [], [], [], [], [], 0.0, [])
     start = time.perf_counter()
     for b in range(0, len(rows), QUESTIONS_PER_CALL):
         chunk = rows[b:b + QUESTIONS_PER_CALL]
@@ -86,11 +93,17 @@ def draw_samples(engine: Engine, prompt_def: dict[str, Any], rows: Sequence[dict
             out.lengths.append([len(c.token_ids) for c in comps])
             out.finished.append([c.finish_reason != "length" for c in comps])
             out.texts.append([c.text for c in comps])
+            out.mean_logprobs.append([mean_logprob(c.logprobs) for c in comps])
             out.prompt_tokens.append(len(engine.tokenize(req.prompt)))
         if on_batch:
             on_batch(len(out.answers))
     out.seconds = time.perf_counter() - start
     return out
+
+
+def mean_logprob(logprobs: Sequence[float]) -> float:
+    """Mean per-token log-probability of one completion (0 for an empty one)."""
+    return sum(logprobs) / len(logprobs) if logprobs else 0.0
 
 
 def agreement(answers: Sequence[str | None]) -> float:
@@ -130,9 +143,192 @@ def agreement_bins(pilot: PilotSamples, first: int) -> list[dict[str, float]]:
     return out
 
 
+# ------------------------------------------------------------------ pilot predictor
+#
+# Per-input allocation across a data set (Snell et al.'s difficulty bins, with
+# the difficulty predicted at test time): draw a small pilot of `first` samples
+# per input (they stay as votes, and their tokens are paid for), score it, and
+# look the score up in bins fitted on a dev set. Each bin holds the measured
+# vote accuracy at each total sample count (the pilot included, so the curve is
+# conditioned on what the pilot showed) and the Beta of the later samples'
+# per-sample accuracy, which extends the curve past what the dev set measured.
+
+PILOT_FEATURES = ("agreement", "confident_agreement", "confidence")
+DEFAULT_PILOT_FEATURE = "agreement"
+DEFAULT_PILOT_BINS = 4
+PILOT_TOTALS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # sample counts an input may get in all
+CURVE_DRAWS = 200
+
+
+def pilot_score(answers: Sequence[str | None], mean_logprobs: Sequence[float] | None,
+                feature: str = DEFAULT_PILOT_FEATURE) -> float:
+    """How easy the pilot samples make an input look (higher: easier).
+
+    - agreement: the share of pilot samples giving the most common answer;
+    - confidence: the mean per-token probability of the pilot samples that
+      gave an answer (0 for those that gave none);
+    - confident_agreement: the same, counting only the samples that gave one
+      answer, the answer with the most probability mass: agreement weighted
+      by how sure those samples were.
+    """
+    if feature == "agreement":
+        return agreement(answers)
+    if feature not in PILOT_FEATURES:
+        raise ValueError(f"unknown pilot feature {feature!r} (one of {', '.join(PILOT_FEATURES)})")
+    if not answers:
+        return 0.0
+    if not mean_logprobs:
+        raise ValueError(f"pilot feature {feature!r} needs the samples' log-probabilities")
+    import math
+
+    probs = [math.exp(lp) for lp in mean_logprobs]
+    if feature == "confidence":
+        return sum(p for a, p in zip(answers, probs) if a not in (None, "")) / len(answers)
+    mass: dict[str, float] = {}
+    for a, p in zip(answers, probs):
+        if a not in (None, ""):
+            mass[a] = mass.get(a, 0.0) + p
+    return max(mass.values(), default=0.0) / len(answers)
+
+
+def pool_scores(pool: PilotSamples, first: int, feature: str = DEFAULT_PILOT_FEATURE) -> list[float]:
+    """The pilot score of every question of a pool, from its first `first` samples."""
+    lps = pool.mean_logprobs or [None] * len(pool.answers)
+    return [pilot_score(ans[:first], lp[:first] if lp else None, feature)
+            for ans, lp in zip(pool.answers, lps)]
+
+
+def vote_is_right(answers: Sequence[str | None], right: Sequence[bool]) -> bool:
+    """Whether the plurality vote (ties to the first seen) picks a right answer."""
+    from ttsc.runtime.ops import vote
+
+    winner = vote(list(answers))
+    return winner != "" and any(r for a, r in zip(answers, right) if a == winner)
+
+
+def conditional_vote_accuracy(answers: Sequence[str | None], right: Sequence[bool], first: int,
+                              total: int, rng: random.Random, draws: int = CURVE_DRAWS) -> float:
+    """Vote accuracy over `total` samples of one question whose first `first`
+    samples (the pilot) are always in, the rest drawn without replacement
+    from its other samples (random order: ties go to the first seen)."""
+    rest = list(range(first, len(answers)))
+    extra = total - first
+    if extra < 0 or extra > len(rest):
+        raise ValueError(f"cannot draw {total} samples with a pilot of {first} from {len(answers)}")
+    if extra == len(rest) or extra == 0:
+        draws = min(draws, 24)  # only the order varies
+    hits = 0
+    for _ in range(draws):
+        pick = list(range(first)) + rng.sample(rest, extra)
+        rng.shuffle(pick)
+        hits += vote_is_right([answers[i] for i in pick], [right[i] for i in pick])
+    return hits / draws
+
+
+def isotonic(values: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence (least squares, pool adjacent
+    violators): a measured vote-accuracy curve without its sampling dips, so
+    the allocator does not chase noise."""
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m1, c1), (m2, c2) = blocks[-2], blocks.pop()
+            blocks[-1] = [(m1 * c1 + m2 * c2) / (c1 + c2), c1 + c2]
+    return [m for m, c in blocks for _ in range(int(c))]
+
+
+def pilot_bins(pilot: PilotSamples, first: int, feature: str = DEFAULT_PILOT_FEATURE,
+               bins: int = DEFAULT_PILOT_BINS, totals: Sequence[int] = PILOT_TOTALS,
+               seed: int = 0) -> list[dict[str, Any]]:
+    """Dev questions grouped by pilot score into `bins` bins of about equal size
+    (ties stay together); per bin: the score range (adjacent bins meet),
+    the Beta of the later samples' accuracy, the mean generated tokens per
+    sample, and the measured vote accuracy at each total in `totals` that the
+    dev samples reach (`curve`, keyed by the total as a string)."""
+    width = min(len(c) for c in pilot.correct) if pilot.correct else 0
+    if first >= width:
+        return []
+    scores = pool_scores(pilot, first, feature)
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    size = max(MIN_BIN_QUESTIONS, -(-len(order) // max(bins, 1)))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) < size or scores[groups[-1][-1]] == scores[i]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    if len(groups) > 1 and len(groups[-1]) < MIN_BIN_QUESTIONS:
+        last = groups.pop()
+        groups[-1] += last
+    rng = random.Random(seed)
+    out: list[dict[str, Any]] = []
+    for members in groups:
+        prior = fit_beta([sum(pilot.correct[i][first:]) for i in members],
+                         [len(pilot.correct[i]) - first for i in members])
+        ts = sorted({first} | {t for t in totals if first <= t <= width})
+        measured = [sum(conditional_vote_accuracy(pilot.answers[i], pilot.correct[i], first, t, rng)
+                        for i in members) / len(members) for t in ts]
+        curve = {str(t): v for t, v in zip(ts, isotonic(measured))}
+        lengths = [n for i in members for n in pilot.lengths[i]]
+        out.append({"lo": scores[members[0]], "hi": scores[members[-1]], "a": prior.a,
+                    "b": prior.b, "questions": len(members),
+                    "generated": sum(lengths) / len(lengths), "curve": curve})
+    # Bins tile the scores: each starts where the previous ended (the first
+    # and last are open-ended when looked up).
+    for prev, cur in zip(out, out[1:]):
+        mid = (prev["hi"] + cur["lo"]) / 2
+        prev["hi"], cur["lo"] = mid, mid
+    return out
+
+
+def pilot_allocation(model: ModelCalibration, answers: Sequence[Sequence[str | None]],
+                     mean_logprobs: Sequence[Sequence[float]] | None,
+                     prompt_tokens: Sequence[float], totals: Sequence[int] = PILOT_TOTALS
+                     ) -> tuple[list[int], list[list[float]], list[list[int]]]:
+    """The per-input allocation problem for inputs whose pilots are drawn:
+    (the totals each input may get, pilot included; per input, the predicted
+    vote accuracy and the tokens of each total: its prompt once plus its
+    samples, the pilot's among them, at its bin's tokens per sample)."""
+    if not model.pilot_bins:
+        raise ValueError("the calibration has no pilot bins (run `ttsc calibrate`)")
+    k = model.pilot_samples
+    offered = sorted({k} | {t for t in totals if t >= k})
+    utilities, costs = [], []
+    for i, ans in enumerate(answers):
+        if len(ans) != k:
+            raise ValueError(f"input {i} has {len(ans)} pilot samples; the calibration's pilot has {k}")
+        lps = mean_logprobs[i] if mean_logprobs else None
+        score = pilot_score(ans, lps, model.pilot_feature)
+        gen = model.pilot_bin(score)["generated"]
+        utilities.append(model.pilot_curve(score, offered))
+        costs.append([round(prompt_tokens[i] + t * gen) for t in offered])
+    return offered, utilities, costs
+
+
+def allocate_by_pilot(model: ModelCalibration, answers: Sequence[Sequence[str | None]],
+                      mean_logprobs: Sequence[Sequence[float]] | None,
+                      prompt_tokens: Sequence[float], budget: int,
+                      totals: Sequence[int] = PILOT_TOTALS) -> list[int]:
+    """Samples per input in all (pilot included) that maximize the predicted
+    accuracy over the data set within `budget` tokens (the pilots' included):
+    CP-SAT over the per-input options (compiler/allocator.py)."""
+    from ttsc.compiler.allocator import allocate_across_inputs
+
+    offered, utilities, costs = pilot_allocation(model, answers, mean_logprobs, prompt_tokens,
+                                                 totals)
+    return [offered[j] for j in allocate_across_inputs(utilities, costs, budget)]
+
+
 def fit_model(pilot: PilotSamples, rows: Sequence[dict[str, Any]], gold: Callable[[dict], str],
               is_right: Callable[[str | None, str], bool], group_field: str | None,
-              first: int) -> ModelCalibration:
+              first: int, *, predictor_samples: int | None = None,
+              feature: str = DEFAULT_PILOT_FEATURE, bins: int = DEFAULT_PILOT_BINS,
+              seed: int = 0) -> ModelCalibration:
+    """Fit the utility model from a pool of samples. `first` pilot samples
+    make the agreement bins; `predictor_samples` (default: `first`) pilot
+    samples scored by `feature` make the pilot bins (agreement when the pool
+    has no log-probabilities)."""
     totals = [len(c) for c in pilot.correct]
     prior = fit_beta(pilot.counts, totals)
     groups: dict[str, dict[str, float]] = {}
@@ -143,12 +339,17 @@ def fit_model(pilot: PilotSamples, rows: Sequence[dict[str, Any]], gold: Callabl
             groups[g] = {"a": gp.a, "b": gp.b, "questions": len(idx)}
     finished = [n for ls, fs in zip(pilot.lengths, pilot.finished) for n, f in zip(ls, fs) if f]
     all_samples = sum(totals)
+    k = predictor_samples or first
+    if feature != "agreement" and not pilot.mean_logprobs:
+        feature = "agreement"
     return ModelCalibration(
         spec=pilot.spec, a=prior.a, b=prior.b,
         wrong_concentration=wrong_concentration(pilot.answers, [gold(r) for r in rows], is_right),
         finished_lengths=sorted(finished), finished_share=len(finished) / all_samples,
         questions=len(rows), samples_per_question=totals[0] if totals else 0,
-        groups=groups, agreement_bins=agreement_bins(pilot, first))
+        groups=groups, agreement_bins=agreement_bins(pilot, first),
+        pilot_feature=feature, pilot_samples=k,
+        pilot_bins=pilot_bins(pilot, k, feature, bins, seed=seed))
 
 
 def verifier_reliability(correct: Sequence[Sequence[bool]], scores: Sequence[Sequence[float]],
@@ -227,7 +428,7 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
               scorer: str = "number", answer_field: str = "answer", limit: int | None = None,
               engine: str = "auto", device: str | None = None, seed: int = 0,
               group_field: str | None = "difficulty", log: Callable[[str], None] = print,
-              save: bool = True) -> Calibration:
+              save: bool = True, pilot_feature: str = DEFAULT_PILOT_FEATURE) -> Calibration:
     """Run pilot samples of FILE's strategy on `data` and store FILE.calibration.json."""
     from ttsc.compiler import cost
     from ttsc.compiler.passes.inline import inline
@@ -241,6 +442,9 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
 
     if samples < 2 or not 1 <= pilot < samples:
         raise UserError("need --samples >= 2 and 1 <= --pilot < --samples")
+    if pilot_feature not in PILOT_FEATURES:
+        raise UserError(f"unknown --pilot-feature {pilot_feature!r} "
+                        f"(one of {', '.join(PILOT_FEATURES)})")
     source = read_source(file)
     built = build(parse(source, str(file)))
     built.diagnostics.raise_if_errors({str(file): source})
@@ -276,7 +480,8 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
                     temperature=target.temperature, how=target.how, gold=gold, is_right=is_right,
                     seed=seed, model=target.model, spec=spec)
             pools[target.model] = pool
-            models[target.model] = fit_model(pool, rows, gold, is_right, group_field, pilot)
+            models[target.model] = fit_model(pool, rows, gold, is_right, group_field, pilot,
+                                             feature=pilot_feature, seed=seed)
             tok = getattr(eng, "tokenizer", None)
             if tok is not None and input_tokens is None:
                 lengths = [len(tok(str(r[program.params[0]]), add_special_tokens=False)["input_ids"])
@@ -297,6 +502,7 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
             e.close()
     cal = Calibration(strategy=program.strategy, file=str(file), data=str(data),
                       pilot={"samples_per_question": samples, "pilot_samples": pilot,
+                             "pilot_feature": pilot_feature,
                              "max_tokens": max_tokens or targets[0].max_tokens,
                              "temperature": targets[0].temperature, "scorer": scorer, "seed": seed},
                       models=models, verifiers=reliabilities, input_tokens=input_tokens,
@@ -336,6 +542,9 @@ def summary(cal: Calibration, pools: dict[str, PilotSamples] | None = None) -> s
         for g, v in m.groups.items():
             lines.append(f"  group {g:<14} Beta(a={v['a']:.3f}, b={v['b']:.3f}), "
                          f"mean {v['a'] / (v['a'] + v['b']):.3f}")
+        for b in m.pilot_bins:
+            lines.append(f"  pilot {m.pilot_feature} <= {b['hi']:.3f} ({b['questions']} questions): "
+                         "vote acc by total " + " ".join(f"{t}:{v:.2f}" for t, v in b["curve"].items()))
         ks = [k for k in (1, 4, 16, 64)]
         lines.append("  predicted vote acc   " + "  ".join(
             f"k={k}: {model.vote_accuracy(k):.3f}" for k in ks))
@@ -349,7 +558,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                     pilot=args.pilot, max_tokens=args.max_tokens, scorer=args.scorer,
                     answer_field=args.answer_field, limit=args.limit, engine=args.engine,
                     device=args.device, seed=args.seed, group_field=args.group_field or None,
-                    save=not args.dry_run)
+                    save=not args.dry_run, pilot_feature=args.pilot_feature)
     print(summary(cal))
     return 0
 
@@ -374,7 +583,11 @@ def register_cli(subparsers: Any) -> None:
     c.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help="samples per question (default %(default)s)")
     c.add_argument("--pilot", type=int, default=DEFAULT_PILOT,
-                   help="samples whose agreement predicts difficulty (default %(default)s)")
+                   help="pilot samples whose score predicts difficulty (default %(default)s)")
+    c.add_argument("--pilot-feature", choices=PILOT_FEATURES, default=DEFAULT_PILOT_FEATURE,
+                   help="the pilot's score: agreement of its answers, their mean token "
+                        "probability (confidence), or both (confident_agreement); "
+                        "default %(default)s")
     c.add_argument("--max-tokens", type=int, help="tokens per sample (default: the strategy's)")
     c.add_argument("--scorer", default="number", help="number (default), exact, choice or regex")
     c.add_argument("--answer-field", default="answer", help="field holding the gold answer")

@@ -123,7 +123,7 @@ def test_results_survive_a_killed_process(tmp_path):
 # --- the example data sets --------------------------------------------------
 
 EXPECTED_ROWS = {"addition.jsonl": 60, "addition_dev.jsonl": 20, "two_digit.jsonl": 40,
-                 "mixed.jsonl": 40, "mcq.jsonl": 30}
+                 "mixed.jsonl": 40, "mcq.jsonl": 30, "tiers.jsonl": 90, "tiers_dev.jsonl": 120}
 
 
 @pytest.mark.parametrize("name, count", EXPECTED_ROWS.items())
@@ -156,6 +156,26 @@ def test_mixed_difficulties():
     for row in rows:
         a, b = map(int, re.findall(r"\d+", row["question"]))
         assert (max(a, b) < 10) == (row["difficulty"] == "easy")
+
+
+@pytest.mark.parametrize("name, per_tier", [("tiers.jsonl", 30), ("tiers_dev.jsonl", 40)])
+def test_tiers_are_right_and_balanced(name, per_tier):
+    rows = load_jsonl(DATA / name)
+    assert sorted(r["difficulty"] for r in rows) == sorted(["easy", "medium", "hard"] * per_tier)
+    for row in rows:
+        copy = re.fullmatch(r"What is the number (\d+)\?", row["question"])
+        if row["difficulty"] == "easy":
+            assert copy and copy.group(1) == row["answer"]
+            continue
+        a, op, b = re.fullmatch(r"What is (\d+) ([+-]) (\d+)\?", row["question"]).groups()
+        assert int(row["answer"]) == (int(a) + int(b) if op == "+" else int(a) - int(b))
+        assert (max(int(a), int(b)) < 10) == (row["difficulty"] == "medium")
+
+
+def test_tiers_held_out_set_is_disjoint_from_its_dev_set():
+    held = {row["question"] for row in load_jsonl(DATA / "tiers.jsonl")}
+    dev = {row["question"] for row in load_jsonl(DATA / "tiers_dev.jsonl")}
+    assert not held & dev
 
 
 def test_mcq_answers_are_right_and_balanced():

@@ -109,7 +109,14 @@ def test_calibration_file_round_trip(tmp_path):
                       models={"policy": ModelCalibration("smollm2-135m", 0.8, 0.9, 0.4, [3, 5, 9],
                                                          0.9, 20, 8, {"easy": {"a": 2.0, "b": 1.0}},
                                                          [{"lo": 0.0, "hi": 0.6, "a": 0.5, "b": 2.0},
-                                                          {"lo": 0.6, "hi": 1.0, "a": 4.0, "b": 1.0}])},
+                                                          {"lo": 0.6, "hi": 1.0, "a": 4.0, "b": 1.0}],
+                                                         "agreement", 2,
+                                                         [{"lo": 0.0, "hi": 0.75, "a": 0.5, "b": 2.0,
+                                                           "questions": 5, "generated": 4.0,
+                                                           "curve": {"2": 0.2, "4": 0.4}},
+                                                          {"lo": 0.75, "hi": 1.0, "a": 4.0, "b": 1.0,
+                                                           "questions": 5, "generated": 3.0,
+                                                           "curve": {"2": 0.9, "4": 0.95}}])},
                       verifiers={"judge": 0.3}, input_tokens=9.5)
     path = calibration_path(strategy)
     assert path.name == "s.tts.calibration.json"
@@ -121,6 +128,8 @@ def test_calibration_file_round_trip(tmp_path):
     assert m.model("easy").prior == BetaPrior(2.0, 1.0)
     assert m.agreement_model(0.75).prior == BetaPrior(4.0, 1.0)
     assert m.agreement_model(0.25).prior == BetaPrior(0.5, 2.0)
+    assert m.pilot_curve(1.0, [2, 4]) == [0.9, 0.95] and m.pilot_bin(0.2)["generated"] == 4.0
+    assert m.pilot_curve(0.5, [3])[0] == pytest.approx(0.2 + 0.2 * (math.log(3) - math.log(2)) / math.log(2))
     path.write_text("{not json")
     assert load_calibration(strategy) is None
 
@@ -187,5 +196,9 @@ budget { tokens <= 500 per input }
     assert m.questions == 4 and m.samples_per_question == 4 and set(m.groups) == {"easy", "hard"}
     assert cal.input_tokens and cal.input_tokens > 0
     assert "policy (tiny-random)" in summary(cal)
+    # The pilot predictor: agreement of the first 2 samples, curves up to 4.
+    assert m.pilot_feature == "agreement" and m.pilot_samples == 2 and m.pilot_bins
+    assert all(set(b["curve"]) == {"2", "3", "4"} for b in m.pilot_bins)
+    assert cal.pilot["pilot_feature"] == "agreement" and "pilot agreement <=" in summary(cal)
     plan = compile_file(strategy).plan
     assert plan.allocation["utility_model"].startswith("calibrated")

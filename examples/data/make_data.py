@@ -7,6 +7,12 @@ addition_dev.jsonl  20 other single-digit additions, for calibration
 two_digit.jsonl     40 two-digit additions and subtractions (harder)
 mixed.jsonl         40 items, half easy and half hard, with a "difficulty" field
 mcq.jsonl           30 multiple-choice questions with letter answers
+tiers.jsonl         90 held-out items in three tiers of 30, with a "difficulty" field:
+                    easy (copy a number: "What is the number 42?"), medium
+                    (single-digit additions) and hard (two-digit additions and
+                    subtractions); for per-input allocation
+tiers_dev.jsonl     120 other items of the same three tiers (40 each), for
+                    calibrating a difficulty predictor; disjoint from tiers.jsonl
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SEED = 20240611
+TIERS_SEED = SEED + 1  # its own generator: the older sets stay as they were
 LETTERS = "ABCD"
 
 
@@ -59,6 +66,31 @@ def mcq_item(id_: str, rng: random.Random, index: int) -> dict:
     return {"id": id_, "question": f"Which number is {kind}? {options}", "answer": answer}
 
 
+def copy_item(id_: str, n: int) -> dict:
+    return {"id": id_, "question": f"What is the number {n}?", "answer": str(n)}
+
+
+def tier_sets(seen: set[str]) -> tuple[list[dict], list[dict]]:
+    """(held-out, dev): three difficulty tiers each, no question in both (nor
+    in `seen`, the older two-digit sets)."""
+    rng = random.Random(TIERS_SEED)
+    numbers = list(range(1, 100))
+    rng.shuffle(numbers)
+    pairs = single_digit_pairs(rng)
+    hard = two_digit_items("tier-h", 70, rng, seen)
+    sets = []
+    for name, lo, hi in (("tier", 0, 30), ("tdev", 30, 70)):
+        rows = ([dict(copy_item(f"{name}-e{i:02d}", n), difficulty="easy")
+                 for i, n in enumerate(numbers[lo:hi])]
+                + [dict(addition_item(f"{name}-m{i:02d}", a, b), difficulty="medium")
+                   for i, (a, b) in enumerate(pairs[lo:hi])]
+                + [dict(item, id=f"{name}-h{i:02d}", difficulty="hard")
+                   for i, item in enumerate(hard[lo:hi])])
+        rng.shuffle(rows)
+        sets.append(rows)
+    return sets[0], sets[1]
+
+
 def make_all() -> dict[str, list[dict]]:
     rng = random.Random(SEED)
     pairs = single_digit_pairs(rng)
@@ -75,8 +107,10 @@ def make_all() -> dict[str, list[dict]]:
 
     mcq = [mcq_item(f"mcq-{i:03d}", rng, i) for i in range(30)]
     rng.shuffle(mcq)
+    tiers, tiers_dev = tier_sets(seen)
     return {"addition.jsonl": addition, "addition_dev.jsonl": dev,
-            "two_digit.jsonl": two_digit, "mixed.jsonl": mixed, "mcq.jsonl": mcq}
+            "two_digit.jsonl": two_digit, "mixed.jsonl": mixed, "mcq.jsonl": mcq,
+            "tiers.jsonl": tiers, "tiers_dev.jsonl": tiers_dev}
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -9,6 +9,7 @@ import torch
 
 import engine_contract as contract
 from ttsc.dsl.errors import UserError
+from ttsc.kernels import cpu_ops
 from ttsc.runtime.engines.base import (
     ContinuationRequest,
     NextTokenRequest,
@@ -41,10 +42,10 @@ def fp32(loaded: LoadedModel, **kw) -> PagedEngine:
     return PagedEngine(loaded, dtype=torch.float32, **kw)
 
 
-def cramped(loaded: LoadedModel) -> PagedEngine:
+def cramped(loaded: LoadedModel, **kw) -> PagedEngine:
     """Small blocks, a pool of 40 blocks and 24-token steps: chunking, preemption, eviction."""
     block_bytes = 2 * loaded.model.config.num_hidden_layers * 2 * 16 * 4 * 4  # kv heads 2, dim 16
-    return fp32(loaded, block_size=4, kv_memory_bytes=40 * block_bytes, max_batch_tokens=24)
+    return fp32(loaded, block_size=4, kv_memory_bytes=40 * block_bytes, max_batch_tokens=24, **kw)
 
 
 def assert_clean(engine: PagedEngine) -> None:
@@ -72,6 +73,22 @@ def test_contract_cramped(check, tiny_model: LoadedModel) -> None:
 @pytest.mark.parametrize("check", contract.MODEL_CHECKS, ids=lambda c: c.__name__)
 def test_contract_with_model(check, tiny_model: LoadedModel) -> None:
     check(lambda: fp32(tiny_model), tiny_model)
+
+
+# The engine with its C++ CPU kernels (decode attention over the pool, fused
+# norm, RoPE + store, SiLU, sampling), in fp32 so results are comparable, on
+# roomy and cramped pools (block size 4: chunks of keys cross blocks).
+@pytest.mark.parametrize("check", contract.ENGINE_CHECKS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("make", [fp32, cramped], ids=["roomy", "cramped"])
+def test_contract_cpu_kernels(check, make, tiny_model: LoadedModel) -> None:
+    if cpu_ops.load() is None:
+        pytest.skip("the C++ CPU kernels could not be built here")
+
+    def engine() -> PagedEngine:
+        e = make(tiny_model, cpu_kernels=True)
+        assert e.cpu_kernels
+        return e
+    check(engine)
 
 
 def test_contract_eos() -> None:
@@ -164,6 +181,40 @@ def test_greedy_and_logprobs_match_transformers(kind) -> None:
         tokens, logprobs = _greedy_reference(loaded, engine.tokenize(prompt), 12)
         assert c.token_ids == tokens
         assert max(abs(a - b) for a, b in zip(c.logprobs, logprobs)) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ARCHS.values(), ids=ARCHS.keys())
+def test_cpu_kernels_match_transformers(kind) -> None:
+    """fp32 through the C++ kernels: greedy tokens and logprobs still transformers'."""
+    if cpu_ops.load() is None:
+        pytest.skip("the C++ CPU kernels could not be built here")
+    loaded = _arch_model(kind)
+    engine = fp32(loaded, cpu_kernels=True)
+    assert engine.cpu_kernels
+    prompts = [Prompt.user("What is 2+3?"), Prompt(raw="The quick brown fox jumps over the lazy dog.")]
+    out = engine.sample([SampleRequest(p, SamplingParams(n=3, temperature=0, max_tokens=12, ignore_eos=True))
+                         for p in prompts])
+    for prompt, samples in zip(prompts, out):
+        tokens, logprobs = _greedy_reference(loaded, engine.tokenize(prompt), 12)
+        for c in samples:  # forked greedy samples decode as a cascade group
+            assert c.token_ids == tokens
+            assert max(abs(a - b) for a, b in zip(c.logprobs, logprobs)) < 1e-4
+
+
+def test_cpu_kernels_are_the_bf16_default_only(tiny_model: LoadedModel, monkeypatch) -> None:
+    if cpu_ops.load() is None:
+        pytest.skip("the C++ CPU kernels could not be built here")
+    assert PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 * MiB).cpu_kernels
+    assert not fp32(tiny_model).cpu_kernels  # fp32 keeps the torch path, transformers' exact math
+    assert not PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 * MiB,
+                           cpu_kernels=False).cpu_kernels
+    monkeypatch.setenv("TTSC_CPU_KERNELS", "0")
+    cpu_ops.load.cache_clear()
+    try:
+        assert not PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 * MiB).cpu_kernels
+    finally:
+        monkeypatch.delenv("TTSC_CPU_KERNELS")
+        cpu_ops.load.cache_clear()
 
 
 def test_bf16_engine_tracks_fp32(tiny_model: LoadedModel) -> None:

@@ -21,6 +21,7 @@ causal mask over each sequence's gathered context.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,8 @@ class DecodeGroups:
     num_groups: int
     max_members: int  # Gmax
     uniform: bool  # every row is in a group, all groups have Gmax rows, in row order
+    members: torch.Tensor  # [NG, Gmax] decode rows of each group, -1 pads (the CPU kernel's form)
+    group_lens: torch.Tensor  # [NG] tokens in each shared prefix
     # The same, as lists, for the per-group kernel path.
     groups: list[tuple[list[int], list[int]]]  # (rows, prefix blocks)
 
@@ -63,25 +66,34 @@ class PrefillMeta:
 
 
 class PagedAttention:
-    def __init__(self, kv_pool: torch.Tensor, slot_mapping: torch.Tensor, scale: float,
-                 decode: DecodeMeta | None, prefill: PrefillMeta | None, use_kernel: bool = False):
-        self.kv_pool = kv_pool  # [L, NB, bs, 2, Hkv, D]
+    def __init__(self, layers: list[torch.Tensor], slot_mapping: torch.Tensor, scale: float,
+                 decode: DecodeMeta | None, prefill: PrefillMeta | None, use_kernel: bool = False,
+                 cpu_ops: Any = None):
+        self.layers = layers  # per layer, the pool's [NB, bs, 2, Hkv, D] (views made once)
         self.slot_mapping = slot_mapping  # [T] where each new token's K/V goes
         self.scale = scale
         self.decode = decode
         self.prefill = prefill
         self.use_kernel = use_kernel  # decode through ttsc.kernels' cascade dispatcher
+        self.cpu_ops = cpu_ops  # ttsc.kernels.cpu_ops: decode reads the pool in place
         self._kv_new: torch.Tensor | None = None
 
     def store(self, layer: int, kv: torch.Tensor) -> None:
         """Write K|V [T, 2, Hkv, D] of the new tokens into their slots, in one indexed copy."""
-        nb, bs = self.kv_pool.shape[1:3]
-        self.kv_pool[layer].view(nb * bs, *kv.shape[1:]).index_copy_(0, self.slot_mapping, kv)
+        self.layer_slots(layer).index_copy_(0, self.slot_mapping, kv)
+        self.stored(kv)
+
+    def layer_slots(self, layer: int) -> torch.Tensor:
+        """One layer of the pool as [NB*bs, 2, Hkv, D] token slots (a view)."""
+        return self.layers[layer].flatten(0, 1)
+
+    def stored(self, kv: torch.Tensor) -> None:
+        """Note the new tokens' K|V, written to the pool by the caller (prefill reads it)."""
         self._kv_new = kv
 
     def attend(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         """q [T, H, D] -> attention output [T, H, D]."""
-        blocks = self.kv_pool[layer]  # [NB, bs, 2, Hkv, D]
+        blocks = self.layers[layer]  # [NB, bs, 2, Hkv, D]
         parts = []
         nd = self.decode.num_rows if self.decode else 0
         if self.decode:
@@ -99,6 +111,13 @@ class PagedAttention:
         hkv = blocks.shape[3]
         rep = h // hkv
         qh = q.view(bd, hkv, rep, d)  # the rep query heads reading one KV head sit together
+        if self.cpu_ops is not None:  # one kernel reads the pool in place, prefix and own blocks
+            g = meta.groups
+            if g is None:
+                return self.cpu_ops.decode_attention(q, blocks, meta.own_blocks, meta.own_lens,
+                                                     _NO_GROUPS, _NO_GROUPS, _NO_GROUPS[:, 0], self.scale)
+            return self.cpu_ops.decode_attention(q, blocks, meta.own_blocks, meta.own_lens, g.members,
+                                                 g.group_blocks, g.group_lens, self.scale)
         # Own blocks: each row's queries against that row's keys.
         o2, lse2 = _attend(qh, *_gather(blocks, meta.own_blocks), meta.own_mask,
                            self.scale)  # [Bd, Hkv, rep, D], [Bd, Hkv, rep]
@@ -192,4 +211,5 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
     return torch.matmul(probs, v.float()), lse
 
 
+_NO_GROUPS = torch.zeros(0, 1, dtype=torch.long)
 _flash_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu

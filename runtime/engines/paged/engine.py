@@ -54,7 +54,7 @@ class PagedEngine(Engine):
     def __init__(self, loaded: LoadedModel, *, kv_memory_bytes: int | None = None,
                  block_size: int = 16, max_batch_tokens: int = 2048, max_num_seqs: int = 256,
                  dtype: torch.dtype | str | None = None, seed: int = 0,
-                 use_kernels: bool | None = None):
+                 use_kernels: bool | None = None, cpu_kernels: bool | None = None):
         if block_size < 1 or max_batch_tokens < 1 or max_num_seqs < 1:
             raise UserError("block_size, max_batch_tokens and max_num_seqs must be at least 1")
         self.loaded = loaded
@@ -79,6 +79,7 @@ class PagedEngine(Engine):
             from ttsc.kernels.dispatch import triton_usable
             use_kernels = self.device.type == "cuda" and triton_usable(self.device)
         self.use_kernels = use_kernels
+        self.cpu_kernels = self._cpu_kernels(cpu_kernels)
         self.runner = ModelRunner(self.model, num_blocks, block_size, use_kernel=use_kernels)
         self._eos_ids = loaded.eos_token_ids
         self._seeds = random.Random(seed)
@@ -89,6 +90,23 @@ class PagedEngine(Engine):
         self._decode_only_seconds = 0.0  # steps without prefill rows, schedule to sample
         self._decode_only_tokens = 0
         self._lock = threading.Lock()
+
+    def _cpu_kernels(self, wanted: bool | None) -> bool:
+        """Fused C++ kernels for the decode step on CPU. By default only in bf16:
+        fp32 stays the torch path, whose numbers are transformers' exactly."""
+        if wanted is False or self.device.type != "cpu":
+            return False
+        if wanted is None and self.dtype != torch.bfloat16:
+            return False
+        from ttsc.kernels import cpu_ops
+
+        if self.dtype not in (torch.bfloat16, torch.float32) or self.model.cfg.head_dim not in cpu_ops.HEAD_DIMS:
+            return False
+        ops = cpu_ops.load()
+        if ops is None:
+            return False
+        self.model.use_cpu_ops(ops)
+        return True
 
     # ------------------------------------------------------------ prompts
 
@@ -161,6 +179,7 @@ class PagedEngine(Engine):
 
     def close(self) -> None:
         self.runner.kv_pool = torch.empty(0)
+        self.runner.layers = []
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -233,6 +252,9 @@ class PagedEngine(Engine):
     def _sample_rows(self, logits: torch.Tensor, settings: list[RowSettings]) -> tuple[list[int], list[float]]:
         """One token per row. With kernels on, the fused sampling kernel draws
         it, fed this engine's own counter-based uniforms so seeds mean the same."""
+        if self.cpu_kernels and all(s.temperature <= 0 or (s.top_k in (0, logits.shape[1]) and s.top_p >= 1.0)
+                                    for s in settings):
+            return self._sample_rows_cpu(logits, settings)
         if not self.use_kernels:
             return sample(logits, settings)
         from ttsc.kernels.sampling import sample as fused_sample
@@ -246,6 +268,16 @@ class PagedEngine(Engine):
             None,
             uniforms=torch.tensor([uniform(s.seed, s.counter) for s in settings],
                                   dtype=torch.float32, device=dev))
+        return tokens.tolist(), logprobs.tolist()
+
+    def _sample_rows_cpu(self, logits: torch.Tensor, settings: list[RowSettings]) -> tuple[list[int], list[float]]:
+        """Rows without top-k/top-p through the C++ sampler: same uniforms, one pass per row."""
+        ops = self.model.cpu_ops
+        tokens, logprobs = ops.sample(
+            logits,
+            torch.tensor([1.0 / s.temperature if s.temperature > 0 else 1.0 for s in settings]),
+            torch.tensor([uniform(s.seed, s.counter) for s in settings]),
+            torch.tensor([s.temperature <= 0 for s in settings]))
         return tokens.tolist(), logprobs.tolist()
 
     def _score_sequence(self, ids: list[int], start: int, targets: list[list[int]]) -> Sequence:

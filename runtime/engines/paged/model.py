@@ -169,6 +169,13 @@ class LlamaModel:
         positions = torch.arange(cfg.max_position, dtype=torch.float32)
         freqs = torch.outer(positions, rope_inv_freq(cfg))  # [P, D/2]
         self.rope = torch.polar(torch.ones_like(freqs), freqs).to(self.device)  # [P, D/2] complex64
+        self.cpu_ops: Any = None  # ttsc.kernels.cpu_ops' compiled module, once `use_cpu_ops` is called
+
+    def use_cpu_ops(self, ops: Any) -> None:
+        """Run RMSNorm, RoPE + KV store and SiLU-mul through the fused CPU kernels."""
+        self.cpu_ops = ops
+        self.rope_cos = self.rope.real.contiguous()  # [P, D/2] fp32
+        self.rope_sin = self.rope.imag.contiguous()
 
     @staticmethod
     def from_hf(hf_model: Any, device: torch.device, dtype: torch.dtype) -> "LlamaModel":
@@ -236,20 +243,31 @@ class LlamaModel:
         t = input_ids.shape[0]
         h, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         eps, dtype = cfg.rms_norm_eps, self.dtype
-        rope = self.rope[positions].unsqueeze(1)  # [T, 1, D/2] complex
-        x = F.embedding(input_ids, self.embed).float()  # [T, E] residual
+        ops = self.cpu_ops
+        if ops is None:
+            rope = self.rope[positions].unsqueeze(1)  # [T, 1, D/2] complex
+            norm, silu_mul = _add_rms_norm, _silu_mul
+        else:
+            norm, silu_mul = ops.rms_norm, ops.silu_mul
+        x = F.embedding(input_ids, self.embed).float()  # [T, E] residual, updated in place
+        pending = None  # the last MLP output, added to x by the next norm
         for i, w in enumerate(self.layers):
-            y = rms_norm(x, w.input_norm, eps, dtype)
+            y = norm(x, w.input_norm, eps, dtype, pending)
             qkv = w.qkv(y)  # [T, (H + 2 Hkv) D]
             qk = qkv[:, :(h + hkv) * d].view(t, h + hkv, d)
-            apply_rope_(qk, rope)  # in place, so K and V stay side by side in `qkv`
-            attn.store(i, qkv[:, h * d:].view(t, 2, hkv, d))  # [T, K|V, Hkv, D]
+            kv = qkv[:, h * d:].view(t, 2, hkv, d)  # [T, K|V, Hkv, D]
+            # RoPE in place, so K and V stay side by side in `qkv` for the store.
+            if ops is None:
+                apply_rope_(qk, rope)
+                attn.store(i, kv)
+            else:
+                ops.rope_store(qkv, positions, self.rope_cos, self.rope_sin, attn.layer_slots(i),
+                               attn.slot_mapping, h, hkv)
+                attn.stored(kv)
             o = attn.attend(i, qk[:, :h])  # [T, H, D]
-            x = x + w.o(o.reshape(t, h * d))
-            y = rms_norm(x, w.post_norm, eps, dtype)
-            gate, up = w.gate_up(y).chunk(2, dim=-1)  # [T, I] each
-            x = x + w.down(F.silu(gate).mul_(up))
-        return rms_norm(x, self.norm, eps, dtype)
+            y = norm(x, w.post_norm, eps, dtype, w.o(o.reshape(t, h * d)))
+            pending = w.down(silu_mul(w.gate_up(y)))
+        return norm(x, self.norm, eps, dtype, pending)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[R, E] -> logits [R, V] in the model dtype (softmaxes upcast as they read them)."""
@@ -260,6 +278,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dty
     """x [T, E] fp32 -> normalized and scaled, in `dtype` (transformers' op order)."""
     out = torch.empty(x.shape, dtype=dtype, device=x.device)  # the last product casts as it writes
     return torch.mul(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), weight, out=out)
+
+
+def _add_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype,
+                  add: torch.Tensor | None) -> torch.Tensor:
+    """x += add (in place, fp32), then rms_norm: the residual update and the next norm."""
+    if add is not None:
+        x.add_(add)
+    return rms_norm(x, weight, eps, dtype)
+
+
+def _silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)  # [T, I] each
+    return F.silu(gate).mul_(up)
 
 
 def apply_rope_(x: torch.Tensor, rope: torch.Tensor) -> None:

@@ -35,12 +35,13 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = model.device
-        self.use_kernel = use_kernel
+        self.use_kernel = use_kernel  # Triton on CUDA; the model's `cpu_ops` say whether C++ on CPU
         # Zeroed, not empty: padded key slots are read with weight 0, and 0 * NaN
         # from uninitialized memory would still poison the output.
         self.kv_pool = torch.zeros(
             (cfg.num_layers, num_blocks, block_size, 2, cfg.num_kv_heads, cfg.head_dim),
             dtype=model.dtype, device=model.device)
+        self.layers = list(self.kv_pool.unbind(0))  # per-layer views, made once
         self.scale = cfg.head_dim ** -0.5
 
     @torch.inference_mode()
@@ -58,9 +59,9 @@ class ModelRunner:
         """Logits [R, V] (model dtype) for the rows that need them, and which rows those are."""
         self.copy_blocks(batch.copies)
         input_ids, positions, slots, hidden_rows, rows = self._flatten(batch)
-        attn = PagedAttention(self.kv_pool, self._tensor(slots), self.scale,
+        attn = PagedAttention(self.layers, self._tensor(slots), self.scale,
                               self._decode_meta(batch), self._prefill_meta(batch),
-                              use_kernel=self.use_kernel)
+                              use_kernel=self.use_kernel, cpu_ops=self.model.cpu_ops)
         hidden = self.model.forward(self._tensor(input_ids), self._tensor(positions), attn)
         if not rows:
             return hidden.new_empty(0, self.model.cfg.vocab_size), rows
@@ -135,6 +136,7 @@ class ModelRunner:
                 in_group=torch.tensor(in_group, device=self.device).view(-1, 1, 1),
                 num_groups=len(members), max_members=gmax,
                 uniform=all(len(m) == gmax for m in members) and gmax * len(members) == len(decode),
+                members=self._padded(members, pad=-1, width=gmax), group_lens=group_lens,
                 groups=list(zip(members, prefixes)))
         return DecodeMeta(len(decode), own_blocks, own_lens_t, own_mask, groups)
 

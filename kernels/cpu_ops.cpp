@@ -1,0 +1,586 @@
+// CPU kernels for the paged engine's decode step (see cpu_ops.py).
+//
+// A decode step at batch 64 on a small model spends as long outside the matrix
+// products as inside them: each eager op is a parallel region plus a pass over
+// memory, and attention first gathered every row's KV blocks into a padded
+// copy. These kernels read the paged pool in place and fuse the element-wise
+// chains of a layer into single passes. Arithmetic is fp32 throughout; inputs
+// and outputs are bf16 or fp32 (the model dtype).
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace {
+
+// Widen n values to fp32. bf16 is the top half of an fp32, so the loop is a
+// shift that the compiler vectorizes.
+inline void load_row(const float* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void load_row(const at::BFloat16* src, float* dst, int64_t n) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) d[i] = static_cast<uint32_t>(s[i]) << 16;
+}
+
+// Narrow n fp32 values to the output dtype. For bf16: round to nearest even,
+// NaN stays NaN (as at::BFloat16 does), as integer ops that vectorize.
+inline void store_row(const float* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+inline void store_row(const float* src, at::BFloat16* dst, int64_t n) {
+  const uint32_t* s = reinterpret_cast<const uint32_t*>(src);
+  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t b = s[i];
+    const bool nan = (b & 0x7fffffffu) > 0x7f800000u;
+    d[i] = nan ? static_cast<uint16_t>(0x7fc0) : static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+  }
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// ------------------------------------------------------------- attention
+
+// 16 floats in one vector register (or two on AVX2, as the compiler lowers it).
+typedef float v16 __attribute__((vector_size(64)));
+typedef uint16_t v16h __attribute__((vector_size(32)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
+
+inline v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline v16 load16(const at::BFloat16* p) {
+  v16h h;
+  std::memcpy(&h, p, sizeof h);
+  v16u u = __builtin_convertvector(h, v16u) << 16;
+  v16 v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+// Narrow 16 lanes to the output dtype (bf16: round to nearest even, NaN kept).
+inline void store16(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline void store16(at::BFloat16* p, v16 v) {
+  v16u b;
+  std::memcpy(&b, &v, sizeof b);
+  const v16u rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  const v16u r = (b & 0x7fffffffu) > 0x7f800000u ? v16u{} + 0x7fc0u : rounded;
+  const v16h h = __builtin_convertvector(r, v16h);
+  std::memcpy(p, &h, sizeof h);
+}
+
+inline float hsum(v16 v) {
+  v16 a = v + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  a += __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+  a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+  return a[0] + a[1];
+}
+
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+inline float hmax(v16 v) {
+  v16 a = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  a = v > a ? v : a;
+  v16 b = __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+  a = a > b ? a : b;
+  b = __builtin_shufflevector(a, a, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+  a = a > b ? a : b;
+  return std::max(a[0], a[1]);
+}
+
+// e^x for x <= 0, 16 lanes at once (libm's expf does not vectorize here):
+// 2^(x log2 e) split into 2^i * 2^f with f in [-0.5, 0.5] and Cephes' exp2f
+// polynomial, relative error ~2e-7. Below -87 the result is ~1e-38, not 0.
+inline v16 exp16(v16 x) {
+  const v16 lo = v16{} - 87.f;
+  const v16 t = (x < lo ? lo : x) * 1.44269504088896341f;
+  const v16i i = __builtin_convertvector(t - 0.5f, v16i);  // t <= 0: rounds to nearest
+  const v16 f = t - __builtin_convertvector(i, v16);
+  v16 p = f * 1.535336188319500e-4f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.f;
+  return p * reinterpret_cast<const v16&>(static_cast<const v16i&>((i + 127) << 23));
+}
+
+// Ask for the K|V of tokens [start, start + 16) of a key list ahead of use:
+// a sequence's blocks lie anywhere in the pool, so the hardware prefetcher,
+// which follows runs of addresses, loses the stream at every block.
+template <typename T>
+inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int64_t start, int64_t bs,
+                           int64_t tok_stride) {
+  const int64_t bytes = tok_stride * sizeof(T);
+  for (int64_t pos = start; pos < std::min(len, start + 16); ++pos) {
+    const char* p = reinterpret_cast<const char*>(pool + (table[pos / bs] * bs + pos % bs) * tok_stride);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
+  }
+}
+
+// Queries attending to one list of keys: the keys of `len` tokens laid out
+// by `table` (block ids) in the pool [NB, bs, 2, Hkv, D]. For each KV head h
+// there are `nq` queries (fp32, pre-scaled) at qv[(h * nq + i) * DC], each
+// with a running max m, sum l and unnormalized output acc (online softmax).
+// Keys go 16 at a time: every key, widened once, is scored against all the
+// queries of its head; the head's 16 values, widened once into `vb`, are
+// then summed into each query's output.
+template <typename T, int DC>
+void attend_keys(const T* pool, const int64_t* table, int64_t len, int64_t bs, int64_t hkv, int64_t nq,
+                 const v16* qv, v16* acc, float* m, float* l, v16* sv, v16* vb) {
+  constexpr int64_t dim = DC * 16;
+  const int64_t tok_stride = 2 * hkv * dim;  // one token's K and V, all KV heads
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t start = 0; start < len; start += 16) {
+    const int64_t n = std::min<int64_t>(16, len - start);
+    prefetch_chunk(pool, table, len, start + 16, bs, tok_stride);
+    const T* tok[16];
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t pos = start + t;
+      tok[t] = pool + (table[pos / bs] * bs + pos % bs) * tok_stride;
+    }
+    for (int64_t h = 0; h < hkv; ++h) {
+      v16* s = sv;  // scores of this chunk, one vector per query
+      for (int64_t i = 0; i < nq; ++i) s[i] = v16{} + neg_inf;
+      for (int64_t t = 0; t < n; ++t) {
+        v16 k[DC];
+        for (int c = 0; c < DC; ++c) k[c] = load16(tok[t] + h * dim + c * 16);
+        for (int64_t i = 0; i < nq; ++i) {
+          const v16* qi = qv + (h * nq + i) * DC;
+          v16 x = qi[0] * k[0];
+          for (int c = 1; c < DC; ++c) x += qi[c] * k[c];
+          s[i][t] = hsum(x);
+        }
+      }
+      for (int64_t t = 0; t < n; ++t)
+        for (int c = 0; c < DC; ++c) vb[t * DC + c] = load16(tok[t] + (hkv + h) * dim + c * 16);
+      for (int64_t i = 0; i < nq; ++i) {
+        const int64_t qi = h * nq + i;
+        const float cm = std::max(m[qi], hmax(s[i]));
+        const float corr = std::exp(m[qi] - cm);  // 0 on the first chunk (m = -inf)
+        const v16 p = exp16(s[i] - cm);  // padding lanes: ~1e-38, and not summed below
+        float psum = 0.f;
+        for (int64_t t = 0; t < n; ++t) psum += p[t];
+        l[qi] = l[qi] * corr + psum;
+        m[qi] = cm;
+        v16 a[DC];
+        for (int c = 0; c < DC; ++c) a[c] = acc[qi * DC + c] * corr;
+        for (int64_t t = 0; t < n; ++t)
+          for (int c = 0; c < DC; ++c) a[c] += p[t] * vb[t * DC + c];
+        for (int c = 0; c < DC; ++c) acc[qi * DC + c] = a[c];
+      }
+    }
+  }
+}
+
+// Decode attention for rows of one new token each, cascade style (Hydragen,
+// FlashInfer): a row's keys are its own blocks (own_tables/own_lens) and,
+// when it belongs to a group, the group's shared prefix blocks
+// (group_tables/group_lens; group_rows lists the members, -1 pads). A
+// prefix is read once per chunk of up to 4 members, scored against all their
+// queries; the two parts merge by log-sum-exp. Output [R, H, D] in q's dtype.
+template <typename T, int DC>
+torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor& blocks,
+                                    const torch::Tensor& own_tables, const torch::Tensor& own_lens,
+                                    const torch::Tensor& group_rows, const torch::Tensor& group_tables,
+                                    const torch::Tensor& group_lens, double scale) {
+  constexpr int64_t dim = DC * 16;
+  constexpr int64_t kChunk = 4;  // members per prefix pass: reuse of each key vs. parallel work
+  const int64_t rows = q.size(0), heads = q.size(1);
+  const int64_t bs = blocks.size(1), hkv = blocks.size(3), rep = heads / hkv;
+  const int64_t own_width = own_tables.size(1);
+  const int64_t groups = group_rows.size(0), gmax = group_rows.size(1);
+  const int64_t group_width = group_tables.size(1);
+  const T* qp = q.data_ptr<T>();
+  const T* pool = blocks.data_ptr<T>();
+  const int64_t* own_tp = own_tables.data_ptr<int64_t>();
+  const int64_t* own_lp = own_lens.data_ptr<int64_t>();
+  const int64_t* grp = group_rows.data_ptr<int64_t>();
+  const int64_t* group_tp = group_tables.data_ptr<int64_t>();
+  const int64_t* group_lp = group_lens.data_ptr<int64_t>();
+  const float sc = static_cast<float>(scale);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+
+  auto out = torch::empty({rows, heads, dim}, q.options());
+  T* op = out.data_ptr<T>();
+  // Own parts, normalized, with their log-sum-exp, for the prefix pass to merge into.
+  std::vector<float> own_o(rows * heads * dim), own_lse(rows * heads);
+  std::vector<char> grouped(rows, 0);
+  for (int64_t i = 0; i < groups * gmax; ++i)
+    if (grp[i] >= 0) grouped[grp[i]] = 1;
+
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<v16> qv(heads * DC), acc(heads * DC), sv(rep), vb(16 * DC);
+    std::vector<float> m(heads), l(heads);
+    if (begin < end) prefetch_chunk(pool, own_tp + begin * own_width, own_lp[begin], 0, bs, 2 * hkv * dim);
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + 1 < end) prefetch_chunk(pool, own_tp + (r + 1) * own_width, own_lp[r + 1], 0, bs, 2 * hkv * dim);
+      for (int64_t i = 0; i < heads * DC; ++i) qv[i] = load16(qp + r * heads * dim + i * 16) * sc;
+      std::fill(acc.begin(), acc.end(), v16{});
+      std::fill(m.begin(), m.end(), neg_inf);
+      std::fill(l.begin(), l.end(), 0.f);
+      attend_keys<T, DC>(pool, own_tp + r * own_width, own_lp[r], bs, hkv, rep, qv.data(), acc.data(),
+                         m.data(), l.data(), sv.data(), vb.data());
+      for (int64_t j = 0; j < heads; ++j) {
+        const float inv = l[j] > 0.f ? 1.f / l[j] : 0.f;
+        float* o = own_o.data() + (r * heads + j) * dim;
+        for (int c = 0; c < DC; ++c) {
+          const v16 y = acc[j * DC + c] * inv;
+          std::memcpy(o + c * 16, &y, sizeof y);
+        }
+        own_lse[r * heads + j] = l[j] > 0.f ? m[j] + std::log(l[j]) : neg_inf;
+        if (!grouped[r]) store_row(o, op + (r * heads + j) * dim, dim);
+      }
+    }
+  });
+
+  const int64_t chunks = (gmax + kChunk - 1) / kChunk;
+  at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
+    // Queries of up to kChunk members, ordered [KV head][member][rep].
+    std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), sv(kChunk * rep), vb(16 * DC);
+    std::vector<float> m(kChunk * heads), l(kChunk * heads);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t g = item / chunks;
+      std::vector<int64_t> members;
+      for (int64_t i = (item % chunks) * kChunk; i < std::min(gmax, (item % chunks + 1) * kChunk); ++i)
+        if (grp[g * gmax + i] >= 0) members.push_back(grp[g * gmax + i]);
+      const int64_t nm = members.size(), nq = nm * rep;
+      if (nm == 0) continue;
+      for (int64_t h = 0; h < hkv; ++h)
+        for (int64_t i = 0; i < nm; ++i)
+          for (int64_t j = 0; j < rep; ++j)
+            for (int c = 0; c < DC; ++c)
+              qv[((h * nm + i) * rep + j) * DC + c] =
+                  load16(qp + (members[i] * heads + h * rep + j) * dim + c * 16) * sc;
+      std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
+      std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
+      std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
+      attend_keys<T, DC>(pool, group_tp + g * group_width, group_lp[g], bs, hkv, nq, qv.data(),
+                         acc.data(), m.data(), l.data(), sv.data(), vb.data());
+      for (int64_t h = 0; h < hkv; ++h)
+        for (int64_t i = 0; i < nm; ++i)
+          for (int64_t j = 0; j < rep; ++j) {
+            const int64_t qi = (h * nm + i) * rep + j, head = h * rep + j, r = members[i];
+            const float lse1 = l[qi] > 0.f ? m[qi] + std::log(l[qi]) : neg_inf;
+            const float lse2 = own_lse[r * heads + head];
+            const float top = std::max(lse1, lse2);
+            if (top == neg_inf) {  // no keys at all
+              std::fill(op + (r * heads + head) * dim, op + (r * heads + head + 1) * dim, static_cast<T>(0.f));
+              continue;
+            }
+            // out = w1 * acc / l + w2 * own_o, with w1 + w2 = 1 from the two log-sum-exps.
+            const float e1 = std::exp(lse1 - top), e2 = std::exp(lse2 - top);
+            const float w1 = e1 / ((e1 + e2) * (l[qi] > 0.f ? l[qi] : 1.f)), w2 = e2 / (e1 + e2);
+            float y[dim];
+            const float* o2 = own_o.data() + (r * heads + head) * dim;
+            for (int c = 0; c < DC; ++c) {
+              const v16 v = acc[qi * DC + c] * w1 + load16(o2 + c * 16) * w2;
+              std::memcpy(y + c * 16, &v, sizeof v);
+            }
+            store_row(y, op + (r * heads + head) * dim, dim);
+          }
+    }
+  });
+  return out;
+}
+
+template <typename T>
+torch::Tensor decode_attention_dispatch(const torch::Tensor& q, const torch::Tensor& blocks,
+                                        const torch::Tensor& own_tables, const torch::Tensor& own_lens,
+                                        const torch::Tensor& group_rows, const torch::Tensor& group_tables,
+                                        const torch::Tensor& group_lens, double scale) {
+  switch (q.size(2)) {
+#define TTSC_CASE(D)                                                                                  \
+  case D:                                                                                             \
+    return decode_attention_impl<T, D / 16>(q, blocks, own_tables, own_lens, group_rows, group_tables, \
+                                            group_lens, scale);
+    TTSC_CASE(16)
+    TTSC_CASE(32)
+    TTSC_CASE(64)
+    TTSC_CASE(128)
+    TTSC_CASE(256)
+#undef TTSC_CASE
+    default:
+      TORCH_CHECK(false, "decode_attention: head dim must be 16, 32, 64, 128 or 256");
+  }
+}
+
+torch::Tensor decode_attention(torch::Tensor q, torch::Tensor blocks, torch::Tensor own_tables,
+                               torch::Tensor own_lens, torch::Tensor group_rows, torch::Tensor group_tables,
+                               torch::Tensor group_lens, double scale) {
+  TORCH_CHECK(q.dim() == 3 && blocks.dim() == 5 && own_tables.dim() == 2 && own_lens.dim() == 1);
+  TORCH_CHECK(group_rows.dim() == 2 && group_tables.dim() == 2 && group_lens.dim() == 1);
+  TORCH_CHECK(q.scalar_type() == blocks.scalar_type(), "q and the KV pool must share a dtype");
+  TORCH_CHECK(q.size(1) % blocks.size(3) == 0 && q.size(2) == blocks.size(4));
+  TORCH_CHECK(own_tables.size(0) == q.size(0) && own_lens.size(0) == q.size(0));
+  TORCH_CHECK(group_tables.size(0) == group_rows.size(0) && group_lens.size(0) == group_rows.size(0));
+  TORCH_CHECK(blocks.is_contiguous(), "the KV pool layer must be contiguous");
+  q = q.contiguous();
+  auto as_long = [](const torch::Tensor& t) { return t.to(torch::kLong).contiguous(); };
+  if (q.scalar_type() == torch::kBFloat16)
+    return decode_attention_dispatch<at::BFloat16>(q, blocks, as_long(own_tables), as_long(own_lens),
+                                                   as_long(group_rows), as_long(group_tables),
+                                                   as_long(group_lens), scale);
+  TORCH_CHECK(q.scalar_type() == torch::kFloat, "bf16 or fp32 only");
+  return decode_attention_dispatch<float>(q, blocks, as_long(own_tables), as_long(own_lens),
+                                          as_long(group_rows), as_long(group_tables), as_long(group_lens),
+                                          scale);
+}
+
+// ---------------------------------------------------------- element-wise
+
+// y = x * rsqrt(mean(x^2) + eps) * w in fp32, written in out's dtype. With
+// `add`, the residual update x += add comes first, in place, in the same pass.
+template <typename T, typename A>
+void rms_norm_impl(torch::Tensor& x, const torch::Tensor& w, double eps, const A* add, torch::Tensor& out) {
+  const int64_t rows = x.size(0), n = x.size(1);
+  float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  T* op = out.data_ptr<T>();
+  const float e = static_cast<float>(eps);
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(n);
+    float* __restrict y = buf.data();
+    for (int64_t r = begin; r < end; ++r) {
+      float* __restrict row = xp + r * n;
+      if (add != nullptr) {
+        load_row(add + r * n, y, n);
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) row[i] += y[i];
+      }
+      const float inv = 1.f / std::sqrt(dot(row, row, n) / n + e);
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) y[i] = row[i] * inv * wp[i];
+      store_row(y, op + r * n, n);
+    }
+  });
+}
+
+torch::Tensor rms_norm(torch::Tensor x, torch::Tensor w, double eps, torch::ScalarType dtype,
+                       c10::optional<torch::Tensor> add) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && w.scalar_type() == torch::kFloat);
+  TORCH_CHECK(x.is_contiguous(), "rms_norm: x must be contiguous (it is updated in place)");
+  TORCH_CHECK(dtype == torch::kBFloat16 || dtype == torch::kFloat, "rms_norm: bf16 or fp32 output");
+  w = w.contiguous();
+  auto out = torch::empty(x.sizes(), x.options().dtype(dtype));
+  if (!add.has_value()) {
+    if (dtype == torch::kBFloat16) rms_norm_impl<at::BFloat16, at::BFloat16>(x, w, eps, nullptr, out);
+    else rms_norm_impl<float, float>(x, w, eps, nullptr, out);
+    return out;
+  }
+  auto a = add->contiguous();
+  TORCH_CHECK(a.sizes() == x.sizes(), "rms_norm: add must match x");
+  if (a.scalar_type() == torch::kBFloat16) {
+    const auto* ap = a.data_ptr<at::BFloat16>();
+    if (dtype == torch::kBFloat16) rms_norm_impl<at::BFloat16>(x, w, eps, ap, out);
+    else rms_norm_impl<float>(x, w, eps, ap, out);
+  } else {
+    TORCH_CHECK(a.scalar_type() == torch::kFloat, "rms_norm: add must be bf16 or fp32");
+    const auto* ap = a.data_ptr<float>();
+    if (dtype == torch::kBFloat16) rms_norm_impl<at::BFloat16>(x, w, eps, ap, out);
+    else rms_norm_impl<float>(x, w, eps, ap, out);
+  }
+  return out;
+}
+
+// gate_up [T, 2I] -> silu(gate) * up [T, I], computed in fp32.
+template <typename T>
+void silu_mul_impl(const torch::Tensor& gu, torch::Tensor& out) {
+  const int64_t rows = gu.size(0), n = gu.size(1) / 2;
+  const T* gp = gu.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+    std::vector<float> g(n), u(n);
+    for (int64_t r = begin; r < end; ++r) {
+      load_row(gp + r * 2 * n, g.data(), n);
+      load_row(gp + r * 2 * n + n, u.data(), n);
+      int64_t i = 0;
+      for (; i + 16 <= n; i += 16) {  // sigmoid from e^-|x|, which never overflows
+        const v16 x = load16(g.data() + i);
+        const v16 e = exp16(x < 0.f ? x : -x);
+        const v16 y = x * ((x >= 0.f ? v16{} + 1.f : e) / (1.f + e)) * load16(u.data() + i);
+        std::memcpy(g.data() + i, &y, sizeof y);
+      }
+      for (; i < n; ++i) g[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+      store_row(g.data(), op + r * n, n);
+    }
+  });
+}
+
+torch::Tensor silu_mul(torch::Tensor gate_up) {
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0);
+  gate_up = gate_up.contiguous();
+  auto out = torch::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.options());
+  if (gate_up.scalar_type() == torch::kBFloat16) silu_mul_impl<at::BFloat16>(gate_up, out);
+  else silu_mul_impl<float>(gate_up, out);
+  return out;
+}
+
+// RoPE on the q and k heads of qkv [T, (H + 2 Hkv) D] in place (rotation
+// pairs adjacent), then K|V of each token into the pool [NB*bs, 2, Hkv, D]
+// at its slot.
+template <typename T>
+void rope_store_impl(torch::Tensor& qkv, const torch::Tensor& positions, const torch::Tensor& cos,
+                     const torch::Tensor& sin, torch::Tensor& slots_pool, const torch::Tensor& slots,
+                     int64_t heads, int64_t hkv) {
+  const int64_t tokens = qkv.size(0), half = cos.size(1), dim = 2 * half;
+  const int64_t width = qkv.size(1);
+  T* xp = qkv.data_ptr<T>();
+  const int64_t* pp = positions.data_ptr<int64_t>();
+  const float* cp = cos.data_ptr<float>();
+  const float* sp = sin.data_ptr<float>();
+  T* pool = slots_pool.data_ptr<T>();
+  const int64_t* slp = slots.data_ptr<int64_t>();
+  const int64_t kv_len = 2 * hkv * dim;
+  TORCH_CHECK(dim % 16 == 0 && dim <= 256, "rope_store: head dim must be a multiple of 16, at most 256");
+  at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
+    // Per token, cos and sin laid out per lane: x' = x * cos2 + swap(x) * sin2,
+    // where swap exchanges each pair (a, b) -> (b, a) and sin2 = (-s, s).
+    v16 c2[16], s2[16];
+    for (int64_t t = begin; t < end; ++t) {
+      const float* c = cp + pp[t] * half;
+      const float* s = sp + pp[t] * half;
+      for (int64_t k = 0; k < dim / 16; ++k)
+        for (int i = 0; i < 8; ++i) {
+          c2[k][2 * i] = c2[k][2 * i + 1] = c[k * 8 + i];
+          s2[k][2 * i] = -s[k * 8 + i];
+          s2[k][2 * i + 1] = s[k * 8 + i];
+        }
+      for (int64_t h = 0; h < heads + hkv; ++h) {
+        T* head = xp + t * width + h * dim;
+        for (int64_t k = 0; k < dim / 16; ++k) {
+          const v16 v = load16(head + k * 16);
+          const v16 sw = __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+          store16(head + k * 16, v * c2[k] + sw * s2[k]);
+        }
+      }
+      std::memcpy(pool + slp[t] * kv_len, xp + t * width + heads * dim, kv_len * sizeof(T));
+    }
+  });
+}
+
+void rope_store(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos, torch::Tensor sin,
+                torch::Tensor pool_layer, torch::Tensor slots, int64_t heads, int64_t hkv) {
+  TORCH_CHECK(qkv.is_contiguous() && pool_layer.is_contiguous(), "qkv and the pool must be contiguous");
+  TORCH_CHECK(qkv.scalar_type() == pool_layer.scalar_type());
+  TORCH_CHECK(cos.scalar_type() == torch::kFloat && sin.scalar_type() == torch::kFloat);
+  TORCH_CHECK(qkv.size(1) == (heads + 2 * hkv) * 2 * cos.size(1));
+  positions = positions.to(torch::kLong).contiguous();
+  slots = slots.to(torch::kLong).contiguous();
+  if (qkv.scalar_type() == torch::kBFloat16)
+    rope_store_impl<at::BFloat16>(qkv, positions, cos, sin, pool_layer, slots, heads, hkv);
+  else
+    rope_store_impl<float>(qkv, positions, cos, sin, pool_layer, slots, heads, hkv);
+}
+
+// ---------------------------------------------------------------- sampling
+
+// One token per row of logits [R, V] by inverting the CDF of
+// softmax(logits * inv_temp[r]) at uniforms[r]; greedy rows take the argmax
+// (first of ties). Returns the tokens and their log-probabilities (under the
+// tempered distribution; greedy rows: the raw one). Three passes over a row:
+// maximum, weights with sums per 256-token chunk, then the chunk and the
+// token where the cumulative weight passes u * total.
+template <typename T>
+void sample_impl(const torch::Tensor& logits, const float* inv_temp, const float* uniforms,
+                 const bool* greedy, int64_t* tokens, float* logprobs) {
+  constexpr int64_t kChunk = 256;
+  const int64_t rows = logits.size(0), v = logits.size(1);
+  const T* lp = logits.data_ptr<T>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> w(v), chunk((v + kChunk - 1) / kChunk);
+    for (int64_t r = begin; r < end; ++r) {
+      const T* x = lp + r * v;
+      const float it = greedy[r] ? 1.f : inv_temp[r];  // > 0, so the max of x * it is it * max(x)
+      float mx = -std::numeric_limits<float>::infinity();
+      {
+        v16 vm = v16{} + mx;
+        int64_t i = 0;
+        for (; i + 16 <= v; i += 16) {
+          const v16 y = load16(x + i);
+          vm = y > vm ? y : vm;
+        }
+        mx = hmax(vm);
+        for (; i < v; ++i) mx = std::max(mx, static_cast<float>(x[i]));
+      }
+      int64_t arg = 0;
+      while (arg + 1 < v && static_cast<float>(x[arg]) != mx) ++arg;  // the first maximum
+      const float m = mx * it;
+      float total = 0.f;
+      for (int64_t c = 0; c * kChunk < v; ++c) {
+        const int64_t lo = c * kChunk, hi = std::min(v, lo + kChunk);
+        int64_t i = lo;
+        v16 acc{};
+        for (; i + 16 <= hi; i += 16) {
+          const v16 e = exp16(load16(x + i) * it - m);
+          std::memcpy(w.data() + i, &e, sizeof e);
+          acc += e;
+        }
+        float sum = hsum(acc);
+        for (; i < hi; ++i) sum += (w[i] = std::exp(static_cast<float>(x[i]) * it - m));
+        chunk[c] = sum;
+        total += sum;
+      }
+      int64_t tok = arg;
+      if (!greedy[r]) {
+        const float target = uniforms[r] * total;
+        float cum = 0.f;
+        int64_t c = 0;
+        const int64_t nc = static_cast<int64_t>(chunk.size());
+        while (c + 1 < nc && cum + chunk[c] <= target) cum += chunk[c++];
+        tok = -1;
+        for (int64_t i = c * kChunk; i < std::min(v, (c + 1) * kChunk); ++i) {
+          if (w[i] > 0.f) tok = i;  // rounding past the end falls back to the last positive weight
+          cum += w[i];
+          if (cum > target && w[i] > 0.f) break;
+        }
+        if (tok < 0) tok = arg;
+      }
+      tokens[r] = tok;
+      logprobs[r] = std::log(w[tok] / total);
+    }
+  });
+}
+
+std::vector<torch::Tensor> sample(torch::Tensor logits, torch::Tensor inv_temp, torch::Tensor uniforms,
+                                  torch::Tensor greedy) {
+  TORCH_CHECK(logits.dim() == 2, "sample: logits must be [R, V]");
+  const int64_t rows = logits.size(0);
+  logits = logits.contiguous();
+  inv_temp = inv_temp.to(torch::kFloat).contiguous();
+  uniforms = uniforms.to(torch::kFloat).contiguous();
+  greedy = greedy.to(torch::kBool).contiguous();
+  TORCH_CHECK(inv_temp.numel() == rows && uniforms.numel() == rows && greedy.numel() == rows);
+  auto tokens = torch::empty({rows}, logits.options().dtype(torch::kLong));
+  auto logprobs = torch::empty({rows}, logits.options().dtype(torch::kFloat));
+  if (logits.scalar_type() == torch::kBFloat16)
+    sample_impl<at::BFloat16>(logits, inv_temp.data_ptr<float>(), uniforms.data_ptr<float>(),
+                              greedy.data_ptr<bool>(), tokens.data_ptr<int64_t>(), logprobs.data_ptr<float>());
+  else {
+    TORCH_CHECK(logits.scalar_type() == torch::kFloat, "sample: bf16 or fp32 logits");
+    sample_impl<float>(logits, inv_temp.data_ptr<float>(), uniforms.data_ptr<float>(),
+                       greedy.data_ptr<bool>(), tokens.data_ptr<int64_t>(), logprobs.data_ptr<float>());
+  }
+  return {tokens, logprobs};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_attention", &decode_attention, "paged cascade decode attention");
+  m.def("rms_norm", &rms_norm, "fp32 rows (+= add, in place) -> normalized, scaled, in dtype",
+        py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("dtype"), py::arg("add") = py::none());
+  m.def("sample", &sample, "inverse-CDF sampling per row -> (tokens, logprobs)");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up");
+  m.def("rope_store", &rope_store, "RoPE on q/k in place, K|V into the pool");
+}

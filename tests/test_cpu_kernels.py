@@ -1,0 +1,165 @@
+"""The paged engine's C++ CPU kernels against their torch references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ttsc.kernels import cpu_ops
+
+ops = cpu_ops.load()
+pytestmark = pytest.mark.skipif(ops is None, reason="the C++ CPU kernels could not be built here")
+
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> None:
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+
+
+def _attention_case(dtype, head_dim, heads, kv_heads, block_size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    num_blocks = 48
+    blocks = torch.randn(num_blocks, block_size, 2, kv_heads, head_dim, generator=g).to(dtype)
+    rows = 9
+    q = torch.randn(rows, heads, head_dim, generator=g).to(dtype)
+    own_tables = torch.randint(0, num_blocks, (rows, 40 // block_size + 2), generator=g)
+    # lengths around chunk (16) and block boundaries, one row with no own tokens
+    own_lens = torch.tensor([1, 16, 17, 40, 33, 0, 31, 3, 15]).clamp(max=own_tables.shape[1] * block_size)
+    group_rows = torch.tensor([[0, 2, 3, 4, 5, -1], [6, 7, -1, -1, -1, -1]])
+    group_tables = torch.randint(0, num_blocks, (2, 48 // block_size + 1), generator=g)
+    group_lens = torch.tensor([45, 0])
+    return q, blocks, own_tables, own_lens, group_rows, group_tables, group_lens
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim,heads,kv_heads,block_size",
+                         [(16, 4, 2, 16), (64, 9, 3, 16), (128, 4, 4, 8), (32, 8, 1, 4), (64, 6, 2, 32)])
+def test_decode_attention_matches_reference(dtype, head_dim, heads, kv_heads, block_size) -> None:
+    case = _attention_case(dtype, head_dim, heads, kv_heads, block_size)
+    got = ops.decode_attention(*case, 0.3)
+    want = cpu_ops.decode_attention_reference(*case, 0.3)
+    assert got.dtype == dtype and got.shape == case[0].shape
+    _close(got, want, dtype)
+    assert torch.all(got[5].float() != 0)  # row 5 has no own tokens but a group prefix
+
+
+def test_decode_attention_without_groups() -> None:
+    q, blocks, own_tables, own_lens, *_ = _attention_case(torch.float32, 64, 9, 3, 16)
+    none = torch.zeros(0, 1, dtype=torch.long)
+    got = ops.decode_attention(q, blocks, own_tables, own_lens, none, none, none[:, 0], 0.125)
+    want = cpu_ops.decode_attention_reference(q, blocks, own_tables, own_lens, none, none, none[:, 0], 0.125)
+    _close(got, want, torch.float32)
+    assert torch.all(got[5] == 0)  # no keys at all: zeros, not NaN
+
+
+def test_decode_attention_rejects_unsupported_head_dims() -> None:
+    q, blocks, own_tables, own_lens, *rest = _attention_case(torch.float32, 64, 9, 3, 16)
+    with pytest.raises(RuntimeError, match="head dim"):
+        ops.decode_attention(q[..., :48].contiguous(), blocks[..., :48].contiguous(), own_tables,
+                             own_lens, *rest, 0.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("with_add", [False, True])
+def test_rms_norm_matches_reference(dtype, with_add) -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 100, generator=g)
+    w = torch.randn(100, generator=g)
+    add = torch.randn(7, 100, generator=g).to(dtype) if with_add else None
+    x_ref = x.clone()
+    got = ops.rms_norm(x, w, 1e-5, dtype, add)
+    want = cpu_ops.rms_norm_reference(x_ref, w, 1e-5, dtype, add)
+    assert got.dtype == dtype
+    _close(got, want, dtype)
+    torch.testing.assert_close(x, x_ref)  # the residual update happened in place, identically
+
+
+def test_bf16_outputs_round_to_nearest_even_and_keep_nan() -> None:
+    # Rows of +-2 have mean square 4, so x * rsqrt(4) is exactly +-1 and the
+    # output is exactly +-w before its rounding to bf16.
+    w = torch.cat([torch.tensor([1.00390625, 1.01171875, -1.00390625, 3.0e38, 1e-40]),
+                   torch.randn(59, generator=torch.Generator().manual_seed(5))])
+    x = torch.full((2, 64), 2.0)
+    x[1, ::2] = -2.0
+    got = ops.rms_norm(x.clone(), w, 0.0, torch.bfloat16)
+    assert torch.equal(got, (torch.sign(x) * w).to(torch.bfloat16))  # torch rounds to nearest even
+    assert got[0, :3].tolist() == [1.0, 1.015625, -1.0]  # the two ties went to the even neighbour
+    nan_row = ops.rms_norm(torch.tensor([[1.0, float("nan"), 2.0, 3.0]]), torch.ones(4), 1e-5,
+                           torch.bfloat16)
+    assert torch.isnan(nan_row).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("width", [32, 70, 3072])  # vector body, tail, both
+def test_silu_mul_matches_reference(dtype, width) -> None:
+    g = torch.Generator().manual_seed(2)
+    gate_up = (torch.randn(5, width, generator=g) * 6).to(dtype)
+    _close(ops.silu_mul(gate_up), cpu_ops.silu_mul_reference(gate_up), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rope_store_matches_reference(dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    heads, kv_heads, d, positions_max = 4, 2, 16, 50
+    freqs = torch.outer(torch.arange(positions_max).float(), torch.rand(d // 2, generator=g))
+    cos, sin = freqs.cos().contiguous(), freqs.sin().contiguous()
+    qkv = torch.randn(6, (heads + 2 * kv_heads) * d, generator=g).to(dtype)
+    positions = torch.tensor([0, 3, 49, 7, 7, 20])
+    slots = torch.tensor([5, 0, 11, 2, 9, 30])
+    pools = [torch.zeros(8, 4, 2, kv_heads, d, dtype=dtype) for _ in range(2)]
+    qkvs = [qkv.clone(), qkv.clone()]
+    ops.rope_store(qkvs[0], positions, cos, sin, pools[0], slots, heads, kv_heads)
+    cpu_ops.rope_store_reference(qkvs[1], positions, cos, sin, pools[1], slots, heads, kv_heads)
+    _close(qkvs[0], qkvs[1], dtype)
+    _close(pools[0], pools[1], dtype)
+    assert pools[0].flatten(0, 1)[[1, 3, 4, 6, 7]].abs().sum() == 0  # untouched slots stay zero
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("vocab", [1000, 49152, 257])
+def test_sample_matches_reference(dtype, vocab) -> None:
+    g = torch.Generator().manual_seed(4)
+    rows = 16
+    logits = (torch.randn(rows, vocab, generator=g) * 4).to(dtype)
+    inv_temp = torch.rand(rows, generator=g) + 0.5
+    uniforms = torch.rand(rows, generator=g)
+    uniforms[:2] = torch.tensor([0.0, 1 - 2 ** -24])  # both ends of the CDF
+    greedy = torch.arange(rows) % 5 == 0
+    tokens, logprobs = ops.sample(logits, inv_temp, uniforms, greedy)
+    want_tokens, want_logprobs = cpu_ops.sample_reference(logits, inv_temp, uniforms, greedy)
+    # The inverse CDF can land one token apart where fp32 sums round differently
+    # at a boundary; elsewhere the draws are the same.
+    assert (tokens == want_tokens).float().mean() >= 0.9
+    same = tokens == want_tokens
+    torch.testing.assert_close(logprobs[same], want_logprobs[same], atol=1e-4, rtol=1e-4)
+    assert torch.equal(tokens[greedy], logits.float()[greedy].argmax(-1))
+
+
+def test_sample_greedy_takes_the_first_of_tied_maxima() -> None:
+    logits = torch.zeros(1, 300)
+    logits[0, [17, 200]] = 5.0
+    tokens, _ = ops.sample(logits, torch.ones(1), torch.zeros(1), torch.ones(1, dtype=torch.bool))
+    assert tokens.tolist() == [17]
+
+
+def test_sample_frequencies_follow_the_distribution() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    rows = 4000
+    logits = probs.log().expand(rows, 4).contiguous()
+    u = (torch.arange(rows) + 0.5) / rows  # a stratified grid over [0, 1)
+    tokens, _ = ops.sample(logits, torch.ones(rows), u, torch.zeros(rows, dtype=torch.bool))
+    freq = torch.bincount(tokens, minlength=4).float() / rows
+    torch.testing.assert_close(freq, probs, atol=2e-3, rtol=0)
+
+
+def test_disabled_by_environment(monkeypatch) -> None:
+    monkeypatch.setenv("TTSC_CPU_KERNELS", "0")
+    cpu_ops.load.cache_clear()
+    try:
+        assert cpu_ops.load() is None
+    finally:
+        monkeypatch.delenv("TTSC_CPU_KERNELS")
+        cpu_ops.load.cache_clear()
+    assert cpu_ops.load() is not None

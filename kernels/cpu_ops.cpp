@@ -98,6 +98,19 @@ inline float hmax(v16 v) {
   return std::max(a[0], a[1]);
 }
 
+// Sums of 4 vectors at once, in lanes 0, 4, 8 and 12: two rounds of folding
+// pairs of vectors into one, then two folds within each group of four lanes.
+inline v16 sum4(const v16* x) {
+  const v16 y0 = __builtin_shufflevector(x[0], x[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(x[0], x[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const v16 y1 = __builtin_shufflevector(x[2], x[3], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(x[2], x[3], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const v16 z = __builtin_shufflevector(y0, y1, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                __builtin_shufflevector(y0, y1, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  const v16 w = z + __builtin_shufflevector(z, z, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  return w + __builtin_shufflevector(w, w, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+}
+
 // e^x for x <= 0, 16 lanes at once (libm's expf does not vectorize here):
 // 2^(x log2 e) split into 2^i * 2^f with f in [-0.5, 0.5] and Cephes' exp2f
 // polynomial, relative error ~2e-7. Below -87 the result is ~1e-38, not 0.
@@ -143,23 +156,35 @@ void attend_keys(const T* pool, const int64_t* table, int64_t len, int64_t bs, i
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t start = 0; start < len; start += 16) {
     const int64_t n = std::min<int64_t>(16, len - start);
-    prefetch_chunk(pool, table, len, start + 16, bs, tok_stride);
     const T* tok[16];
+    const char* ahead[16];  // the next chunk's tokens, asked for while this one is scored
     for (int64_t t = 0; t < n; ++t) {
       const int64_t pos = start + t;
       tok[t] = pool + (table[pos / bs] * bs + pos % bs) * tok_stride;
+      const int64_t next = std::min(pos + 16, len - 1);
+      ahead[t] = reinterpret_cast<const char*>(pool + (table[next / bs] * bs + next % bs) * tok_stride);
     }
     for (int64_t h = 0; h < hkv; ++h) {
       v16* s = sv;  // scores of this chunk, one vector per query
       for (int64_t i = 0; i < nq; ++i) s[i] = v16{} + neg_inf;
-      for (int64_t t = 0; t < n; ++t) {
-        v16 k[DC];
-        for (int c = 0; c < DC; ++c) k[c] = load16(tok[t] + h * dim + c * 16);
+      for (int64_t t0 = 0; t0 < n; t0 += 4) {  // four keys at a time: one reduction for four dots
+        const int64_t m4 = std::min<int64_t>(4, n - t0);
+        v16 k[4][DC];
+        for (int u = 0; u < 4; ++u) {
+          if (u < m4 && h == 0 && start + 16 < len)
+            for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(T)); off += 64)
+              __builtin_prefetch(ahead[t0 + u] + off);
+          for (int c = 0; c < DC; ++c) k[u][c] = u < m4 ? load16(tok[t0 + u] + h * dim + c * 16) : v16{};
+        }
         for (int64_t i = 0; i < nq; ++i) {
           const v16* qi = qv + (h * nq + i) * DC;
-          v16 x = qi[0] * k[0];
-          for (int c = 1; c < DC; ++c) x += qi[c] * k[c];
-          s[i][t] = hsum(x);
+          v16 x[4];
+          for (int u = 0; u < 4; ++u) {
+            x[u] = qi[0] * k[u][0];
+            for (int c = 1; c < DC; ++c) x[u] += qi[c] * k[u][c];
+          }
+          const v16 dots = sum4(x);
+          for (int64_t u = 0; u < m4; ++u) s[i][t0 + u] = dots[4 * u];
         }
       }
       for (int64_t t = 0; t < n; ++t)
@@ -169,15 +194,23 @@ void attend_keys(const T* pool, const int64_t* table, int64_t len, int64_t bs, i
         const float cm = std::max(m[qi], hmax(s[i]));
         const float corr = std::exp(m[qi] - cm);  // 0 on the first chunk (m = -inf)
         const v16 p = exp16(s[i] - cm);  // padding lanes: ~1e-38, and not summed below
-        float psum = 0.f;
-        for (int64_t t = 0; t < n; ++t) psum += p[t];
-        l[qi] = l[qi] * corr + psum;
+        l[qi] = l[qi] * corr + hsum(p);  // padding lanes add ~1e-37 to a sum >= 1
         m[qi] = cm;
-        v16 a[DC];
-        for (int c = 0; c < DC; ++c) a[c] = acc[qi * DC + c] * corr;
-        for (int64_t t = 0; t < n; ++t)
+        // Two accumulators (even and odd keys) halve the chain of dependent adds.
+        v16 a[DC], b[DC];
+        for (int c = 0; c < DC; ++c) {
+          a[c] = acc[qi * DC + c] * corr;
+          b[c] = v16{};
+        }
+        int64_t t = 0;
+        for (; t + 2 <= n; t += 2)
+          for (int c = 0; c < DC; ++c) {
+            a[c] += p[t] * vb[t * DC + c];
+            b[c] += p[t + 1] * vb[(t + 1) * DC + c];
+          }
+        if (t < n)
           for (int c = 0; c < DC; ++c) a[c] += p[t] * vb[t * DC + c];
-        for (int c = 0; c < DC; ++c) acc[qi * DC + c] = a[c];
+        for (int c = 0; c < DC; ++c) acc[qi * DC + c] = a[c] + b[c];
       }
     }
   }

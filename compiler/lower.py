@@ -129,6 +129,8 @@ def _lower_graph(graph: Graph, prefix: str, counts: dict[str, int | None],
                 key = ("host",)
             groups.setdefault(key, []).append(node)
         for key, members in groups.items():
+            if key[0] == "llm":  # longest-prefix-first, as the prefix-sharing pass ranked them
+                members.sort(key=lambda m: m.meta.get("prefix_rank", 0))
             sid = f"{prefix}{len(stages)}"
             stage = Stage(sid, key[0], [m.id for m in members])
             if key[0] == "llm":

@@ -186,3 +186,45 @@ strategy s(question) {
     ids = [t for piece in layout.pieces for t in piece]
     assert ids == HFEngine(tiny_model).tokenize(Prompt.user("Say Yes or No."))
     assert analyze(prog).exact
+
+
+THREE_PROMPTS = '''model policy = "smollm2-135m"
+prompt alpha = """
+Solve this carefully and show your work step by step: {question}
+Then give the answer.
+"""
+prompt other = """
+Zebra crossing rules differ by country. {question}
+"""
+prompt beta = """
+Solve this carefully and show your work step by step: {question}
+Then check the answer.
+"""
+strategy s(question) {
+    a = generate(policy, alpha, n=2, temperature=0.8, max_tokens=8)
+    b = generate(policy, other, n=2, temperature=0.8, max_tokens=8)
+    c = generate(policy, beta, n=2, temperature=0.8, max_tokens=8)
+    return vote(extract(a + b + c, number))
+}
+'''
+
+
+def test_executor_sends_requests_longest_prefix_first():
+    plan = compile_source(THREE_PROMPTS, "t.tts").plan
+    [stage] = [s for s in plan.region.stages if s.kind == "llm"]
+    prompts = {nid: plan.region.nodes[nid].attrs["prompt"] for nid in stage.nodes}
+    order = [prompts[nid] for nid in stage.nodes]
+    # alpha and beta share their first line: they sit together, whatever the source order.
+    assert abs(order.index("alpha") - order.index("beta")) == 1
+    [facts] = [f for f in plan.facts["prefix_stages"] if f["nodes"] and set(f["nodes"]) == set(stage.nodes)]
+    assert facts["order"] == stage.nodes
+    seen: list[str] = []
+
+    class Recording(ScriptedEngine):
+        def sample(self, requests):
+            seen.extend(r.prompt.messages[-1][1].split()[0] for r in requests)
+            return super().sample(requests)
+
+    Executor(plan, {"policy": Recording(answers={"": ["7"]})}).run([{"question": "What is 3+4?"}])
+    first_words = {"alpha": "Solve", "beta": "Solve", "other": "Zebra"}
+    assert seen == [first_words[p] for p in order]

@@ -19,7 +19,8 @@ Three things, in order:
    max_tokens it was generated with (an upper bound).
 3. Longest-prefix-first order: within a stage, requests sorted so those with
    the longest common prefixes are adjacent (a DFS of the trie, as SGLang's
-   scheduler orders its queue); recorded per stage.
+   scheduler orders its queue); recorded per stage and as each node's
+   `prefix_rank`, which lowering follows when it lists a stage's nodes.
 
 The predicted prefill tokens with and without sharing, the KV peak and the
 latency (from the cost model) go to the plan's facts.
@@ -394,6 +395,10 @@ class _Analyzer:
         seqs = [r.tokens for r in requests]
         order = longest_prefix_first(seqs)
         report.order = list(dict.fromkeys(requests[i].node for i in order))
+        # Lowering lists a stage's nodes in this order, so the executor sends
+        # their requests to the engine longest-prefix-first.
+        for rank, nid in enumerate(report.order):
+            graph[nid].meta["prefix_rank"] = rank
         kv_paths = PrefixTrie()
         for i in order:
             r = requests[i]

@@ -330,6 +330,22 @@ def test_radix_hits_and_misses_are_exact(tiny_model: LoadedModel) -> None:
     assert_clean(engine)
 
 
+def test_prefix_cache_off_computes_every_prompt(tiny_model: LoadedModel) -> None:
+    """The no-sharing baseline: same tokens as with the cache, every prompt token computed."""
+    prompt = Prompt(raw="The quick brown fox jumps over the lazy dog. " * 2)
+    reqs = [SampleRequest(prompt, SamplingParams(n=5, temperature=1.0, max_tokens=4, ignore_eos=True, seed=1))]
+    cached, plain = fp32(tiny_model, block_size=4), fp32(tiny_model, block_size=4, prefix_cache=False)
+    for _ in range(2):  # the second time the cache holds the whole prompt
+        a, b = cached.sample(reqs), plain.sample(reqs)
+        assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
+    n_tok = len(plain.tokenize(prompt))
+    u = plain.usage
+    assert (u.prompt_tokens, u.prompt_tokens_computed, u.prompt_tokens_reused) == (10 * n_tok, 10 * n_tok, 0)
+    assert plain.stats()["radix_hits_tokens"] == 0 and plain.stats()["prefill_tokens_computed"] == 10 * n_tok
+    assert cached.usage.prompt_tokens_computed < 2 * n_tok
+    assert_clean(plain)
+
+
 def test_verifier_calls_share_the_question(tiny_model: LoadedModel) -> None:
     """Candidates scored against one question: the question is computed once."""
     engine = fp32(tiny_model, block_size=4)

@@ -54,7 +54,8 @@ class PagedEngine(Engine):
     def __init__(self, loaded: LoadedModel, *, kv_memory_bytes: int | None = None,
                  block_size: int = 16, max_batch_tokens: int = 2048, max_num_seqs: int = 256,
                  dtype: torch.dtype | str | None = None, seed: int = 0,
-                 use_kernels: bool | None = None, cpu_kernels: bool | None = None):
+                 use_kernels: bool | None = None, cpu_kernels: bool | None = None,
+                 prefix_cache: bool = True):
         if block_size < 1 or max_batch_tokens < 1 or max_num_seqs < 1:
             raise UserError("block_size, max_batch_tokens and max_num_seqs must be at least 1")
         self.loaded = loaded
@@ -74,7 +75,10 @@ class PagedEngine(Engine):
         self.requested_kv_bytes = cap
         self.blocks = BlockManager(num_blocks, block_size, block_bytes)
         self.radix = RadixCache(self.blocks)
-        self.scheduler = Scheduler(self.blocks, self.radix, max_batch_tokens, max_num_seqs)
+        # prefix_cache=False computes every prompt in full, samples of one prompt
+        # included: the no-sharing baseline of the prefix-sharing benchmark.
+        self.prefix_cache = prefix_cache
+        self.scheduler = Scheduler(self.blocks, self.radix, max_batch_tokens, max_num_seqs, prefix_cache)
         if use_kernels is None:
             from ttsc.kernels.dispatch import triton_usable
             use_kernels = self.device.type == "cuda" and triton_usable(self.device)
@@ -134,7 +138,9 @@ class PagedEngine(Engine):
                 seqs = self._sequences_for(req)
                 groups.append(seqs)
                 if seqs and seqs[0].params.max_tokens > 0:
-                    leaders.append(seqs[0])
+                    # With the prefix cache, the others fork from the first once its
+                    # prompt is in; without it, each computes its own prompt.
+                    leaders.extend(seqs if not self.prefix_cache else seqs[:1])
             self._run(leaders)
             results = []
             for req, seqs in zip(requests, groups):
@@ -232,8 +238,9 @@ class PagedEngine(Engine):
         if max_new != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=max_new)
         seqs = [Sequence(ids, params, (base + i) & prompting.SEED_MASK) for i in range(params.n)]
-        seqs[0].num_forks = params.n - 1
-        seqs[0].siblings = seqs[1:]
+        if self.prefix_cache:  # samples 1.. fork from sample 0 once its prompt is in
+            seqs[0].num_forks = params.n - 1
+            seqs[0].siblings = seqs[1:]
         return seqs
 
     def _score_rows(self, logits: torch.Tensor, to_score: list) -> list[list[float]]:
@@ -402,7 +409,7 @@ class PagedEngine(Engine):
             self._usage += Usage(calls=1)
             return
         requested = seqs[0].num_prompt_tokens * len(seqs)
-        computed = seqs[0].num_prompt_computed
+        computed = sum(s.num_prompt_computed for s in seqs)  # forked samples computed none
         self._prompt_tokens_requested += requested
         self._usage += Usage(calls=1, prompt_tokens=requested, prompt_tokens_computed=computed,
                              prompt_tokens_reused=requested - computed, generated_tokens=generated)

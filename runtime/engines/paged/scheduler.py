@@ -49,9 +49,10 @@ class SchedulerStats:
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, radix: RadixCache, max_batch_tokens: int,
-                 max_num_seqs: int):
+                 max_num_seqs: int, prefix_cache: bool = True):
         self.blocks = blocks
         self.radix = radix
+        self.prefix_cache = prefix_cache  # off: no radix lookups or inserts (a baseline)
         self.block_size = blocks.block_size
         self.max_batch_tokens = max_batch_tokens
         self.max_num_seqs = max_num_seqs
@@ -153,7 +154,7 @@ class Scheduler:
     def _admit(self, seq: Sequence, copies: list[tuple[int, int]]) -> bool:
         """Reuse cached blocks, allocate the rest; False (nothing held) if it does not fit."""
         bs = self.block_size
-        path = self.radix.match(seq.token_ids)
+        path = self.radix.match(seq.token_ids) if self.prefix_cache else []
         reuse = min(len(path) * bs, seq.logits_start)  # tokens served from the cache
         num_shared = reuse // bs
         partial = reuse % bs  # a cached block used only in part is copied, not shared
@@ -208,6 +209,8 @@ class Scheduler:
             self._insert_full_blocks(seq)
 
     def _insert_full_blocks(self, seq: Sequence) -> None:
+        if not self.prefix_cache:
+            return
         bs = self.block_size
         node = seq.tree_node
         for i in range(node.depth, seq.num_cached_tokens // bs):

@@ -54,6 +54,7 @@ inline float dot(const float* a, const float* b, int64_t n) {
 typedef float v16 __attribute__((vector_size(64)));
 typedef uint16_t v16h __attribute__((vector_size(32)));
 typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
 
 inline v16 load16(const float* p) {
   v16 v;
@@ -85,8 +86,6 @@ inline float hsum(v16 v) {
   a += __builtin_shufflevector(a, a, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
   return a[0] + a[1];
 }
-
-typedef int32_t v16i __attribute__((vector_size(64)));
 
 inline float hmax(v16 v) {
   v16 a = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
@@ -147,7 +146,8 @@ inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int
 // with a running max m, sum l and unnormalized output acc (online softmax).
 // Keys go 16 at a time: every key, widened once, is scored against all the
 // queries of its head; the head's 16 values, widened once into `vb`, are
-// then summed into each query's output.
+// then summed into each query's output. While a chunk is scored, the next
+// one's tokens are prefetched, one token per key scored.
 template <typename T, int DC>
 void attend_keys(const T* pool, const int64_t* table, int64_t len, int64_t bs, int64_t hkv, int64_t nq,
                  const v16* qv, v16* acc, float* m, float* l, v16* sv, v16* vb) {

@@ -3,7 +3,7 @@
 At decode batch 64 a small model's matrix products take about as long as
 everything around them: the old attention copied every row's KV blocks into a
 padded tensor per layer before reading them, and RMSNorm, RoPE and SiLU were
-chains of five or six eager ops each. `cpu_ops.cpp` holds four kernels:
+chains of five or six eager ops each. `cpu_ops.cpp` holds five kernels:
 
     decode_attention(q, blocks, own_tables, own_lens, group_rows, group_tables,
                      group_lens, scale) -> out
@@ -23,7 +23,8 @@ chains of five or six eager ops each. `cpu_ops.cpp` holds four kernels:
 They are compiled on first use with the compiler torch's C++ extensions use
 (`-O3 -march=native`, OpenMP through ATen's parallel_for) into
 $TTSC_CACHE_DIR/kernels (default ~/.cache/ttsc/kernels), one build per CPU
-type, and loaded from there afterwards. When no compiler is found, or
+type, and loaded from there afterwards (TTSC_CACHE_DIR=off: a temporary
+folder, built again by each process). When no compiler is found, or
 `TTSC_CPU_KERNELS=0`, `load()` returns None and the engine keeps its torch
 path. Each kernel's reference below is the torch code the engine runs without
 them; tests compare the two.
@@ -35,6 +36,7 @@ import functools
 import hashlib
 import os
 import platform
+import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -59,8 +61,11 @@ def load() -> ModuleType | None:
 
     from ttsc.kernels.aggregate_codegen import default_cache_dir
 
-    build = default_cache_dir() / f"cpu_ops-{_cpu_key()}"
-    build.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("TTSC_CACHE_DIR") == "off":
+        build = Path(tempfile.mkdtemp(prefix="ttsc-cpu-ops-"))
+    else:
+        build = default_cache_dir() / f"cpu_ops-{_cpu_key()}"
+        build.mkdir(parents=True, exist_ok=True)
     try:
         return cpp_extension.load(
             name="ttsc_cpu_ops", sources=[str(SOURCE)], build_directory=str(build),

@@ -110,7 +110,6 @@ class PagedAttention:
         bd, h, d = q.shape
         hkv = blocks.shape[3]
         rep = h // hkv
-        qh = q.view(bd, hkv, rep, d)  # the rep query heads reading one KV head sit together
         if self.cpu_ops is not None:  # one kernel reads the pool in place, prefix and own blocks
             g = meta.groups
             if g is None:
@@ -118,6 +117,7 @@ class PagedAttention:
                                                      _NO_GROUPS, _NO_GROUPS, _NO_GROUPS[:, 0], self.scale)
             return self.cpu_ops.decode_attention(q, blocks, meta.own_blocks, meta.own_lens, g.members,
                                                  g.group_blocks, g.group_lens, self.scale)
+        qh = q.view(bd, hkv, rep, d)  # the rep query heads reading one KV head sit together
         # Own blocks: each row's queries against that row's keys.
         o2, lse2 = _attend(qh, *_gather(blocks, meta.own_blocks), meta.own_mask,
                            self.scale)  # [Bd, Hkv, rep, D], [Bd, Hkv, rep]

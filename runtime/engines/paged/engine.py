@@ -259,8 +259,9 @@ class PagedEngine(Engine):
     def _sample_rows(self, logits: torch.Tensor, settings: list[RowSettings]) -> tuple[list[int], list[float]]:
         """One token per row. With kernels on, the fused sampling kernel draws
         it, fed this engine's own counter-based uniforms so seeds mean the same."""
-        if self.cpu_kernels and all(s.temperature <= 0 or (s.top_k in (0, logits.shape[1]) and s.top_p >= 1.0)
-                                    for s in settings):
+        v = logits.shape[1]
+        if self.cpu_kernels and all(s.temperature <= 0 or (not 0 < s.top_k < v and s.top_p >= 1.0)
+                                    for s in settings):  # no truncation: the sampler's own test
             return self._sample_rows_cpu(logits, settings)
         if not self.use_kernels:
             return sample(logits, settings)

@@ -13,25 +13,32 @@
    radix prefix cache on. Same model, fp32 both. Prefill tokens predicted by
    the pass and computed by the engine (usage counters), wall times, ratios.
    The cached engine running the baseline layout shows what the layout adds.
-2. Allocation. Self-consistency on a held-out set of three difficulty tiers
-   (examples/data/tiers.jsonl: 30 easy items that copy a number, 30 single-
-   digit additions, 30 two-digit additions and subtractions). Every item gets
-   a pool of 32 samples once; all arms draw from the same pools, with the
-   same token accounting (each item's prompt once, plus the generated tokens
-   of every sample used). Uniform: n samples for every item. Allocated: CP-SAT
-   across the items (compiler/allocator.py) over totals 1..32 per item.
-   The method ("pilot"): each item's first 1 or 2 samples are a pilot (kept as
-   votes, tokens charged); its score (agreement and/or the samples' mean token
-   probability) is looked up in bins fitted on a disjoint dev set
-   (tiers_dev.jsonl), each bin holding the measured vote accuracy by total.
-   The pilot size and score are chosen by cross-validation on the dev set
-   alone. Bounds, not methods (they read what no method knows at test time):
+2. Allocation. Self-consistency (temperature 0.5) on a held-out set of three
+   difficulty tiers (examples/data/tiers.jsonl: 30 easy items that copy a
+   number, 30 single-digit additions, 30 two-digit additions and
+   subtractions). Every item gets a pool of 32 samples once; all arms draw
+   from the same pools, with the same token accounting (each item's prompt
+   once, plus its mean completion length per sample used). Uniform: n
+   samples for every item. Two methods, both fitted on a disjoint dev set
+   (tiers_dev.jsonl) alone, with their settings chosen by cross-validation
+   on the dev set (fit on one half, try on the other):
+   - "rounds" (the headline; runtime/sequential_allocation.py): every item
+     starts with one sample; each round CP-SAT plans every open item's final
+     total from a dev-fitted table of P(vote right at t' | vote state at t),
+     the state being the sample count, the top two answers' counts and how
+     many of the top answer's samples were confident (mean token logprob at
+     least a threshold: none or a dev quintile, chosen on dev); items planned
+     past their count draw up to the next checkpoint, and it plans again.
+   - "pilot" (one shot): each item's first 1 or 2 samples are a pilot (kept
+     as votes, tokens charged) whose score is looked up in dev-fitted bins;
+     CP-SAT (compiler/allocator.py) picks each item's total once.
+   Bounds, not methods (they read what no method knows at test time):
    "oracle" knows each held-out item's tier (Snell et al.'s oracle bins,
    curves from the dev set); "ceiling" uses each tier's curve measured on the
    held-out items; "item_oracle" each item's own curve. For each: accuracy at
    uniform n's tokens (n = 4, 8, 16), and the tokens (and samples) needed to
    match uniform n=8 and n=16 (the headline: 16, the n of the bundled
-   self-consistency strategy).
+   self-consistency strategy). --draw K draws independent pools.
 
 The last line is one JSON object of figures.
 """
@@ -45,7 +52,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data"
@@ -189,13 +196,17 @@ def bench_prefix() -> dict[str, Any]:
 
 POOL = 32  # samples per item (held-out and dev), drawn once; every arm subsamples them
 PILOTS = (1, 2)  # pilot sizes tried (samples per item, kept as votes, tokens charged)
+ROUND_ORDERS = 12  # sample orders per item the rounds arm is averaged over
+SELECT_ORDERS = 6  # the same, in the dev cross-validation that picks the confidence threshold
+SELECT_BISECT = 8
+BISECT = 10  # halvings of the budget range when finding the least budget that matches uniform
 SPLITS = 3  # dev-set cross-validation: stratified halves, each fitted on one, tried on the other
 UNIFORM = (1, 2, 4, 8, 16, 32)
 COMPARE = (8, 16)  # uniform n's the token ratio is reported against; 16 is the headline
 HELD, DEV = "tiers.jsonl", "tiers_dev.jsonl"
 SOLVE = {"user": "{question}\nAnswer with the number only.\n", "system": None, "raw": False}
 MAX_TOKENS = 16
-TEMPERATURE = 0.8
+TEMPERATURE = 0.5
 
 
 def load_pools(path: str) -> dict[str, Any]:
@@ -204,9 +215,11 @@ def load_pools(path: str) -> dict[str, Any]:
     return {k: PilotSamples(**v) for k, v in json.loads(Path(path).read_text()).items()}
 
 
-def draw_pools(dev: list[dict], held: list[dict], pools_file: str | None) -> dict[str, Any]:
+def draw_pools(dev: list[dict], held: list[dict], pools_file: str | None,
+               draw: int = 0) -> dict[str, Any]:
     """POOL samples of every dev and held-out item (read from `pools_file` when
-    it holds pools of these sets, else drawn and written there)."""
+    it holds pools of these sets, else drawn and written there); `draw`
+    shifts the sampling seeds, for a second independent draw."""
     from ttsc.runtime.calibrate import draw_samples
     from ttsc.runtime.engines.paged.engine import PagedEngine
     from ttsc.runtime.models import load_model
@@ -226,7 +239,8 @@ def draw_pools(dev: list[dict], held: list[dict], pools_file: str | None) -> dic
         pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=POOL,
                                    max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
                                    how={"how": "number"}, gold=lambda r: r["answer"],
-                                   is_right=score_number, seed=seed, model="policy", spec=MODEL)
+                                   is_right=score_number, seed=seed + 1000 * draw, model="policy",
+                                   spec=MODEL)
         log(f"{name}: {len(rows)} items x {POOL} samples in {time.perf_counter() - start:.0f} s")
     engine.close()
     if pools_file:
@@ -265,12 +279,72 @@ def _pilot_arm(bench: "_AllocationBench", calib: Any, pool: Any, name: str,
     return bench.arm(name, utilities, costs, tuple(totals), keep=k, quiet=quiet)
 
 
-def select_pilot(pool: Any, dev: list[dict]) -> tuple[int, str, list[dict[str, Any]]]:
-    """The pilot size and score with the best mean token ratio against uniform
-    n=16 (then n=8) over SPLITS x 2 fits on half the dev set, tried on the other
-    half (halves stratified by tier). Only dev data is read."""
-    from ttsc.runtime.calibrate import PILOT_FEATURES
+def _samples(pool: Any, gen: list[float]) -> list[list[Any]]:
+    """The pool as Sample records, each costing its item's mean completion
+    length (the accounting every arm shares)."""
+    from ttsc.runtime.sequential_allocation import Sample
 
+    return [[Sample(a, gen[i], lp) for a, lp in zip(pool.answers[i], pool.mean_logprobs[i])]
+            for i in range(len(pool.answers))]
+
+
+def _rounds_arm(bench: "_AllocationBench", values: Any) -> dict[str, Any]:
+    """The method in rounds (runtime.sequential_allocation): every item starts
+    with one sample; each round CP-SAT plans every open item's final total
+    from its vote so far, and the items planned past their count draw up to
+    their next checkpoint. Samples come from the item's pool in random
+    orders; figures are means over ROUND_ORDERS orders."""
+    from ttsc.runtime.sequential_allocation import simulate_on_pools
+
+    samples = _samples(bench.pool, bench.gen)
+
+    def run(budget: float) -> tuple[float, float, float]:
+        return simulate_on_pools(values, samples, bench.pool.correct, bench.pool.prompt_tokens,
+                                 budget, ROUND_ORDERS)
+
+    out: dict[str, Any] = {"confident_logprob": values.confident, "at_equal_tokens": {}}
+    for n in (4, 8, 16):
+        acc, used, per = run(bench.uniform[n]["tokens"])
+        out["at_equal_tokens"][str(n)] = {
+            "uniform_accuracy": bench.uniform[n]["accuracy"], "allocated_accuracy": round(acc, 4),
+            "allocated_tokens": round(used), "budget_tokens": bench.uniform[n]["tokens"],
+            "samples_per_item": round(per, 2)}
+        log(f"rounds: at uniform n={n}'s tokens ({bench.uniform[n]['tokens']}): accuracy "
+            f"{acc:.3f} vs {bench.uniform[n]['accuracy']:.3f} (used {used:.0f}, {per:.1f} samples "
+            f"per item)")
+    for n in COMPARE:
+        target, reference = bench.uniform[n]["accuracy"], bench.uniform[n]["tokens"]
+        best = _least_tokens(run, target, sum(bench.pool.prompt_tokens),
+                             bench.uniform[POOL]["tokens"], BISECT)
+        ratio = round(reference / best[1], 2) if best else None
+        fewer = round(n / best[2], 2) if best else None
+        log(f"rounds: reaches uniform n={n}'s accuracy ({target:.3f}) with "
+            f"{round(best[1]) if best else None} tokens vs {reference}: {ratio}x fewer tokens, "
+            f"{fewer}x fewer samples ({best[2] if best else 0:.1f} per item)")
+        out[f"tokens_to_match_uniform{n}"] = round(best[1]) if best else None
+        out[f"token_ratio_vs_uniform{n}"] = ratio
+        out[f"sample_ratio_vs_uniform{n}"] = fewer
+    return {"alloc_rounds": out}
+
+
+def _least_tokens(run: Callable[[float], tuple[float, float, float]], target: float,
+                  lo: float, hi: float, steps: int) -> tuple[float, float, float] | None:
+    """run(budget) at the least budget in [lo, hi] (to within (hi-lo)/2^steps)
+    whose accuracy reaches `target`, by bisection: accuracy grows with the
+    budget, the sample orders being the same at every budget."""
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        got = run(mid)
+        if got[0] >= target:
+            hi, best = mid, got
+        else:
+            lo = mid
+    return best
+
+
+def _dev_splits(dev: list[dict]) -> list[tuple[list[int], list[int]]]:
+    """SPLITS x 2 (fit half, try half) pairs of the dev set, stratified by tier."""
     rng = random.Random(7)
     splits = []
     for _ in range(SPLITS):
@@ -281,6 +355,58 @@ def select_pilot(pool: Any, dev: list[dict]) -> tuple[int, str, list[dict[str, A
             a += idx[:len(idx) // 2]
             b += idx[len(idx) // 2:]
         splits += [(a, b), (b, a)]
+    return splits
+
+
+def select_confidence(pool: Any, dev: list[dict]) -> tuple[float | None, list[dict[str, Any]]]:
+    """The rounds method's confidence threshold, chosen on the dev set alone,
+    as select_pilot chooses the pilot: no threshold, or a quintile of the dev
+    samples' mean log-probabilities, whichever needs the fewest tokens to
+    match uniform n=16 (then n=8), on average over fits on half the dev set
+    tried on the other half."""
+    from ttsc.runtime.sequential_allocation import fit_vote_values, simulate_on_pools
+
+    logprobs = sorted(lp for lps in pool.mean_logprobs for lp in lps)
+    candidates = [None] + [round(logprobs[len(logprobs) * q // 5], 3) for q in (1, 2, 3, 4)]
+    gen = [sum(ls) / len(ls) for ls in pool.lengths]
+    samples = _samples(pool, gen)
+    splits = _dev_splits(dev)
+    halves = {tuple(b): _AllocationBench(_subpool(pool, b), [dev[i] for i in b]) for _, b in splits}
+    table = []
+    for confident in candidates:
+        ratios: dict[int, list[float]] = {n: [] for n in COMPARE}
+        for a, b in splits:
+            values = fit_vote_values([samples[i] for i in a], [pool.correct[i] for i in a],
+                                     confident, orders=SELECT_ORDERS)
+            half = halves[tuple(b)]
+            mine = [samples[i] for i in b]
+
+            def run(budget: float) -> tuple[float, float, float]:
+                return simulate_on_pools(values, mine, half.pool.correct, half.pool.prompt_tokens,
+                                         budget, SELECT_ORDERS)
+
+            for n in COMPARE:
+                got = _least_tokens(run, half.uniform[n]["accuracy"],
+                                    sum(half.pool.prompt_tokens), half.uniform[POOL]["tokens"],
+                                    SELECT_BISECT)
+                ratios[n].append(half.uniform[n]["tokens"] / got[1] if got else 0.0)  # never: 0
+        row = {"confident_logprob": confident,
+               **{f"ratio_vs_uniform{n}": round(sum(r) / len(r), 2) for n, r in ratios.items()}}
+        log(f"dev cross-validation: rounds, confident at mean logprob >= {confident}: mean token "
+            f"ratio vs uniform n=8 {row['ratio_vs_uniform8']:.2f}, "
+            f"n=16 {row['ratio_vs_uniform16']:.2f}")
+        table.append(row)
+    best = max(table, key=lambda r: (r["ratio_vs_uniform16"], r["ratio_vs_uniform8"]))
+    return best["confident_logprob"], table
+
+
+def select_pilot(pool: Any, dev: list[dict]) -> tuple[int, str, list[dict[str, Any]]]:
+    """The pilot size and score with the best mean token ratio against uniform
+    n=16 (then n=8) over SPLITS x 2 fits on half the dev set, tried on the other
+    half (halves stratified by tier). Only dev data is read."""
+    from ttsc.runtime.calibrate import PILOT_FEATURES
+
+    splits = _dev_splits(dev)
     benches = {tuple(b): _AllocationBench(_subpool(pool, b), [dev[i] for i in b]) for _, b in splits}
     table = []
     for k in PILOTS:
@@ -300,13 +426,14 @@ def select_pilot(pool: Any, dev: list[dict]) -> tuple[int, str, list[dict[str, A
     return best["pilot"], best["feature"], table
 
 
-def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
+def bench_allocation(pools_file: str | None = None, draw: int = 0) -> dict[str, Any]:
     from ttsc.runtime.calibrate import PILOT_TOTALS, pool_scores
     from ttsc.runtime.data import load_jsonl
+    from ttsc.runtime.sequential_allocation import fit_vote_values
 
     dev, held = list(load_jsonl(DATA / DEV)), list(load_jsonl(DATA / HELD))
     assert not {r["question"] for r in dev} & {r["question"] for r in held}
-    pools = draw_pools(dev, held, pools_file)
+    pools = draw_pools(dev, held, pools_file, draw)
     # 1. Choose the pilot (size, score) on the dev set alone; 2. fit its bins
     # on the whole dev set; 3. run it once on the held-out set.
     pilot, feature, cv = select_pilot(pools["dev"], dev)
@@ -325,9 +452,17 @@ def bench_allocation(pools_file: str | None = None) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "alloc_data": HELD, "alloc_items": len(held),
         "alloc_tiers": {t: sum(r["difficulty"] == t for r in held) for t in tiers},
-        "alloc_pool": POOL, "alloc_pilot_samples": pilot, "alloc_pilot_feature": feature,
+        "alloc_pool": POOL, "alloc_draw": draw, "alloc_pilot_samples": pilot,
+        "alloc_pilot_feature": feature,
         "alloc_pilot_cv": cv, "alloc_uniform": {str(n): u for n, u in bench.uniform.items()}}
     figures.update(_pilot_arm(bench, calib, pools["held-out"], "pilot"))
+    confident, rounds_cv = select_confidence(pools["dev"], dev)
+    dev_gen = [sum(ls) / len(ls) for ls in pools["dev"].lengths]
+    values = fit_vote_values(_samples(pools["dev"], dev_gen), pools["dev"].correct, confident)
+    log(f"rounds: chosen on dev: confident at mean logprob >= {confident}; the vote-state "
+        f"table fitted on the whole dev set ({len(values.fine)} states)")
+    figures["alloc_rounds_cv"] = rounds_cv
+    figures.update(_rounds_arm(bench, values))
 
     # Bounds, not methods: each reads what a method cannot know at test time.
     prompt = round(sum(pools["held-out"].prompt_tokens) / len(held))
@@ -473,13 +608,16 @@ def main() -> int:
     parser.add_argument("--pools", metavar="FILE.json",
                         help="allocation: read the sample pools from FILE if it exists, else "
                              "draw them and write FILE (reruns skip the sampling)")
+    parser.add_argument("--draw", type=int, default=0, metavar="K",
+                        help="allocation: shift the sampling seeds by K to draw independent pools "
+                             "(pair with a new --pools file); 0 is the recorded draw")
     args = parser.parse_args()
     figures: dict[str, Any] = {"model": MODEL}
     start = time.perf_counter()
     if args.part in ("prefix", "all"):
         figures.update(bench_prefix())
     if args.part in ("allocation", "all"):
-        figures.update(bench_allocation(args.pools))
+        figures.update(bench_allocation(args.pools, args.draw))
     figures["seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(figures))
     return 0

@@ -124,7 +124,6 @@ def fit_vote_values(samples: Sequence[Sequence[Sample]], correct: Sequence[Seque
 class RoundsResult:
     samples: list[list[Sample]]  # per input, every sample drawn, in order
     tokens: float  # the prompts once, plus every drawn sample's generated tokens
-    planned: list[int] = field(default_factory=list)  # per round: inputs still open
 
     @property
     def answers(self) -> list[list[str | None]]:
@@ -161,7 +160,6 @@ def allocate_in_rounds(values: VoteValues, draw: Draw, prompt_tokens: Sequence[f
     k = [cps.index(start)] * m
     open_ = [i for i in range(m) if k[i] < len(cps) - 1]
     while open_:
-        result.planned.append(len(open_))
         utilities, costs = [], []
         for i in open_:
             mine = result.samples[i]

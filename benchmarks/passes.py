@@ -279,11 +279,12 @@ def _pilot_arm(bench: "_AllocationBench", calib: Any, pool: Any, name: str,
     return bench.arm(name, utilities, costs, tuple(totals), keep=k, quiet=quiet)
 
 
-def _samples(pool: Any, gen: list[float]) -> list[list[Any]]:
+def _samples(pool: Any) -> list[list[Any]]:
     """The pool as Sample records, each costing its item's mean completion
     length (the accounting every arm shares)."""
     from ttsc.runtime.sequential_allocation import Sample
 
+    gen = [sum(ls) / len(ls) for ls in pool.lengths]
     return [[Sample(a, gen[i], lp) for a, lp in zip(pool.answers[i], pool.mean_logprobs[i])]
             for i in range(len(pool.answers))]
 
@@ -296,7 +297,7 @@ def _rounds_arm(bench: "_AllocationBench", values: Any) -> dict[str, Any]:
     orders; figures are means over ROUND_ORDERS orders."""
     from ttsc.runtime.sequential_allocation import simulate_on_pools
 
-    samples = _samples(bench.pool, bench.gen)
+    samples = _samples(bench.pool)
 
     def run(budget: float) -> tuple[float, float, float]:
         return simulate_on_pools(values, samples, bench.pool.correct, bench.pool.prompt_tokens,
@@ -368,8 +369,7 @@ def select_confidence(pool: Any, dev: list[dict]) -> tuple[float | None, list[di
 
     logprobs = sorted(lp for lps in pool.mean_logprobs for lp in lps)
     candidates = [None] + [round(logprobs[len(logprobs) * q // 5], 3) for q in (1, 2, 3, 4)]
-    gen = [sum(ls) / len(ls) for ls in pool.lengths]
-    samples = _samples(pool, gen)
+    samples = _samples(pool)
     splits = _dev_splits(dev)
     halves = {tuple(b): _AllocationBench(_subpool(pool, b), [dev[i] for i in b]) for _, b in splits}
     table = []
@@ -457,8 +457,7 @@ def bench_allocation(pools_file: str | None = None, draw: int = 0) -> dict[str, 
         "alloc_pilot_cv": cv, "alloc_uniform": {str(n): u for n, u in bench.uniform.items()}}
     figures.update(_pilot_arm(bench, calib, pools["held-out"], "pilot"))
     confident, rounds_cv = select_confidence(pools["dev"], dev)
-    dev_gen = [sum(ls) / len(ls) for ls in pools["dev"].lengths]
-    values = fit_vote_values(_samples(pools["dev"], dev_gen), pools["dev"].correct, confident)
+    values = fit_vote_values(_samples(pools["dev"]), pools["dev"].correct, confident)
     log(f"rounds: chosen on dev: confident at mean logprob >= {confident}; the vote-state "
         f"table fitted on the whole dev set ({len(values.fine)} states)")
     figures["alloc_rounds_cv"] = rounds_cv

@@ -115,21 +115,30 @@ def agreement(answers: Sequence[str | None]) -> float:
     return max(counts.values(), default=0) / len(answers) if answers else 0.0
 
 
+def _group_sorted(keys: Sequence[float], size: int) -> list[list[int]]:
+    """Positions of ascending `keys` in consecutive groups of at least `size`
+    (equal keys stay together); a last group smaller than MIN_BIN_QUESTIONS
+    joins the one before."""
+    groups: list[list[int]] = []
+    for j, key in enumerate(keys):
+        if groups and (len(groups[-1]) < size or keys[groups[-1][-1]] == key):
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    if len(groups) > 1 and len(groups[-1]) < MIN_BIN_QUESTIONS:
+        last = groups.pop()
+        groups[-1] += last
+    return groups
+
+
 def agreement_bins(pilot: PilotSamples, first: int) -> list[dict[str, float]]:
     """Beta of the later samples' accuracy, per agreement of the first `first`."""
     if first >= len(pilot.answers[0]):
         return []
     keyed = sorted(((agreement(ans[:first]), sum(c[first:]), len(c) - first)
                     for ans, c in zip(pilot.answers, pilot.correct)), key=lambda t: t[0])
-    bins: list[list[tuple[float, int, int]]] = []
-    for item in keyed:
-        if bins and (bins[-1][-1][0] == item[0] or len(bins[-1]) < MIN_BIN_QUESTIONS):
-            bins[-1].append(item)
-        else:
-            bins.append([item])
-    if len(bins) > 1 and len(bins[-1]) < MIN_BIN_QUESTIONS:
-        last = bins.pop()
-        bins[-1] += last
+    bins = [[keyed[i] for i in g]
+            for g in _group_sorted([k[0] for k in keyed], MIN_BIN_QUESTIONS)]
     out = []
     for i, members in enumerate(bins):
         prior = fit_beta([c for _, c, _ in members], [n for _, _, n in members])
@@ -252,15 +261,7 @@ def pilot_bins(pilot: PilotSamples, first: int, feature: str = DEFAULT_PILOT_FEA
     scores = pool_scores(pilot, first, feature)
     order = sorted(range(len(scores)), key=lambda i: scores[i])
     size = max(MIN_BIN_QUESTIONS, -(-len(order) // max(bins, 1)))
-    groups: list[list[int]] = []
-    for i in order:
-        if groups and (len(groups[-1]) < size or scores[groups[-1][-1]] == scores[i]):
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    if len(groups) > 1 and len(groups[-1]) < MIN_BIN_QUESTIONS:
-        last = groups.pop()
-        groups[-1] += last
+    groups = [[order[j] for j in g] for g in _group_sorted([scores[i] for i in order], size)]
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
     for members in groups:

@@ -170,7 +170,7 @@ def run_engine(engine: PagedEngine, prompts: list[Prompt], new_tokens: int) -> d
     out = engine.sample([SampleRequest(p, params) for p in prompts])
     seconds = time.perf_counter() - t0
     after = engine.stats()
-    tokens = sum(len(c.token_ids) for cs in out for c in cs)
+    tokens = sum(len(c.token_ids) for o in out for c in o.completions)
     assert tokens == len(prompts) * SAMPLES * new_tokens
     return {
         "engine_s": seconds, "engine_tok_s": tokens / seconds, "generated_tokens": tokens,

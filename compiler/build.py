@@ -19,23 +19,11 @@ import networkx as nx
 
 from ttsc.compiler.ir import Graph, Op
 from ttsc.compiler.ops import AGGS, EXTRACTORS, SIGNATURES, Arg, Kind, OpSig, T
-from ttsc.compiler.specs import check_model_spec
+from ttsc.common.prompts import OP_HOLES, TASK_HOLE, default_prompt
+from ttsc.common.specs import FORMS_HINT, check_model_spec
 from ttsc.dsl import ast
-from ttsc.dsl.errors import Diagnostics, Span, did_you_mean
+from ttsc.common.errors import Diagnostics, Span, did_you_mean
 
-# Holes each LLM op fills itself; any other hole must name a variable in scope.
-OP_HOLES: dict[str, tuple[str, ...]] = {
-    "verify": ("candidate",), "score": ("candidate",), "critique": ("candidate",),
-    "refine": ("candidate", "critique"), "fuse": ("candidates", "critiques"),
-    "rank": ("candidates",), "generate": (), "unit_tests": (), "extend": (),
-}
-# Holes of the shipped default prompts (ttsc.runtime.default_prompts).
-DEFAULT_PROMPT_HOLES: dict[str, tuple[str, ...]] = {
-    "verify": ("question", "candidate"), "score": ("question", "candidate"),
-    "critique": ("question", "candidate"), "refine": ("question", "candidate", "critique"),
-    "fuse": ("question", "candidates", "critiques"), "rank": ("question", "candidates"),
-    "unit_tests": ("question",),
-}
 HOLE_VALUE_TYPES = (T.TEXT, T.NUMBER, T.CANDIDATES, T.ANSWERS)
 INT_ARGS = ("n", "max_tokens", "top_k", "k", "seed")
 
@@ -136,10 +124,7 @@ def _collect(module: ast.Module, diags: Diagnostics) -> ModuleInfo:
             if d.spec is not None:
                 problem = check_model_spec(d.spec)
                 if problem:
-                    diags.error(f"bad model spec {d.spec!r}: {problem}", d.value_span,
-                                "valid forms: \"smollm2-135m\", \"hf:ORG/NAME\", a local directory "
-                                "(\"./path\"), \"gguf:PATH\", \"vllm:ORG/NAME\", "
-                                "\"openai:URL#MODEL\", \"tiny-random\"")
+                    diags.error(f"bad model spec {d.spec!r}: {problem}", d.value_span, FORMS_HINT)
                 else:
                     info.models[d.name] = d.spec
             else:
@@ -699,20 +684,21 @@ class _StrategyBuilder:
     def _bind_holes(self, e: ast.Call, sig: OpSig, attrs: dict[str, Any],
                     scope: Scope) -> dict[str, str] | None:
         """Inputs for the prompt's holes: variables in scope, by name."""
-        provided = OP_HOLES.get(sig.name, ())
+        provided = tuple(OP_HOLES.get(sig.name, {}))
         prompt = attrs.get("prompt")
         if prompt is not None:
             pdef = self.info.prompts[prompt]
             holes = [(h.name, h.span) for h in pdef.holes]
         else:
-            holes = [(h, None) for h in DEFAULT_PROMPT_HOLES.get(sig.name, ())]
+            default = default_prompt(sig.name)
+            holes = [(h, None) for h in (default.holes if default else ())]
         inputs: dict[str, str] = {}
         ok = True
         for hole, span in holes:
             if hole in provided or f"hole:{hole}" in inputs:
                 continue
             nid = scope.lookup(hole)
-            if nid is None and prompt is None and hole == "question" and self.strategy.params:
+            if nid is None and prompt is None and hole == TASK_HOLE and self.strategy.params:
                 # Shipped prompts call the task input `question`; use the first parameter.
                 nid = scope.lookup(self.strategy.params[0].name)
             if nid is None:

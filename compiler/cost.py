@@ -21,7 +21,6 @@ a documented characters-per-token estimate when none is cached.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,36 +29,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-# ------------------------------------------------------------------ cache dir
+from ttsc.common import paths
+from ttsc.common.specs import SpecError, parse_spec, spec_slug
+
+
+def _canonical(spec: str) -> str:
+    """The spec as the runtime names it (paths resolved), without importing torch."""
+    try:
+        return parse_spec(spec).canonical
+    except SpecError:
+        return spec.strip()
 
 
 def cache_dir() -> Path:
-    """Where ttsc keeps profiles and model facts: $TTSC_CACHE_DIR or ~/.cache/ttsc."""
-    env = os.environ.get("TTSC_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ttsc"
-
-
-BUILTIN_SPECS = ("smollm2-135m", "tiny-random")
-
-
-def canonical_spec(spec: str) -> str:
-    """The spec as the runtime names it (paths resolved), without importing torch."""
-    s = spec.strip()
-    if s.lower() in BUILTIN_SPECS:
-        return s.lower()
-    if s.startswith(("/", "./", "../", "~")):
-        return str(Path(s).expanduser().resolve())
-    if s.startswith("gguf:"):
-        return "gguf:" + str(Path(s[5:]).expanduser().resolve())
-    return s
-
-
-def spec_slug(spec: str) -> str:
-    """A file-name-safe, collision-free name for a model spec."""
-    canonical = canonical_spec(spec)
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", canonical).strip("_")[-48:]
-    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
-    return f"{readable}-{digest}"
+    """Where profiles and model facts live (common/paths.py decides)."""
+    return paths.cache_root() or paths.room("")
 
 
 # ------------------------------------------------------------------ shapes
@@ -164,7 +148,7 @@ def model_shape(spec: str) -> ModelShape:
     (a local directory, or the Hugging Face cache for hf:/vllm: specs); falls
     back to DEFAULT_SHAPE (source == "default").
     """
-    canonical = canonical_spec(spec)
+    canonical = _canonical(spec)
     cached = (model_cache_path(canonical) / "config.json").is_file()
     key = f"{cache_dir()}|{canonical}|{cached}"
     if key not in _shape_memo:
@@ -362,7 +346,7 @@ class EngineProfile:
 
 def default_profile(model: str, device: str = DEFAULT_DEVICE, engine: str = "default") -> EngineProfile:
     d = DEFAULT_DEVICES[device if device in DEFAULT_DEVICES else DEFAULT_DEVICE]
-    return EngineProfile(canonical_spec(model), engine, device, d.dtype_bytes, d.peak_flops,
+    return EngineProfile(_canonical(model), engine, device, d.dtype_bytes, d.peak_flops,
                          d.bandwidth, d.overhead_s)
 
 
@@ -395,7 +379,7 @@ def load_profile(model: str, engine: str | None = None, device: str | None = Non
         stamp = directory.stat().st_mtime_ns
     except OSError:
         stamp = None
-    key = (canonical_spec(model), engine, device, str(directory), stamp)
+    key = (_canonical(model), engine, device, str(directory), stamp)
     if key not in _profile_memo:
         _profile_memo[key] = _find_profile(model, engine, device, directory)
     return _profile_memo[key]
@@ -458,7 +442,7 @@ def new_profile(model: str, engine: str, device: str, dtype_bytes: int,
     with flops, bytes, passes and seconds."""
     peak, bw, overhead = fit_roofline(
         (m["flops"], m["bytes"], m["passes"], m["seconds"]) for m in measurements)
-    return EngineProfile(canonical_spec(model), engine, device, dtype_bytes, peak, bw, overhead,
+    return EngineProfile(_canonical(model), engine, device, dtype_bytes, peak, bw, overhead,
                          measured=True, created=time.time(), measurements=list(measurements))
 
 
@@ -543,7 +527,7 @@ class PromptTokenizer:
     """
 
     def __init__(self, spec: str):
-        self.spec = canonical_spec(spec)
+        self.spec = _canonical(spec)
         self.dir = model_cache_path(self.spec)
         self._tokenizer: Any = None
         chat = self.dir / "chat.json"
@@ -617,7 +601,7 @@ _tokenizers: dict[str, PromptTokenizer] = {}
 
 def prompt_tokenizer(spec: str) -> PromptTokenizer:
     """One PromptTokenizer per model spec per process."""
-    canonical = canonical_spec(spec)
+    canonical = _canonical(spec)
     key = f"{cache_dir()}|{canonical}"
     tok = _tokenizers.get(key)
     if tok is None or (not tok.exact and (model_cache_path(canonical) / "chat.json").is_file()):

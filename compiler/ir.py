@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import networkx as nx
 
 from ttsc.compiler.ops import T
-from ttsc.dsl.errors import Span
+from ttsc.common.errors import Span
 
 
 class Op(str, Enum):

@@ -23,7 +23,7 @@ from ttsc.compiler.passes.merge_samples import merge_samples
 from ttsc.compiler.passes.prefix_sharing import prefix_sharing
 from ttsc.compiler.plan import Plan
 from ttsc.compiler.lower import lower
-from ttsc.dsl.errors import Diagnostic, TTSError, UserError, did_you_mean, error
+from ttsc.common.errors import Diagnostic, TTSError, UserError, did_you_mean, error
 from ttsc.dsl.parser import parse
 
 # Cleanup passes run to a fixpoint: each can expose work for another.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
-from ttsc.dsl.errors import Span
+from ttsc.common.errors import Span
 
 
 # ---------------------------------------------------------------- expressions

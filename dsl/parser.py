@@ -28,8 +28,9 @@ from typing import Iterator
 from lark import Lark, Token, Transformer_NonRecursive, v_args
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 
+from ttsc.common.errors import Diagnostic, Span, TTSError, UserError, did_you_mean, error
+from ttsc.common.prompts import HOLE
 from ttsc.dsl import ast
-from ttsc.dsl.errors import Diagnostic, Span, TTSError, UserError, did_you_mean, error
 
 # Words that can never name a model, prompt, strategy, parameter or variable.
 # `system`, `user` (prompt parts) and `per`, `input` (budget `per input`) are
@@ -46,7 +47,6 @@ MEMORY_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
                 "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 LATENCY_UNITS = {"ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
 
-_HOLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 _ESCAPE_HINT = 'valid escapes are \\n \\t \\r \\" \\\\ and \\uXXXX; """...""" strings keep backslashes as written'
 
@@ -388,7 +388,7 @@ def _read_text(tok: Token, file: str, diagnostics: list[Diagnostic], *,
             out.append("{{")
             width = 2
         elif template and c == "{":
-            hole = _HOLE.match(body, i)
+            hole = HOLE.match(body, i)
             if hole:
                 holes.append(ast.Hole(hole[1], Span(file, line, column, line, column + len(hole[0]))))
                 out.append(hole[0])

@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ttsc.dsl.errors import UserError
+from ttsc.common import paths
+from ttsc.common.errors import UserError
 from ttsc.kernels.aggregate_template import TEMPLATE, UNWEIGHTED_LINE, WEIGHTED_LINE
 
 _MAX_UNROLLED_SAMPLES = 64  # beyond this the sample loop stays a runtime loop
@@ -53,8 +54,7 @@ def render_source(spec: AggregateSpec) -> str:
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("TTSC_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "ttsc") / "kernels"
+    return paths.room("kernels")
 
 
 def write_source(spec: AggregateSpec, cache_dir: Path | None = None) -> tuple[Path, str]:

@@ -36,13 +36,14 @@ import functools
 import hashlib
 import os
 import platform
-import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+
+from ttsc.common import paths
 
 SOURCE = Path(__file__).with_name("cpu_ops.cpp")
 HEAD_DIMS = (16, 32, 64, 128, 256)  # decode_attention is compiled for these
@@ -59,13 +60,8 @@ def load() -> ModuleType | None:
         return None
     from torch.utils import cpp_extension
 
-    from ttsc.kernels.aggregate_codegen import default_cache_dir
-
-    if os.environ.get("TTSC_CACHE_DIR") == "off":
-        build = Path(tempfile.mkdtemp(prefix="ttsc-cpu-ops-"))
-    else:
-        build = default_cache_dir() / f"cpu_ops-{_cpu_key()}"
-        build.mkdir(parents=True, exist_ok=True)
+    build = paths.room("kernels") / f"cpu_ops-{_cpu_key()}"
+    build.mkdir(parents=True, exist_ok=True)
     try:
         return cpp_extension.load(
             name="ttsc_cpu_ops", sources=[str(SOURCE)], build_directory=str(build),

@@ -22,10 +22,11 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from ttsc.runtime.engines.base import (Completion, ContinuationRequest, Engine, NextTokenRequest,
-                                       Prompt, SampleRequest, SamplingParams, Usage)
+from ttsc.runtime.engines.base import (Completion, ContinuationOutput, ContinuationRequest, Engine,
+                                       NextTokenRequest, Prompt, SampleOutput, SampleRequest,
+                                       SamplingParams, ScoreOutput, Usage)
 
-KEY_VERSION = 1  # bump when the meaning of a cached value changes
+KEY_VERSION = 2  # bump when the meaning of a cached value changes
 
 
 def call_key(model: str, kind: str, request: Any) -> str:
@@ -89,19 +90,29 @@ def _sample_key(model: str, prompt: Prompt, params: SamplingParams, index: int) 
     return call_key(model, "sample", SampleRequest(prompt, one))
 
 
-def _to_json(completion: Completion) -> dict[str, Any]:
-    return dataclasses.asdict(completion)
-
-
-def _from_json(value: dict[str, Any]) -> Completion:
-    return Completion(**value)
+def _split_usage(output: SampleOutput) -> list[Usage]:
+    """One request's usage shared out over its samples, so that any subset of
+    them replayed from the cache adds up to what computing them cost: the
+    call and the prompt computation go to the first sample, tokens to each."""
+    n = len(output.completions)
+    u = output.usage
+    per = []
+    for j, c in enumerate(output.completions):
+        prompt = u.prompt_tokens // n + (1 if j < u.prompt_tokens % n else 0)
+        computed = u.prompt_tokens_computed if j == 0 else 0
+        per.append(Usage(calls=u.calls if j == 0 else 0, prompt_tokens=prompt,
+                         prompt_tokens_computed=computed,
+                         prompt_tokens_reused=max(0, prompt - computed),
+                         generated_tokens=len(c.token_ids)))
+    return per
 
 
 class CachedEngine(Engine):
     """Any engine behind a CallCache; only cache misses reach the inner engine, in one batch.
 
-    `usage` is the inner engine's (work actually done); `hits` counts samples and
-    scores served from the cache, `misses` those computed.
+    A result served from the cache carries the usage recorded when it was
+    computed (so figures repeat exactly) and counts as a cache hit; the rest
+    count as misses.
     """
 
     def __init__(self, inner: Engine, cache: CallCache, model: str):
@@ -109,19 +120,26 @@ class CachedEngine(Engine):
         self.cache = cache
         self.model = model  # the model spec, part of every key
         self.name = f"cached({inner.name})"
-        self.hits = 0
+        self.capabilities = inner.capabilities
+        self.hits = 0  # running totals, for a glance; per-call figures are in each usage
         self.misses = 0
+        self._count_lock = threading.Lock()
+
+    def _count(self, hits: int, misses: int) -> None:
+        with self._count_lock:
+            self.hits += hits
+            self.misses += misses
 
     # --- sampling -----------------------------------------------------------
 
-    def sample(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
+    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleOutput]:
         return self._sample(list(requests), lambda _, batch: self.inner.sample(batch))
 
     def extend(self, candidates: Sequence[tuple[Prompt, str]],
-               params: SamplingParams) -> list[list[Completion]]:
+               params: SamplingParams) -> list[SampleOutput]:
         requests = [SampleRequest(p.continued(t), params) for p, t in candidates]
 
-        def run_inner(indices: list[int], batch: list[SampleRequest]) -> list[list[Completion]]:
+        def run_inner(indices: list[int], batch: list[SampleRequest]) -> list[SampleOutput]:
             # The inner engine may extend faster than it samples (it can keep
             # the candidate's cache); hand it candidates when settings allow.
             if all(r.params == params for r in batch):
@@ -131,22 +149,21 @@ class CachedEngine(Engine):
         return self._sample(requests, run_inner)
 
     def _sample(self, requests: list[SampleRequest],
-                run_inner: Callable[[list[int], list[SampleRequest]], list[list[Completion]]],
-                ) -> list[list[Completion]]:
+                run_inner: Callable[[list[int], list[SampleRequest]], list[SampleOutput]],
+                ) -> list[SampleOutput]:
         """Serve what the cache holds; run the gaps through `run_inner(indices, requests)`."""
         keys = [[_sample_key(self.model, r.prompt, r.params, i) for i in range(r.params.n)]
                 if r.params.seed is not None else [] for r in requests]
         found = self.cache.get_many(k for ks in keys for k in ks)
-        results: list[list[Completion | None]] = []
+        rows: list[list[tuple[Completion, Usage] | None]] = []
         missing: list[tuple[int, int, SampleRequest]] = []  # (request, first sample, request to run)
         for ri, (request, ks) in enumerate(zip(requests, keys)):
-            row: list[Completion | None] = [None] * request.params.n
-            if ks:
-                for i, key in enumerate(ks):
-                    if key in found:
-                        row[i] = _from_json(found[key])
+            row: list[tuple[Completion, Usage] | None] = [None] * request.params.n
+            for i, key in enumerate(ks):
+                if key in found:
+                    row[i] = (Completion(**found[key]["completion"]),
+                              Usage.from_dict(found[key]["usage"]))
             gaps = [i for i, c in enumerate(row) if c is None]
-            self.hits += request.params.n - len(gaps)
             if gaps:
                 # One contiguous run of seeds covers every gap (usually all of
                 # them, or the tail when n grew since the last run).
@@ -155,31 +172,42 @@ class CachedEngine(Engine):
                 if (lo, hi) != (0, params.n - 1):
                     params = dataclasses.replace(params, n=hi - lo + 1, seed=params.seed + lo)
                 missing.append((ri, lo, SampleRequest(request.prompt, params)))
-            results.append(row)
+            rows.append(row)
+        hits = [sum(c is not None for c in row) for row in rows]
         if missing:
             outputs = run_inner([m[0] for m in missing], [m[2] for m in missing])
             fresh: dict[str, Any] = {}
-            for (ri, lo, run), completions in zip(missing, outputs):
-                self.misses += len(completions)
-                for offset, completion in enumerate(completions):
-                    results[ri][lo + offset] = completion
+            for (ri, lo, run), output in zip(missing, outputs):
+                for offset, (completion, usage) in enumerate(zip(output.completions,
+                                                                 _split_usage(output))):
+                    rows[ri][lo + offset] = (completion, usage)
                     if run.params.seed is not None:
                         key = _sample_key(self.model, run.prompt, run.params, offset)
-                        fresh[key] = _to_json(completion)
+                        fresh[key] = {"completion": dataclasses.asdict(completion),
+                                      "usage": usage.as_dict()}
             if fresh:
                 self.cache.put_many(fresh)
-        return [list(row) for row in results]  # type: ignore[arg-type]
+        self._count(sum(hits), sum(len(row) for row in rows) - sum(hits))
+        results = []
+        for row, hit in zip(rows, hits):
+            usage = Usage(cache_hits=hit, cache_misses=len(row) - hit)
+            for _, u in row:  # type: ignore[misc]
+                usage = usage + u
+            results.append(SampleOutput([c for c, _ in row], usage))  # type: ignore[misc]
+        return results
 
     # --- scoring ------------------------------------------------------------
 
-    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[list[float]]:
-        return self._scored("next", list(requests), self.inner.score_next)
+    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[ScoreOutput]:
+        return [ScoreOutput(v, u) for v, u in self._scored(
+            "next", list(requests), self.inner.score_next, lambda o: o.logprobs)]
 
-    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
-        return self._scored("continuation", list(requests), self.inner.score_continuations)
+    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[ContinuationOutput]:
+        return [ContinuationOutput(v, u) for v, u in self._scored(
+            "continuation", list(requests), self.inner.score_continuations, lambda o: o.logprob)]
 
-    def _scored(self, kind: str, requests: list[Any], run_inner: Callable[[list[Any]], list[Any]]
-                ) -> list[Any]:
+    def _scored(self, kind: str, requests: list[Any], run_inner: Callable[[list[Any]], list[Any]],
+                value_of: Callable[[Any], Any]) -> list[tuple[Any, Usage]]:
         keys = [call_key(self.model, kind, r) for r in requests]
         found = self.cache.get_many(keys)
         # A repeated request in one batch is computed once.
@@ -187,23 +215,27 @@ class CachedEngine(Engine):
         for i, key in enumerate(keys):
             if key not in found:
                 todo.setdefault(key, i)
-        self.hits += len(requests) - len(todo)
-        self.misses += len(todo)
+        fresh: dict[str, Any] = {}
         if todo:
             outputs = run_inner([requests[i] for i in todo.values()])
-            fresh = dict(zip(todo, outputs))
+            fresh = {key: {"value": value_of(o), "usage": o.usage.as_dict()}
+                     for key, o in zip(todo, outputs)}
             self.cache.put_many(fresh)
-            found.update(fresh)
-        return [found[key] for key in keys]
+        results = []
+        for key in keys:
+            entry = fresh.get(key) or found[key]
+            hit = key not in fresh
+            usage = Usage.from_dict(entry["usage"]) + Usage(cache_hits=int(hit), cache_misses=int(not hit))
+            fresh.pop(key, None)  # a repeat in this batch is a hit on the first
+            found.setdefault(key, entry)
+            results.append((entry["value"], usage))
+        self._count(sum(u.cache_hits for _, u in results), sum(u.cache_misses for _, u in results))
+        return results
 
     # --- the rest of the contract -------------------------------------------
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         return self.inner.tokenize(prompt)
-
-    @property
-    def usage(self) -> Usage:
-        return self.inner.usage
 
     def close(self) -> None:
         self.inner.close()

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from ttsc.compiler.utility import (Calibration, ModelCalibration, calibration_path, fit_beta,
                                    wrong_concentration)
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines.base import Engine, NextTokenRequest, SampleRequest, SamplingParams
 
 DEFAULT_SAMPLES = 16
@@ -73,7 +73,7 @@ def draw_samples(engine: Engine, prompt_def: dict[str, Any], rows: Sequence[dict
                  spec: str = "", on_batch: Callable[[int], None] | None = None) -> PilotSamples:
     """`samples` completions of the prompt for each row, extracted and scored."""
     from ttsc.runtime.extract import extract
-    from ttsc.runtime.values import render_prompt
+    from ttsc.common.prompts import render_prompt
 
     out = PilotSamples(model, spec, [], [], [], [], [], [], 0.0, [])
     start = time.perf_counter()
@@ -86,7 +86,8 @@ def draw_samples(engine: Engine, prompt_def: dict[str, Any], rows: Sequence[dict
                 n=samples, temperature=temperature, max_tokens=max_tokens,
                 seed=seed * 1_000_003 + (b + i) * 7919)))
         results = engine.sample(requests)
-        for row, req, comps in zip(chunk, requests, results):
+        for row, req, output in zip(chunk, requests, results):
+            comps = output.completions
             answers = [extract(c.text, how["how"], how.get("pattern")) for c in comps]
             out.answers.append(answers)
             out.correct.append([bool(is_right(a, gold(row))) for a in answers])
@@ -519,12 +520,12 @@ def _verifier_scores(engine: Engine, pdef: dict[str, Any], rows: Sequence[dict[s
                      params: list[str], pool: PilotSamples) -> list[list[float]]:
     import math
 
-    from ttsc.runtime.values import render_prompt
+    from ttsc.common.prompts import render_prompt
 
     requests = [NextTokenRequest(render_prompt(pdef, {**{p: row[p] for p in params},
                                                       "candidate": text}), ("Yes", "No"))
                 for row, texts in zip(rows, pool.texts) for text in texts]
-    flat = engine.score_next(requests)
+    flat = [o.logprobs for o in engine.score_next(requests)]
     scores = [1 / (1 + math.exp(n - y)) for y, n in flat]
     width = len(pool.texts[0])
     return [scores[i:i + width] for i in range(0, len(scores), width)]

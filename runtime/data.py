@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 
 PathLike = str | os.PathLike[str]
 

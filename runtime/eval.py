@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ttsc.compiler.plan import Plan
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.data import ResultsWriter, check_fields, load_done, load_jsonl, row_id
 from ttsc.runtime.engines.base import Engine
 from ttsc.runtime.executor import Executor

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ttsc.compiler.plan import Plan, Region, Stage
-from ttsc.dsl.errors import UserError
-from ttsc.runtime.engines.base import Engine, Usage
+from ttsc.common.errors import UserError
+from ttsc.runtime.engines.base import Engine, Usage, total_usage
 from ttsc.runtime.ops import LLM_OPS, OpContext, host_op
 
 Values = dict[str, list[Any]]  # node id -> one value per input of the batch
@@ -92,8 +92,7 @@ class Executor:
                                 f"takes {', '.join(self.plan.params)})",
                                 hint=f"pass it with --input {missing[0]}=...")
         start = time.perf_counter()
-        before = {m: e.usage for m, e in self.engines.items()}
-        before = {m: Usage(*u.as_tuple()) for m, u in before.items()}
+        self.usage: dict[str, Usage] = {}
         self.trace: list[StageTrace] = []
         self.keys = [input_key({p: row[p] for p in self.plan.params}) for row in inputs]
         env: Values = {}
@@ -103,9 +102,8 @@ class Executor:
                 env[nid] = [str(row[node.attrs["name"]]) for row in inputs]
         self._region(region, env, list(range(len(inputs))), path="", round_=None)
         out = region.nodes[region.output].inputs["value"]
-        usage = {m: e.usage - before[m] for m, e in self.engines.items()}
         samples = self._sample_answers(region, env, out)
-        return RunResult(env[out], self.trace, usage, time.perf_counter() - start, samples)
+        return RunResult(env[out], self.trace, self.usage, time.perf_counter() - start, samples)
 
     def _sample_answers(self, region: Region, env: Values, out: str) -> list[list[Any]] | None:
         """The per-sample answers the output was voted or picked from, when the
@@ -122,37 +120,25 @@ class Executor:
         """Evaluate every stage of `region`; env lists are aligned with `rows`."""
         for stage in region.stages:
             t0 = time.perf_counter()
-            before = self._usage_snapshot(stage)
             if stage.kind == "loop":
                 self._loop(stage, region, env, rows, path)
                 continue
+            n, usage = 0, Usage()
             if stage.kind == "llm":
-                n = self._llm_stage(stage, region, env, rows, path, round_)
+                n, usage = self._llm_stage(stage, region, env, rows, path, round_)
+                self.usage[stage.model] = self.usage.get(stage.model, Usage()) + usage
             elif stage.kind == "kernel":
-                n = 0
                 for nid in stage.nodes:
                     self._kernel_node(region, nid, env, len(rows))
             else:
-                n = 0
                 for nid in stage.nodes:
                     self._host_node(region, nid, env, len(rows))
             trace = StageTrace(path + stage.id, stage.kind, [region.nodes[n_].op for n_ in stage.nodes],
                                stage.model, n, time.perf_counter() - t0,
-                               self._usage_delta(stage, before), round_)
+                               usage.as_dict() if stage.kind == "llm" else {}, round_)
             self.trace.append(trace)
             if self.on_stage:
                 self.on_stage(trace)
-
-    def _usage_snapshot(self, stage: Stage) -> Usage | None:
-        if stage.kind != "llm":
-            return None
-        u = self.engines[stage.model].usage
-        return Usage(*u.as_tuple())
-
-    def _usage_delta(self, stage: Stage, before: Usage | None) -> dict[str, int]:
-        if before is None:
-            return {}
-        return (self.engines[stage.model].usage - before).as_dict()
 
     def _args(self, region: Region, nid: str, env: Values, i: int) -> dict[str, Any]:
         return {role: env[src][i] for role, src in region.nodes[nid].inputs.items()}
@@ -171,7 +157,7 @@ class Executor:
         env[nid] = run_vote_kernel(node.facts["kernel"], answers, weights)
 
     def _llm_stage(self, stage: Stage, region: Region, env: Values, rows: list[int], path: str,
-                   round_: int | None) -> int:
+                   round_: int | None) -> tuple[int, Usage]:
         engine = self.engines[stage.model]
         batches: dict[str, list] = {"sample": [], "score": []}
         spans: list[tuple[str, int, str, int, int, dict, OpContext, list]] = []
@@ -185,17 +171,20 @@ class Executor:
                 batch = batches[op.kind]
                 spans.append((nid, i, op.kind, len(batch), len(reqs), args, ctx, reqs))
                 batch.extend(reqs)
-        results = {
+        outputs = {
             "sample": engine.sample(batches["sample"]) if batches["sample"] else [],
             "score": engine.score_next(batches["score"]) if batches["score"] else [],
         }
+        results = {"sample": [o.completions for o in outputs["sample"]],
+                   "score": [o.logprobs for o in outputs["score"]]}
         for nid in stage.nodes:
             env[nid] = [None] * len(rows)
         for nid, i, kind, start, count, args, ctx, reqs in spans:
             node = region.nodes[nid]
             got = results[kind][start:start + count]
             env[nid][i] = LLM_OPS[node.op].collect(node.attrs, args, reqs, got)
-        return sum(len(b) for b in batches.values())
+        usage = total_usage(outputs["sample"]) + total_usage(outputs["score"])
+        return sum(len(b) for b in batches.values()), usage
 
     def _seed_fn(self, node_path: str, row: int, round_: int | None) -> Callable[[int], int]:
         key = self.keys[row]

@@ -23,7 +23,7 @@ import functools
 import re
 import textwrap
 
-from ttsc.dsl.errors import UserError, did_you_mean
+from ttsc.common.errors import UserError, did_you_mean
 
 EXTRACTORS = ("number", "choice", "code", "regex")
 

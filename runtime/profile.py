@@ -21,9 +21,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ttsc.common.errors import UserError
 from ttsc.compiler import cost
-from ttsc.dsl.errors import UserError
-from ttsc.runtime.engines.base import Engine, NextTokenRequest, Prompt, SampleRequest, SamplingParams
+from ttsc.runtime.engines.base import (Engine, NextTokenRequest, Prompt, SampleRequest,
+                                       SamplingParams, total_usage)
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_PROMPT_TOKENS = (32, 256)
@@ -78,11 +79,10 @@ def measure(engine: Engine, shape: cost.ModelShape, dtype_bytes: int, *,
         for b in batch_sizes:
             prompts = [_prompt_of(engine, p, rng) for _ in range(b)]
             lengths = [len(engine.tokenize(pr)) for pr in prompts]
-            before = engine.usage
             start = time.perf_counter()
-            engine.score_next([NextTokenRequest(pr, ("the",)) for pr in prompts])
+            outputs = engine.score_next([NextTokenRequest(pr, ("the",)) for pr in prompts])
             seconds = time.perf_counter() - start
-            computed = (engine.usage - before).prompt_tokens_computed
+            computed = total_usage(outputs).prompt_tokens_computed
             flops = sum(cost.prefill_flops(shape, n) for n in lengths)
             moved = cost.prefill_bytes(shape, 1, 0, dtype_bytes) + sum(
                 shape.kv_bytes_per_token(dtype_bytes) * 2 * n for n in lengths)
@@ -95,11 +95,10 @@ def measure(engine: Engine, shape: cost.ModelShape, dtype_bytes: int, *,
                                     ignore_eos=True, seed=seed)
             prompt = _prompt_of(engine, p, rng)
             length = len(engine.tokenize(prompt))
-            before = engine.usage
             start = time.perf_counter()
-            engine.sample([SampleRequest(prompt, params)])
+            outputs = engine.sample([SampleRequest(prompt, params)])
             seconds = time.perf_counter() - start
-            used = engine.usage - before
+            used = total_usage(outputs)
             computed = used.prompt_tokens_computed
             shared = computed < b * length  # the engine prefilled the prompt once
             c = cost.generation_cost(shape, length, b, decode_tokens, share_prefix=shared,

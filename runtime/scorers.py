@@ -19,7 +19,7 @@ import re
 from fractions import Fraction
 from typing import Callable
 
-from ttsc.dsl.errors import UserError, did_you_mean
+from ttsc.common.errors import UserError, did_you_mean
 from ttsc.runtime.extract import check_regex, extract_choice, extract_code, extract_number
 from ttsc.runtime.sandbox import run_python_tests
 

@@ -29,12 +29,16 @@ import torch
 
 from ttsc.runtime.engines.base import (
     Completion,
+    ContinuationOutput,
     ContinuationRequest,
     Engine,
     NextTokenRequest,
     Prompt,
+    SampleOutput,
     SampleRequest,
     SamplingParams,
+    ScoreOutput,
+    total_usage,
 )
 from ttsc.runtime.models import LoadedModel, tiny_random_model
 
@@ -48,6 +52,18 @@ PROMPTS = (
     Prompt.user("Add the numbers.").continued("First, "),
 )
 LOGPROB_TOL = 2e-3  # float32 sums over a few tokens, batched vs unbatched
+
+
+def completions_of(outputs: Sequence[SampleOutput]) -> list[list[Completion]]:
+    return [o.completions for o in outputs]
+
+
+def logprobs_of(outputs: Sequence[ScoreOutput]) -> list[list[float]]:
+    return [o.logprobs for o in outputs]
+
+
+def totals_of(outputs: Sequence[ContinuationOutput]) -> list[float]:
+    return [o.logprob for o in outputs]
 
 
 def greedy(max_tokens: int = 12, **kw) -> SamplingParams:
@@ -74,15 +90,15 @@ def check_n_completions_in_order(make: EngineFactory) -> None:
                 SampleRequest(PROMPTS[2], SamplingParams(n=1, temperature=0.7, max_tokens=4,
                                                          seed=5)),
                 SampleRequest(PROMPTS[1], SamplingParams(n=2, temperature=0.0, max_tokens=4))]
-    out = engine.sample(requests)
+    out = completions_of(engine.sample(requests))
     assert [len(cs) for cs in out] == [3, 1, 2]
     for i, completion in enumerate(out[0]):
-        alone = engine.sample([SampleRequest(PROMPTS[0], SamplingParams(
-            n=1, temperature=1.0, max_tokens=6, seed=11 + i))])[0][0]
+        alone = completions_of(engine.sample([SampleRequest(PROMPTS[0], SamplingParams(
+            n=1, temperature=1.0, max_tokens=6, seed=11 + i))]))[0][0]
         assert _texts([completion]) == _texts([alone]), f"sample {i} is not seed 11+{i}"
     assert len({tuple(c.token_ids) for c in out[0]}) > 1, "different seeds gave equal samples"
-    assert engine.sample([]) == []
-    assert engine.sample([SampleRequest(PROMPTS[0], SamplingParams(n=0))]) == [[]]
+    assert completions_of(engine.sample([])) == []
+    assert completions_of(engine.sample([SampleRequest(PROMPTS[0], SamplingParams(n=0))])) == [[]]
 
 
 def check_seed_independent_of_batching(make: EngineFactory) -> None:
@@ -92,13 +108,13 @@ def check_seed_independent_of_batching(make: EngineFactory) -> None:
     others = [SampleRequest(p, SamplingParams(n=3, temperature=1.2, top_k=20, max_tokens=10,
                                               seed=7)) for p in PROMPTS]
     others.append(SampleRequest(PROMPTS[0], greedy(5)))
-    alone = make().sample([target])[0]
+    alone = completions_of(make().sample([target]))[0]
     engine = make()
-    first = engine.sample(others[:2] + [target] + others[2:])[2]
-    last = engine.sample(list(reversed(others)) + [target])[-1]
+    first = completions_of(engine.sample(others[:2] + [target] + others[2:]))[2]
+    last = completions_of(engine.sample(list(reversed(others)) + [target]))[-1]
     assert _texts(first) == _texts(alone), "batch mates changed a seeded sample"
     assert _texts(last) == _texts(alone), "request order changed a seeded sample"
-    again = make().sample([target])[0]
+    again = completions_of(make().sample([target]))[0]
     assert _texts(again) == _texts(alone), "a fresh engine gave another sample for one seed"
 
 
@@ -106,11 +122,11 @@ def check_greedy_is_deterministic(make: EngineFactory) -> None:
     """Temperature 0: n copies agree, and top_k=1 / tiny top_p sampling equals greedy."""
     engine = make()
     for prompt in PROMPTS:
-        out = engine.sample([SampleRequest(prompt, greedy(10, n=3)),
+        out = completions_of(engine.sample([SampleRequest(prompt, greedy(10, n=3)),
                              SampleRequest(prompt, SamplingParams(temperature=1.0, top_k=1,
                                                                   max_tokens=10, seed=3)),
                              SampleRequest(prompt, SamplingParams(temperature=0.5, top_p=1e-9,
-                                                                  max_tokens=10, seed=4))])
+                                                                  max_tokens=10, seed=4))]))
         ref = out[0][0]
         assert all(c.token_ids == ref.token_ids for c in out[0])
         assert out[1][0].token_ids == ref.token_ids, "top_k=1 differs from greedy"
@@ -120,14 +136,14 @@ def check_greedy_is_deterministic(make: EngineFactory) -> None:
 def check_max_tokens(make: EngineFactory) -> None:
     """max_tokens bounds every completion; ignore_eos forces exactly max_tokens."""
     engine = make()
-    out = engine.sample([SampleRequest(p, SamplingParams(n=2, temperature=1.0, max_tokens=k,
+    out = completions_of(engine.sample([SampleRequest(p, SamplingParams(n=2, temperature=1.0, max_tokens=k,
                                                          seed=k, ignore_eos=True))
-                         for p, k in zip(PROMPTS, (1, 3, 7, 0))])
+                         for p, k in zip(PROMPTS, (1, 3, 7, 0))]))
     for completions, k in zip(out, (1, 3, 7, 0)):
         for c in completions:
             assert len(c.token_ids) == k and c.finish_reason == "length", (k, c)
-    for c in engine.sample([SampleRequest(PROMPTS[0], SamplingParams(
-            n=6, temperature=1.0, max_tokens=5, seed=9))])[0]:
+    for c in completions_of(engine.sample([SampleRequest(PROMPTS[0], SamplingParams(
+            n=6, temperature=1.0, max_tokens=5, seed=9))]))[0]:
         assert len(c.token_ids) <= 5
         assert c.finish_reason in ("length", "eos")
         assert (len(c.token_ids) == 5) == (c.finish_reason == "length")
@@ -138,27 +154,27 @@ def check_stop_strings(make: EngineFactory) -> None:
     engine = make()
     checked = 0
     for prompt in PROMPTS:
-        full = engine.sample([SampleRequest(prompt, greedy(24, ignore_eos=True))])[0][0]
+        full = completions_of(engine.sample([SampleRequest(prompt, greedy(24, ignore_eos=True))]))[0][0]
         if len(full.text) < 6:
             continue
         stop = full.text[len(full.text) // 2: len(full.text) // 2 + 2]
         cut = full.text.find(stop)
         never = "\x00never\x00"
-        got = engine.sample([SampleRequest(prompt, greedy(24, ignore_eos=True,
-                                                          stop=(never, stop)))])[0][0]
+        got = completions_of(engine.sample([SampleRequest(prompt, greedy(24, ignore_eos=True,
+                                                          stop=(never, stop)))]))[0][0]
         assert got.finish_reason == "stop", (stop, got)
         assert got.text == full.text[:cut], (stop, got.text, full.text)
         assert got.token_ids == full.token_ids[:len(got.token_ids)]
         assert len(got.logprobs) == len(got.token_ids)
         # The earliest of several stop strings wins.
         early = full.text[1:3]
-        both = engine.sample([SampleRequest(prompt, greedy(24, ignore_eos=True,
-                                                           stop=(stop, early)))])[0][0]
+        both = completions_of(engine.sample([SampleRequest(prompt, greedy(24, ignore_eos=True,
+                                                           stop=(stop, early)))]))[0][0]
         assert both.text == full.text[:min(cut, full.text.find(early))]
         checked += 1
     assert checked, "no prompt produced enough text to test stop strings"
-    nothing = engine.sample([SampleRequest(PROMPTS[0], greedy(5, ignore_eos=True,
-                                                              stop=("\x00never\x00",)))])[0][0]
+    nothing = completions_of(engine.sample([SampleRequest(PROMPTS[0], greedy(5, ignore_eos=True,
+                                                              stop=("\x00never\x00",)))]))[0][0]
     assert nothing.finish_reason == "length"
 
 
@@ -167,21 +183,21 @@ def check_logprobs_match_scores(make: EngineFactory) -> None:
     engine = make()
     checked = 0
     for prompt in PROMPTS:
-        out = engine.sample([SampleRequest(prompt, SamplingParams(n=4, temperature=1.0,
+        out = completions_of(engine.sample([SampleRequest(prompt, SamplingParams(n=4, temperature=1.0,
                                                                   max_tokens=6, seed=21)),
-                             SampleRequest(prompt, greedy(6))])
+                             SampleRequest(prompt, greedy(6))]))
         for c in out[0] + out[1]:
             assert len(c.logprobs) == len(c.token_ids)
             assert all(lp <= 1e-6 and math.isfinite(lp) for lp in c.logprobs)
             if not _round_trips(engine, prompt, c):
                 continue  # another tokenization of the same text scores differently
-            [score] = engine.score_continuations([ContinuationRequest(prompt, c.text)])
+            [score] = totals_of(engine.score_continuations([ContinuationRequest(prompt, c.text)]))
             assert abs(score - sum(c.logprobs)) < LOGPROB_TOL * max(1, len(c.logprobs)), \
                 (c, score)
             checked += 1
     assert checked >= 4, f"only {checked} completions re-tokenized to their own tokens"
     # Greedy logprobs come from the raw distribution, not a one-hot.
-    g = engine.sample([SampleRequest(PROMPTS[0], greedy(4))])[0][0]
+    g = completions_of(engine.sample([SampleRequest(PROMPTS[0], greedy(4))]))[0][0]
     assert any(lp < -1e-4 for lp in g.logprobs)
 
 
@@ -191,11 +207,11 @@ def check_score_next_matches_continuations(make: EngineFactory) -> None:
     checked = 0
     for prompt in PROMPTS:
         choices = ("Yes", "No", " Yes", "5")
-        [scores] = engine.score_next([NextTokenRequest(prompt, choices)])
+        [scores] = logprobs_of(engine.score_next([NextTokenRequest(prompt, choices)]))
         assert len(scores) == len(choices)
         assert all(s <= 1e-6 for s in scores)
         base = engine.tokenize(prompt)
-        conts = engine.score_continuations([ContinuationRequest(prompt, c) for c in choices])
+        conts = totals_of(engine.score_continuations([ContinuationRequest(prompt, c) for c in choices]))
         for choice, s, cont in zip(choices, scores, conts):
             if len(engine.tokenize(prompt.continued(choice))) != len(base) + 1:
                 continue
@@ -204,11 +220,11 @@ def check_score_next_matches_continuations(make: EngineFactory) -> None:
     assert checked >= 4
     # Batched scoring equals one request at a time.
     reqs = [NextTokenRequest(p, ("Yes", "No")) for p in PROMPTS]
-    batched = engine.score_next(reqs)
+    batched = logprobs_of(engine.score_next(reqs))
     for req, row in zip(reqs, batched):
-        single = engine.score_next([req])[0]
+        single = logprobs_of(engine.score_next([req]))[0]
         assert all(abs(a - b) < LOGPROB_TOL for a, b in zip(row, single))
-    assert engine.score_continuations([ContinuationRequest(PROMPTS[0], "")]) == [0.0]
+    assert totals_of(engine.score_continuations([ContinuationRequest(PROMPTS[0], "")])) == [0.0]
 
 
 def check_extend_continues(make: EngineFactory) -> None:
@@ -216,42 +232,47 @@ def check_extend_continues(make: EngineFactory) -> None:
     engine = make()
     checked = 0
     for prompt in PROMPTS:
-        full = engine.sample([SampleRequest(prompt, greedy(12, ignore_eos=True))])[0][0]
+        full = completions_of(engine.sample([SampleRequest(prompt, greedy(12, ignore_eos=True))]))[0][0]
         for k in (3, 5, 7):
-            head = engine.sample([SampleRequest(prompt, greedy(k, ignore_eos=True))])[0][0]
+            head = completions_of(engine.sample([SampleRequest(prompt, greedy(k, ignore_eos=True))]))[0][0]
             assert head.token_ids == full.token_ids[:k]
             if not _round_trips(engine, prompt, head):
                 continue
-            [[tail]] = engine.extend([(prompt, head.text)], greedy(12 - k, ignore_eos=True))
+            [[tail]] = completions_of(engine.extend([(prompt, head.text)], greedy(12 - k, ignore_eos=True)))
             assert tail.token_ids == full.token_ids[k:], (k, head, tail, full)
             assert head.text + tail.text == full.text
             checked += 1
     assert checked >= 2, "too few cut points re-tokenized to their own tokens"
     params = SamplingParams(n=2, temperature=1.0, max_tokens=4, seed=8)
-    ext = engine.extend([(PROMPTS[0], "First"), (PROMPTS[2], " jumps")], params)
-    direct = engine.sample([SampleRequest(PROMPTS[0].continued("First"), params),
-                            SampleRequest(PROMPTS[2].continued(" jumps"), params)])
+    ext = completions_of(engine.extend([(PROMPTS[0], "First"), (PROMPTS[2], " jumps")], params))
+    direct = completions_of(engine.sample([SampleRequest(PROMPTS[0].continued("First"), params),
+                            SampleRequest(PROMPTS[2].continued(" jumps"), params)]))
     assert [_texts(cs) for cs in ext] == [_texts(cs) for cs in direct]
 
 
 def check_usage_adds_up(make: EngineFactory) -> None:
-    """Calls, prompt tokens and generated tokens account for what was asked."""
+    """Each request's own usage accounts for what it asked: calls, prompt tokens
+    and generated tokens."""
     engine = make()
-    start = engine.usage
     requests = [SampleRequest(p, SamplingParams(n=n, temperature=1.0, max_tokens=5, seed=n))
                 for p, n in zip(PROMPTS, (1, 2, 3, 4))]
-    out = engine.sample(requests)
-    used = engine.usage - start
+    outputs = engine.sample(requests)
+    out = completions_of(outputs)
+    for request, output in zip(requests, outputs):
+        u = output.usage
+        assert u.calls == 1
+        assert u.generated_tokens == sum(len(c.token_ids) for c in output.completions)
+        assert u.prompt_tokens == request.params.n * len(engine.tokenize(request.prompt))
+        assert u.prompt_tokens_computed + u.prompt_tokens_reused == u.prompt_tokens
+    used = total_usage(outputs)
     assert used.calls == len(requests)
     assert used.generated_tokens == sum(len(c.token_ids) for cs in out for c in cs)
     assert used.prompt_tokens == sum(r.params.n * len(engine.tokenize(r.prompt))
                                      for r in requests)
     assert used.prompt_tokens_computed + used.prompt_tokens_reused == used.prompt_tokens
-    before = engine.usage
-    engine.score_next([NextTokenRequest(PROMPTS[0], ("Yes", "No"))])
-    engine.score_continuations([ContinuationRequest(PROMPTS[1], "Yes"),
-                                ContinuationRequest(PROMPTS[2], " jumps")])
-    scored = engine.usage - before
+    scored = (total_usage(engine.score_next([NextTokenRequest(PROMPTS[0], ("Yes", "No"))]))
+              + total_usage(engine.score_continuations([ContinuationRequest(PROMPTS[1], "Yes"),
+                                                        ContinuationRequest(PROMPTS[2], " jumps")])))
     assert scored.calls == 3 and scored.generated_tokens == 0
     assert scored.prompt_tokens > 0
     assert scored.prompt_tokens_computed + scored.prompt_tokens_reused == scored.prompt_tokens
@@ -308,7 +329,7 @@ def reference_greedy(loaded: LoadedModel, prompt_ids: list[int], max_tokens: int
 def check_greedy_is_argmax(make: EngineFactory, loaded: LoadedModel) -> None:
     """Batched greedy decoding equals argmax decoding one sequence at a time."""
     engine = make()
-    out = engine.sample([SampleRequest(p, greedy(10)) for p in PROMPTS])
+    out = completions_of(engine.sample([SampleRequest(p, greedy(10)) for p in PROMPTS]))
     for prompt, [c] in zip(PROMPTS, out):
         expected = reference_greedy(loaded, engine.tokenize(prompt), 10, loaded.eos_token_ids)
         assert c.token_ids == expected, (prompt, c.token_ids, expected)
@@ -318,7 +339,7 @@ def check_greedy_matches_generate(make: EngineFactory, loaded: LoadedModel,
                                   max_tokens: int = 16) -> None:
     """Greedy decoding equals transformers `generate(do_sample=False)` token for token."""
     engine = make()
-    out = engine.sample([SampleRequest(p, greedy(max_tokens)) for p in PROMPTS])
+    out = completions_of(engine.sample([SampleRequest(p, greedy(max_tokens)) for p in PROMPTS]))
     eos = loaded.eos_token_ids
     for prompt, [c] in zip(PROMPTS, out):
         ids = torch.tensor([engine.tokenize(prompt)], device=loaded.device)
@@ -343,9 +364,9 @@ def check_sampling_distribution(make: EngineFactory, loaded: LoadedModel) -> Non
         logits = loaded.model(ids).logits[0, -1].float().cpu()
     n = 1500
     for temperature, top_k, top_p in ((1.0, 0, 1.0), (0.7, 3, 1.0), (1.0, 0, 0.6)):
-        [samples] = engine.sample([SampleRequest(prompt, SamplingParams(
+        [samples] = completions_of(engine.sample([SampleRequest(prompt, SamplingParams(
             n=n, temperature=temperature, top_k=top_k, top_p=top_p, max_tokens=1, seed=1000,
-            ignore_eos=True))])
+            ignore_eos=True))]))
         probs = torch.softmax(logits / temperature, dim=-1)
         for s in samples[:20]:  # logprobs are after temperature, before any cut
             assert abs(s.logprobs[0] - math.log(float(probs[s.token_ids[0]]))) < LOGPROB_TOL
@@ -380,9 +401,9 @@ def eos_biased_model(seed: int = 1) -> LoadedModel:
 def check_eos(make: EngineFactory, loaded: LoadedModel) -> None:
     """EOS ends a completion (finish "eos", EOS not returned) unless ignore_eos."""
     engine = make()
-    out = engine.sample([SampleRequest(PROMPTS[0], greedy(8)),
+    out = completions_of(engine.sample([SampleRequest(PROMPTS[0], greedy(8)),
                          SampleRequest(PROMPTS[2], greedy(8, ignore_eos=True)),
-                         SampleRequest(PROMPTS[1], SamplingParams(n=3, max_tokens=8, seed=2))])
+                         SampleRequest(PROMPTS[1], SamplingParams(n=3, max_tokens=8, seed=2))]))
     stopped = out[0][0]
     assert stopped.finish_reason == "eos" and stopped.token_ids == [] and stopped.text == ""
     forced = out[1][0]

@@ -9,10 +9,12 @@ to P(Yes).
 from __future__ import annotations
 
 import math
+import threading
 from typing import Sequence
 
-from ttsc.runtime.engines.base import (Completion, ContinuationRequest, Engine, NextTokenRequest,
-                                       Prompt, SampleRequest, Usage)
+from ttsc.runtime.engines.base import (Completion, ContinuationOutput, ContinuationRequest, Engine,
+                                       NextTokenRequest, Prompt, SampleOutput, SampleRequest,
+                                       ScoreOutput, Usage)
 
 
 def _text(prompt: Prompt) -> str:
@@ -28,8 +30,9 @@ class ScriptedEngine(Engine):
         self.answers = answers or {}
         self.yes = yes or {}
         self.finish = finish
-        self._usage = Usage()
         self.batches: list[int] = []  # size of every sample() call
+        self.requests: list[SampleRequest] = []  # every sample request, in arrival order
+        self._lock = threading.Lock()
 
     def _pick(self, text: str, i: int) -> str:
         for key, outs in self.answers.items():
@@ -37,8 +40,10 @@ class ScriptedEngine(Engine):
                 return outs[i % len(outs)]
         return "no idea"
 
-    def sample(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
-        self.batches.append(len(requests))
+    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleOutput]:
+        with self._lock:
+            self.batches.append(len(requests))
+            self.requests.extend(requests)
         out = []
         for r in requests:
             text = _text(r.prompt)
@@ -46,29 +51,23 @@ class ScriptedEngine(Engine):
             for i in range(r.params.n):
                 t = self._pick(text, i + (r.params.seed or 0) % 3)
                 comps.append(Completion(t, [1] * len(t.split()), [-0.1] * len(t.split()), self.finish))
-                self._usage.generated_tokens += len(t.split())
-            self._usage.calls += 1
-            self._usage.prompt_tokens += len(text.split())
-            self._usage.prompt_tokens_computed += len(text.split())
-            out.append(comps)
+            prompt = len(text.split())
+            out.append(SampleOutput(comps, Usage(
+                calls=1, prompt_tokens=prompt, prompt_tokens_computed=prompt,
+                generated_tokens=sum(len(c.token_ids) for c in comps))))
         return out
 
-    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[list[float]]:
+    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[ScoreOutput]:
         out = []
         for r in requests:
             text = _text(r.prompt)
             p = next((v for k, v in self.yes.items() if k in text), 0.5)
-            out.append([math.log(p), math.log(1 - p)])
-            self._usage.calls += 1
-            self._usage.prompt_tokens += len(text.split())
+            out.append(ScoreOutput([math.log(p), math.log(1 - p)],
+                                   Usage(calls=1, prompt_tokens=len(text.split()))))
         return out
 
-    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
-        return [-float(len(r.continuation)) for r in requests]
+    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[ContinuationOutput]:
+        return [ContinuationOutput(-float(len(r.continuation)), Usage(calls=1)) for r in requests]
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         return list(range(len(_text(prompt).split())))
-
-    @property
-    def usage(self) -> Usage:
-        return Usage(*self._usage.as_tuple())

@@ -14,7 +14,7 @@ from ttsc.compiler.passes.allocate import _Builder
 from ttsc.compiler.passes.inline import inline
 from ttsc.compiler.pipeline import compile_source, program_for
 from ttsc.compiler.utility import prior_model
-from ttsc.dsl.errors import TTSError
+from ttsc.common.errors import TTSError
 from ttsc.dsl.parser import parse
 
 

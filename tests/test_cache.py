@@ -7,8 +7,9 @@ from typing import Sequence
 import pytest
 
 from ttsc.runtime.cache import CachedEngine, CallCache, call_key
-from ttsc.runtime.engines.base import (Completion, ContinuationRequest, Engine, NextTokenRequest,
-                                       Prompt, SampleRequest, SamplingParams, Usage)
+from ttsc.runtime.engines.base import (Completion, ContinuationOutput, ContinuationRequest, Engine,
+                                       NextTokenRequest, Prompt, SampleOutput, SampleRequest,
+                                       SamplingParams, ScoreOutput, Usage, total_usage)
 
 
 class SeededEngine(Engine):
@@ -22,7 +23,6 @@ class SeededEngine(Engine):
     def __init__(self):
         self.batches: list[list] = []
         self.extend_batches: list[list] = []
-        self._usage = Usage()
 
     def _draw(self, prompt: Prompt, seed: int | None) -> Completion:
         state = repr((prompt, seed)).encode() if seed is not None else None
@@ -30,34 +30,42 @@ class SeededEngine(Engine):
         ids = [rng.randrange(100) for _ in range(3)]
         return Completion(" ".join(map(str, ids)), ids, [-rng.random() for _ in ids], "length")
 
-    def sample(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
+    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleOutput]:
         self.batches.append(list(requests))
         out = []
         for r in requests:
             seeds = [None if r.params.seed is None else r.params.seed + i for i in range(r.params.n)]
-            out.append([self._draw(r.prompt, s) for s in seeds])
-            self._usage.calls += 1
-            self._usage.generated_tokens += 3 * r.params.n
+            out.append(SampleOutput([self._draw(r.prompt, s) for s in seeds],
+                                    Usage(calls=1, prompt_tokens=2 * r.params.n,
+                                          prompt_tokens_computed=2,
+                                          prompt_tokens_reused=2 * r.params.n - 2,
+                                          generated_tokens=3 * r.params.n)))
         return out
 
     def extend(self, candidates, params):
         self.extend_batches.append(list(candidates))
         return super().extend(candidates, params)
 
-    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[list[float]]:
+    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[ScoreOutput]:
         self.batches.append(list(requests))
-        return [[-float(len(c)) for c in r.choices[:-1]] + [-math.inf] for r in requests]
+        return [ScoreOutput([-float(len(c)) for c in r.choices[:-1]] + [-math.inf], Usage(calls=1))
+                for r in requests]
 
-    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
+    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[ContinuationOutput]:
         self.batches.append(list(requests))
-        return [-0.5 * len(r.continuation) for r in requests]
+        return [ContinuationOutput(-0.5 * len(r.continuation), Usage(calls=1)) for r in requests]
 
     def tokenize(self, prompt: Prompt) -> list[int]:
         return [ord(c) for c in prompt.messages[-1][1]]
 
-    @property
-    def usage(self) -> Usage:
-        return self._usage
+
+def completions(outputs: list[SampleOutput]) -> list[list[Completion]]:
+    return [o.completions for o in outputs]
+
+
+def work(usage: Usage) -> Usage:
+    """A usage without its cache counts: what computing the calls cost."""
+    return Usage(**{**usage.as_dict(), "cache_hits": 0, "cache_misses": 0})
 
 
 def request(text: str, n: int = 2, seed: int | None = 7, **kw) -> SampleRequest:
@@ -104,10 +112,14 @@ def test_second_run_is_served_from_cache(cache):
     batch = [request("a"), request("b", n=3)]
     first = engine.sample(batch)
     assert len(inner.batches) == 1 and engine.hits == 0 and engine.misses == 5
+    assert total_usage(first).cache_misses == 5
     second = engine.sample(batch)
-    assert second == first
+    assert completions(second) == completions(first)
     assert len(inner.batches) == 1 and engine.hits == 5
-    assert engine.usage == inner.usage and engine.usage.calls == 2
+    # A replayed call reports what computing it cost, and that it was a hit.
+    assert work(total_usage(second)) == work(total_usage(first))
+    assert total_usage(second).calls == 2 and total_usage(second).cache_hits == 5
+    assert [work(o.usage) for o in second] == [o.usage for o in inner.sample(batch)]
 
 
 def test_cache_persists_across_engines(tmp_path):
@@ -117,7 +129,7 @@ def test_cache_persists_across_engines(tmp_path):
     first_cache.close()
     inner = SeededEngine()
     again = CachedEngine(inner, CallCache(path), model="toy").sample([request("a")])
-    assert again == first and inner.batches == []
+    assert completions(again) == completions(first) and inner.batches == []
 
 
 def test_misses_go_to_the_inner_engine_in_one_batch(cache):
@@ -127,19 +139,19 @@ def test_misses_go_to_the_inner_engine_in_one_batch(cache):
     out = engine.sample([request("a"), request("b"), request("c")])
     assert len(inner.batches) == 2
     assert [r.prompt.messages[-1][1] for r in inner.batches[1]] == ["b", "c"]
-    assert out == inner.sample([request("a"), request("b"), request("c")])
+    assert completions(out) == completions(inner.sample([request("a"), request("b"), request("c")]))
 
 
 def test_more_samples_reuse_the_ones_already_drawn(cache):
     inner = SeededEngine()
     engine = CachedEngine(inner, cache, model="toy")
-    few = engine.sample([request("a", n=2)])[0]
-    many = engine.sample([request("a", n=5)])[0]
+    few = engine.sample([request("a", n=2)])[0].completions
+    many = engine.sample([request("a", n=5)])[0].completions
     assert many[:2] == few
     # Only the new tail was asked for, with the seeds it would have had.
     tail = inner.batches[1][0].params
     assert (tail.n, tail.seed) == (3, 9)
-    assert many == inner.sample([request("a", n=5)])[0]
+    assert many == inner.sample([request("a", n=5)])[0].completions
     assert engine.hits == 2
 
 
@@ -164,11 +176,17 @@ def test_scores_are_cached(cache):
     next_requests = [NextTokenRequest(Prompt.user("Is it right?"), ("Yes", "No"))]
     cont_requests = [ContinuationRequest(Prompt.user("q"), "abc"),
                      ContinuationRequest(Prompt.user("q"), "abcd")]
-    assert engine.score_next(next_requests) == [[-3.0, -math.inf]]
-    assert engine.score_continuations(cont_requests) == [-1.5, -2.0]
+    def logprobs(outputs):
+        return [o.logprobs for o in outputs]
+
+    def totals(outputs):
+        return [o.logprob for o in outputs]
+
+    assert logprobs(engine.score_next(next_requests)) == [[-3.0, -math.inf]]
+    assert totals(engine.score_continuations(cont_requests)) == [-1.5, -2.0]
     calls = len(inner.batches)
-    assert engine.score_next(next_requests) == [[-3.0, -math.inf]]
-    assert engine.score_continuations(cont_requests[::-1]) == [-2.0, -1.5]
+    assert logprobs(engine.score_next(next_requests)) == [[-3.0, -math.inf]]
+    assert totals(engine.score_continuations(cont_requests[::-1])) == [-2.0, -1.5]
     assert len(inner.batches) == calls and engine.hits == 3
 
 
@@ -181,8 +199,9 @@ def test_extend_uses_the_inner_extend_and_the_sample_cache(cache):
     assert len(inner.extend_batches) == 1
     # An extension is the sample of the continued prompt: the same cache entries.
     again = engine.sample([SampleRequest(Prompt.user("q").continued("step 1."), params)])
-    assert again == out[:1] and engine.hits == 2
-    assert engine.extend(candidates, params) == out and len(inner.extend_batches) == 1
+    assert completions(again) == completions(out[:1]) and engine.hits == 2
+    assert completions(engine.extend(candidates, params)) == completions(out)
+    assert len(inner.extend_batches) == 1
 
 
 def test_tokenize_passes_through(cache):
@@ -194,5 +213,5 @@ def test_repeated_score_requests_are_computed_once(cache):
     inner = SeededEngine()
     engine = CachedEngine(inner, cache, model="toy")
     a, b = ContinuationRequest(Prompt.user("q"), "ab"), ContinuationRequest(Prompt.user("q"), "abc")
-    assert engine.score_continuations([a, b, a]) == [-1.0, -1.5, -1.0]
+    assert [o.logprob for o in engine.score_continuations([a, b, a])] == [-1.0, -1.5, -1.0]
     assert inner.batches == [[a, b]]

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from ttsc.compiler.pipeline import check_source, compile_source
-from ttsc.dsl.errors import TTSError
+from ttsc.common.errors import TTSError
 
 HEAD = '''model policy = "smollm2-135m"
 prompt solve = """{question}"""

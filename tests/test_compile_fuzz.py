@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ttsc.compiler.pipeline import check_source, compile_source
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 
 EXAMPLES = [p.read_text() for p in sorted(Path(__file__).resolve().parent.parent
                                           .joinpath("examples").glob("*.tts"))]

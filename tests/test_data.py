@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.data import (ResultsWriter, check_fields, check_unique_ids, load_done,
                                load_jsonl, row_id)
 

@@ -2,8 +2,9 @@ import dataclasses
 
 import pytest
 
-from ttsc.runtime.default_prompts import (DEFAULT_PROMPTS, DefaultPrompt, format_candidates,
-                                          parse_ranking, parse_unit_tests)
+from ttsc.common.prompts import DEFAULT_PROMPTS, format_candidates
+from ttsc.common.prompts import PromptDef as DefaultPrompt
+from ttsc.runtime.replies import parse_ranking, parse_unit_tests
 from ttsc.runtime.sandbox import run_python_tests
 
 EXPECTED_HOLES = {

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import engine_contract as contract
-from ttsc.dsl.errors import UserError
+from engine_contract import completions_of, logprobs_of, totals_of
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines.base import (
     ContinuationRequest,
     NextTokenRequest,
@@ -74,12 +75,12 @@ def test_stop_string_inside_a_token(tiny_model: LoadedModel) -> None:
     """A stop string ending mid-token cuts the text there; the token is kept."""
     engine = HFEngine(tiny_model)
     prompt = Prompt.user("The quick brown fox")
-    full = engine.sample([SampleRequest(prompt, contract.greedy(32, ignore_eos=True))])[0][0]
+    full = completions_of(engine.sample([SampleRequest(prompt, contract.greedy(32, ignore_eos=True))]))[0][0]
     pieces = [tiny_model.tokenizer.decode([t]) for t in full.token_ids]
     index = next(i for i, piece in enumerate(pieces) if len(piece) >= 2)
     stop = "".join(pieces[:index]) + pieces[index][0]
-    got = engine.sample([SampleRequest(prompt, contract.greedy(
-        32, ignore_eos=True, stop=(stop,)))])[0][0]
+    got = completions_of(engine.sample([SampleRequest(prompt, contract.greedy(
+        32, ignore_eos=True, stop=(stop,)))]))[0][0]
     assert got.finish_reason == "stop" and got.text == ""
     assert got.token_ids == full.token_ids[:index + 1]
 
@@ -87,8 +88,8 @@ def test_stop_string_inside_a_token(tiny_model: LoadedModel) -> None:
 def test_unseeded_requests_follow_the_engine_seed(tiny_model: LoadedModel) -> None:
     request = SampleRequest(Prompt.user("hi"), SamplingParams(n=2, max_tokens=8))
     first = HFEngine(tiny_model, seed=5)
-    a1, a2 = first.sample([request])[0], first.sample([request])[0]
-    b1 = HFEngine(tiny_model, seed=5).sample([request])[0]
+    a1, a2 = completions_of(first.sample([request]))[0], completions_of(first.sample([request]))[0]
+    b1 = completions_of(HFEngine(tiny_model, seed=5).sample([request]))[0]
     assert [c.token_ids for c in a1] == [c.token_ids for c in b1]
     assert [c.token_ids for c in a1] != [c.token_ids for c in a2]
 
@@ -98,22 +99,22 @@ def test_unseeded_requests_follow_the_engine_seed(tiny_model: LoadedModel) -> No
     SamplingParams(top_k=-2), SamplingParams(max_tokens=-1), SamplingParams(n=-1)])
 def test_invalid_sampling_settings(params: SamplingParams, tiny_model: LoadedModel) -> None:
     with pytest.raises(UserError, match="invalid sampling settings"):
-        HFEngine(tiny_model).sample([SampleRequest(Prompt.user("hi"), params)])
+        completions_of(HFEngine(tiny_model).sample([SampleRequest(Prompt.user("hi"), params)]))
 
 
 def test_prompt_errors(tiny_model: LoadedModel) -> None:
     engine = HFEngine(tiny_model)
     too_long = Prompt(raw="a" * (tiny_model.max_length + 5))
     with pytest.raises(UserError, match="accepts at most"):
-        engine.sample([SampleRequest(too_long)])
+        completions_of(engine.sample([SampleRequest(too_long)]))
     with pytest.raises(UserError, match="accepts at most"):
-        engine.score_next([NextTokenRequest(too_long, ("Yes",))])
+        logprobs_of(engine.score_next([NextTokenRequest(too_long, ("Yes",))]))
     with pytest.raises(UserError, match="prompt \\+ continuation is"):
-        engine.score_continuations([ContinuationRequest(Prompt.user("hi"), too_long.raw)])
+        totals_of(engine.score_continuations([ContinuationRequest(Prompt.user("hi"), too_long.raw)]))
     with pytest.raises(UserError, match="both raw text and chat messages"):
         engine.tokenize(Prompt(messages=(("user", "hi"),), raw="hi"))
     with pytest.raises(UserError, match="non-empty choice"):
-        engine.score_next([NextTokenRequest(Prompt.user("hi"), ("Yes", ""))])
+        logprobs_of(engine.score_next([NextTokenRequest(Prompt.user("hi"), ("Yes", ""))]))
 
 
 def test_generation_stops_at_the_context_limit() -> None:
@@ -121,7 +122,7 @@ def test_generation_stops_at_the_context_limit() -> None:
     engine = HFEngine(small)
     prompt = Prompt(raw="The quick brown fox jumps")
     room = 24 - len(engine.tokenize(prompt))
-    [[c]] = engine.sample([SampleRequest(prompt, contract.greedy(100, ignore_eos=True))])
+    [[c]] = completions_of(engine.sample([SampleRequest(prompt, contract.greedy(100, ignore_eos=True))]))
     assert len(c.token_ids) == room and c.finish_reason == "length"
 
 

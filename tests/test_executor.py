@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from ttsc.compiler.pipeline import compile_source
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines.hf import HFEngine
 from ttsc.runtime.executor import Executor
 from ttsc.runtime.ops import agreement, best, top, vote
-from ttsc.runtime.values import Candidate, fill
+from ttsc.common.prompts import fill
+from ttsc.runtime.values import Candidate
 
 from scripted_engine import ScriptedEngine
 

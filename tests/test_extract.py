@@ -1,6 +1,6 @@
 import pytest
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.extract import EXTRACTORS, check_regex, extract, normalize_number
 
 

@@ -26,7 +26,7 @@ if _SETS_INTERPRET:
 
 import pytest  # noqa: E402
 
-from ttsc.dsl.errors import UserError  # noqa: E402
+from ttsc.common.errors import UserError  # noqa: E402
 from ttsc.kernels.aggregate import compile_aggregate, vote_reference  # noqa: E402
 from ttsc.kernels.aggregate_codegen import AggregateSpec, render_source  # noqa: E402
 from ttsc.kernels.cascade_attention import (attention_reference_per_sequence,  # noqa: E402

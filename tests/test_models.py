@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
+from engine_contract import completions_of, totals_of
 from ttsc.runtime import models
 from ttsc.runtime.engines.base import ContinuationRequest, Prompt, SampleRequest, SamplingParams
 from ttsc.runtime.engines.hf import HFEngine
-from ttsc.runtime.models import LoadedModel, load_model, resolve_spec, tiny_random_model
+from ttsc.common.specs import resolve_spec
+from ttsc.runtime.models import LoadedModel, load_model, tiny_random_model
 
 
 @pytest.mark.parametrize("spec, canonical", [
@@ -122,8 +124,8 @@ def test_local_directory_round_trip(tmp_path: Path, tiny_model: LoadedModel) -> 
     assert loaded.spec == str(tmp_path)
     prompt = Prompt.user("What is 2+3?")
     greedy = SamplingParams(temperature=0.0, max_tokens=12)
-    expected = HFEngine(tiny_model).sample([SampleRequest(prompt, greedy)])
-    assert HFEngine(loaded).sample([SampleRequest(prompt, greedy)]) == expected
+    expected = completions_of(HFEngine(tiny_model).sample([SampleRequest(prompt, greedy)]))
+    assert completions_of(HFEngine(loaded).sample([SampleRequest(prompt, greedy)])) == expected
 
 
 def test_tiny_model_is_seeded_and_leaves_global_rng_alone() -> None:
@@ -160,13 +162,13 @@ def test_smollm2_answers_two_plus_three() -> None:
     assert "<|im_start|>assistant" in loaded.tokenizer.chat_template
     assert loaded.eos_token_ids == frozenset({loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")})
     engine = HFEngine(loaded)
-    [[answer]] = engine.sample([SampleRequest(Prompt.user("What is 2+3?"),
-                                              SamplingParams(temperature=0.0, max_tokens=24))])
+    [[answer]] = completions_of(engine.sample([SampleRequest(Prompt.user("What is 2+3?"),
+                                              SamplingParams(temperature=0.0, max_tokens=24))]))
     assert "5" in answer.text and answer.finish_reason == "eos", answer
     # Scoring agrees with what the model knows.
     asked = Prompt.user("What is the capital of France?").continued("The capital of France is")
-    paris, london = engine.score_continuations([ContinuationRequest(asked, " Paris"),
-                                                ContinuationRequest(asked, " London")])
+    paris, london = totals_of(engine.score_continuations([ContinuationRequest(asked, " Paris"),
+                                                ContinuationRequest(asked, " London")]))
     assert paris > london + 2.0, (paris, london)
 
 

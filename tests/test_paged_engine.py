@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import engine_contract as contract
-from ttsc.dsl.errors import UserError
+from engine_contract import completions_of, logprobs_of, totals_of
+from ttsc.common.errors import UserError
 from ttsc.kernels import cpu_ops
 from ttsc.runtime.engines.base import (
     ContinuationRequest,
@@ -16,6 +17,7 @@ from ttsc.runtime.engines.base import (
     Prompt,
     SampleRequest,
     SamplingParams,
+    Usage,
 )
 from ttsc.runtime.engines.paged.block_manager import BlockManager
 from ttsc.runtime.engines.paged.engine import PagedEngine
@@ -100,8 +102,8 @@ def test_cascade_kernel_path_agrees(tiny_model: LoadedModel) -> None:
     """The kernels package's cascade dispatcher (torch reference here) gives the same tokens."""
     reqs = [SampleRequest(p, SamplingParams(n=4, temperature=0.8, max_tokens=10, seed=5))
             for p in contract.PROMPTS]
-    ours = fp32(tiny_model).sample(reqs)
-    kernel = fp32(tiny_model, use_kernels=True).sample(reqs)
+    ours = completions_of(fp32(tiny_model).sample(reqs))
+    kernel = completions_of(fp32(tiny_model, use_kernels=True).sample(reqs))
     assert [[c.token_ids for c in cs] for cs in ours] == [[c.token_ids for c in cs] for cs in kernel]
 
 
@@ -110,14 +112,14 @@ def test_kernel_scoring_and_sampling_paths_agree(tiny_model: LoadedModel) -> Non
     dispatcher and sampling through the fused sampler (torch references here)."""
     plain, kernel = fp32(tiny_model), fp32(tiny_model, use_kernels=True)
     score = [NextTokenRequest(p, ("Yes", "No")) for p in contract.PROMPTS]
-    for a, b in zip(plain.score_next(score), kernel.score_next(score)):
+    for a, b in zip(logprobs_of(plain.score_next(score)), logprobs_of(kernel.score_next(score))):
         assert a == pytest.approx(b, abs=1e-5)
     greedy = [SampleRequest(p, SamplingParams(n=2, temperature=0, max_tokens=8)) for p in contract.PROMPTS]
-    assert ([[c.token_ids for c in cs] for cs in plain.sample(greedy)]
-            == [[c.token_ids for c in cs] for cs in kernel.sample(greedy)])
+    assert ([[c.token_ids for c in cs] for cs in completions_of(plain.sample(greedy))]
+            == [[c.token_ids for c in cs] for cs in completions_of(kernel.sample(greedy))])
     cut = [SampleRequest(p, SamplingParams(n=3, temperature=0.9, top_k=5, top_p=0.9, max_tokens=8, seed=1))
            for p in contract.PROMPTS]
-    for cs in kernel.sample(cut):
+    for cs in completions_of(kernel.sample(cut)):
         for c in cs:
             assert len(c.token_ids) == len(c.logprobs) and all(lp <= 0 for lp in c.logprobs)
 
@@ -175,8 +177,8 @@ def test_greedy_and_logprobs_match_transformers(kind) -> None:
     loaded = _arch_model(kind)
     engine = fp32(loaded)
     prompts = [Prompt.user("What is 2+3?"), Prompt(raw="The quick brown fox jumps over the lazy dog.")]
-    out = engine.sample([SampleRequest(p, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
-                         for p in prompts])
+    out = completions_of(engine.sample([SampleRequest(p, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
+                         for p in prompts]))
     for prompt, [c] in zip(prompts, out):
         tokens, logprobs = _greedy_reference(loaded, engine.tokenize(prompt), 12)
         assert c.token_ids == tokens
@@ -192,8 +194,8 @@ def test_cpu_kernels_match_transformers(kind) -> None:
     engine = fp32(loaded, cpu_kernels=True)
     assert engine.cpu_kernels
     prompts = [Prompt.user("What is 2+3?"), Prompt(raw="The quick brown fox jumps over the lazy dog.")]
-    out = engine.sample([SampleRequest(p, SamplingParams(n=3, temperature=0, max_tokens=12, ignore_eos=True))
-                         for p in prompts])
+    out = completions_of(engine.sample([SampleRequest(p, SamplingParams(n=3, temperature=0, max_tokens=12, ignore_eos=True))
+                         for p in prompts]))
     for prompt, samples in zip(prompts, out):
         tokens, logprobs = _greedy_reference(loaded, engine.tokenize(prompt), 12)
         for c in samples:  # forked greedy samples decode as a cascade group
@@ -221,8 +223,8 @@ def test_bf16_engine_tracks_fp32(tiny_model: LoadedModel) -> None:
     """The bf16 path (prepacked oneDNN weights on CPU, bf16 KV) stays close to fp32."""
     prompts = [Prompt.user("What is 2+3?"), Prompt(raw="The quick brown fox jumps")]
     reqs = [SampleRequest(p, contract.greedy(4, ignore_eos=True)) for p in prompts]
-    exact = fp32(tiny_model).sample(reqs)
-    half = PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 * MiB).sample(reqs)
+    exact = completions_of(fp32(tiny_model).sample(reqs))
+    half = completions_of(PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 * MiB).sample(reqs))
     for [a], [b] in zip(exact, half):
         assert a.token_ids[0] == b.token_ids[0]
         assert abs(a.logprobs[0] - b.logprobs[0]) < 0.1
@@ -257,8 +259,8 @@ def test_forked_samples_score_as_transformers_does(tiny_model: LoadedModel) -> N
     engine = fp32(tiny_model, block_size=4)
     prompt = Prompt.user("Is the proposed solution correct? Answer Yes or No.")
     ids = engine.tokenize(prompt)
-    [samples] = engine.sample([SampleRequest(prompt, SamplingParams(
-        n=6, temperature=1.3, max_tokens=14, ignore_eos=True, seed=4))])
+    [samples] = completions_of(engine.sample([SampleRequest(prompt, SamplingParams(
+        n=6, temperature=1.3, max_tokens=14, ignore_eos=True, seed=4))]))
     assert len({tuple(s.token_ids) for s in samples}) == 6
     with torch.inference_mode():
         for s in samples:
@@ -278,9 +280,9 @@ def test_chunked_and_batched_prefill_match_one_shot(tiny_model: LoadedModel) -> 
     reqs = [SampleRequest(p, SamplingParams(n=2, temperature=0.7, max_tokens=8, seed=3, ignore_eos=True))
             for p in prompts]
     whole = fp32(tiny_model)
-    one_shot = whole.sample(reqs)
+    one_shot = completions_of(whole.sample(reqs))
     engine = fp32(tiny_model, block_size=8, max_batch_tokens=40)
-    chunked = engine.sample(reqs)
+    chunked = completions_of(engine.sample(reqs))
     for a, b in zip(one_shot, chunked):
         for x, y in zip(a, b):
             assert x.token_ids == y.token_ids
@@ -301,18 +303,18 @@ def test_radix_hits_and_misses_are_exact(tiny_model: LoadedModel) -> None:
     n_tok = len(ids)
     params = SamplingParams(n=5, temperature=1.0, max_tokens=3, ignore_eos=True, seed=1)
 
-    engine.sample([SampleRequest(prompt, params)])
+    [output] = engine.sample([SampleRequest(prompt, params)])
     s = engine.stats()
     assert (s["radix_hits_tokens"], s["radix_miss_tokens"]) == (0, n_tok)
     assert s["prefill_tokens_computed"] == n_tok  # once, not 5 times
     assert s["prefill_tokens_requested"] == 5 * n_tok
     assert s["fork_shared_tokens"] == 4 * n_tok
-    u = engine.usage
+    u = output.usage
     assert (u.prompt_tokens, u.prompt_tokens_computed, u.prompt_tokens_reused) == (5 * n_tok, n_tok, 4 * n_tok)
 
     # The same prompt again: its full blocks are cached, never the last token (its
     # logits are needed); a cached block used in part is copied, not recomputed.
-    engine.sample([SampleRequest(prompt, params)])
+    completions_of(engine.sample([SampleRequest(prompt, params)]))
     s2 = engine.stats()
     hits = min(n_tok // bs * bs, n_tok - 1)
     assert s2["radix_hits_tokens"] - s["radix_hits_tokens"] == hits
@@ -323,7 +325,7 @@ def test_radix_hits_and_misses_are_exact(tiny_model: LoadedModel) -> None:
     other = Prompt(raw="The quick brown fox jumps over the lazy dog. The end.")
     other_ids = engine.tokenize(other)
     common = next(i for i, (a, b) in enumerate(zip(ids, other_ids)) if a != b)
-    engine.score_next([NextTokenRequest(other, ("Yes", "No"))])
+    logprobs_of(engine.score_next([NextTokenRequest(other, ("Yes", "No"))]))
     s3 = engine.stats()
     assert s3["radix_hits_tokens"] - s2["radix_hits_tokens"] == common // bs * bs
     assert s3["radix_miss_tokens"] - s2["radix_miss_tokens"] == len(other_ids) - common // bs * bs
@@ -335,14 +337,16 @@ def test_prefix_cache_off_computes_every_prompt(tiny_model: LoadedModel) -> None
     prompt = Prompt(raw="The quick brown fox jumps over the lazy dog. " * 2)
     reqs = [SampleRequest(prompt, SamplingParams(n=5, temperature=1.0, max_tokens=4, ignore_eos=True, seed=1))]
     cached, plain = fp32(tiny_model, block_size=4), fp32(tiny_model, block_size=4, prefix_cache=False)
+    cached_usage, plain_usage = Usage(), Usage()
     for _ in range(2):  # the second time the cache holds the whole prompt
         a, b = cached.sample(reqs), plain.sample(reqs)
-        assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
+        assert [c.token_ids for c in a[0].completions] == [c.token_ids for c in b[0].completions]
+        cached_usage, plain_usage = cached_usage + a[0].usage, plain_usage + b[0].usage
     n_tok = len(plain.tokenize(prompt))
-    u = plain.usage
+    u = plain_usage
     assert (u.prompt_tokens, u.prompt_tokens_computed, u.prompt_tokens_reused) == (10 * n_tok, 10 * n_tok, 0)
     assert plain.stats()["radix_hits_tokens"] == 0 and plain.stats()["prefill_tokens_computed"] == 10 * n_tok
-    assert cached.usage.prompt_tokens_computed < 2 * n_tok
+    assert cached_usage.prompt_tokens_computed < 2 * n_tok
     assert_clean(plain)
 
 
@@ -352,13 +356,13 @@ def test_verifier_calls_share_the_question(tiny_model: LoadedModel) -> None:
     question = "Problem: What is 2+3? Think step by step.\nProposed solution: "
     cands = ["5", "6", "The answer is 5.", "First, add the numbers."]
     reqs = [ContinuationRequest(Prompt(raw=question), c) for c in cands]
-    first = engine.score_continuations(reqs[:1])
-    engine.score_continuations(reqs[1:])
+    first = totals_of(engine.score_continuations(reqs[:1]))
+    totals_of(engine.score_continuations(reqs[1:]))
     q_len = len(engine.tokenize(Prompt(raw=question)))
     assert engine.stats()["radix_hits_tokens"] >= 3 * ((q_len - 2) // 4 * 4)
-    fresh = [fp32(tiny_model).score_continuations([r])[0] for r in reqs]
+    fresh = [totals_of(fp32(tiny_model).score_continuations([r]))[0] for r in reqs]
     assert first[0] == pytest.approx(fresh[0], abs=1e-4)
-    again = engine.score_continuations(reqs)
+    again = totals_of(engine.score_continuations(reqs))
     assert again == pytest.approx(fresh, abs=1e-4)
 
 
@@ -366,9 +370,9 @@ def test_extend_reuses_the_candidate_prefix(tiny_model: LoadedModel) -> None:
     engine = fp32(tiny_model, block_size=4)
     prompt = Prompt.user("The quick brown fox")
     p_len = len(engine.tokenize(prompt))
-    [[head]] = engine.sample([SampleRequest(prompt, contract.greedy(16, ignore_eos=True))])
+    [[head]] = completions_of(engine.sample([SampleRequest(prompt, contract.greedy(16, ignore_eos=True))]))
     before = engine.stats()["radix_hits_tokens"]
-    engine.extend([(prompt, head.text)], contract.greedy(4, ignore_eos=True))
+    completions_of(engine.extend([(prompt, head.text)], contract.greedy(4, ignore_eos=True)))
     # Blocks of the prompt and of the generated text were cached while decoding:
     # everything up to where re-tokenizing the text departs from the generated ids.
     new_ids = engine.tokenize(prompt.continued(head.text))
@@ -382,7 +386,7 @@ def test_extend_reuses_the_candidate_prefix(tiny_model: LoadedModel) -> None:
 def test_greedy_forks_deduplicate_blocks(tiny_model: LoadedModel) -> None:
     """Identical greedy samples fill identical blocks; the radix tree keeps one copy."""
     engine = fp32(tiny_model, block_size=4)
-    out = engine.sample([SampleRequest(contract.PROMPTS[0], contract.greedy(16, n=4, ignore_eos=True))])
+    out = completions_of(engine.sample([SampleRequest(contract.PROMPTS[0], contract.greedy(16, n=4, ignore_eos=True))]))
     assert len({tuple(c.token_ids) for c in out[0]}) == 1
     assert engine.stats()["dedup_blocks"] >= 3 * 3
     assert_clean(engine)
@@ -421,9 +425,9 @@ def test_memory_cap_holds_under_a_burst(tiny_model: LoadedModel) -> None:
     reqs = [SampleRequest(p, SamplingParams(n=3, temperature=0.9, max_tokens=20, ignore_eos=True,
                                             seed=i)) for i, p in enumerate(prompts)]
     reqs += [SampleRequest(p, contract.greedy(12)) for p in prompts[:6]]
-    roomy = fp32(tiny_model).sample(reqs)
+    roomy = completions_of(fp32(tiny_model).sample(reqs))
     engine = cramped(tiny_model)
-    tight = engine.sample(reqs)
+    tight = completions_of(engine.sample(reqs))
     assert [[c.token_ids for c in cs] for cs in tight] == [[c.token_ids for c in cs] for cs in roomy]
     s = engine.stats()
     assert s["kv_peak_bytes"] <= s["kv_cap_bytes"] <= s["kv_requested_bytes"]
@@ -435,7 +439,7 @@ def test_memory_cap_holds_under_a_burst(tiny_model: LoadedModel) -> None:
 def test_request_larger_than_the_cap_is_a_user_error(tiny_model: LoadedModel) -> None:
     engine = cramped(tiny_model)
     with pytest.raises(UserError, match="KV cache"):
-        engine.sample([SampleRequest(contract.PROMPTS[0], SamplingParams(max_tokens=500))])
+        completions_of(engine.sample([SampleRequest(contract.PROMPTS[0], SamplingParams(max_tokens=500))]))
     with pytest.raises(UserError, match="fewer than 2 KV blocks"):
         fp32(tiny_model, kv_memory_bytes=100)
 
@@ -446,7 +450,7 @@ def test_kv_bytes_are_exact(tiny_model: LoadedModel) -> None:
     per_block = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * 8 * 16 * 4
     assert engine.blocks.block_bytes == per_block
     assert engine.runner.kv_pool.numel() * 4 == engine.stats()["kv_cap_bytes"] == MiB // per_block * per_block
-    engine.sample([SampleRequest(Prompt(raw="x" * 40), contract.greedy(9, ignore_eos=True))])
+    completions_of(engine.sample([SampleRequest(Prompt(raw="x" * 40), contract.greedy(9, ignore_eos=True))]))
     fed = len(engine.tokenize(Prompt(raw="x" * 40))) + 8  # the last sampled token is never fed
     assert engine.stats()["kv_peak_live_bytes"] == -(-fed // 8) * per_block
 
@@ -486,7 +490,7 @@ def test_embedded_model_greedy_matches_transformers() -> None:
     loaded = load_model("smollm2-135m")
     engine = PagedEngine(loaded, dtype=torch.float32, kv_memory_bytes=64 * MiB)
     prompts = [Prompt.user("What is 7 + 5?"), Prompt.user("Name a color.", system="Be brief.")]
-    out = engine.sample([SampleRequest(p, contract.greedy(8, n=2)) for p in prompts])
+    out = completions_of(engine.sample([SampleRequest(p, contract.greedy(8, n=2)) for p in prompts]))
     for prompt, cs in zip(prompts, out):
         ids = torch.tensor([engine.tokenize(prompt)])
         with torch.inference_mode():

@@ -5,7 +5,7 @@ Each case is (source, rendered error); sources are parsed as `bad.tts`.
 
 import pytest
 
-from ttsc.dsl.errors import TTSError
+from ttsc.common.errors import TTSError
 from ttsc.dsl.parser import parse
 
 CASES = [

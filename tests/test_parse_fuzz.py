@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttsc.dsl import ast
-from ttsc.dsl.errors import TTSError
+from ttsc.common.errors import TTSError
 from ttsc.dsl.parser import parse
 
 # Every construct of the language in one valid file.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ttsc.dsl import ast
-from ttsc.dsl.errors import Span, TTSError, UserError
+from ttsc.common.errors import Span, TTSError, UserError
 from ttsc.dsl.parser import parse, parse_file
 
 # The examples of DESIGN.md ("The language, by example"), exactly as written there.

@@ -1,6 +1,6 @@
 import pytest
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.scorers import SCORERS, get_scorer
 
 

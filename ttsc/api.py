@@ -13,8 +13,8 @@ from typing import Any
 
 from ttsc.compiler.pipeline import Compiled, compile_file, compile_source
 from ttsc.compiler.plan import Plan
-from ttsc.compiler.specs import check_model_spec
-from ttsc.dsl.errors import UserError
+from ttsc.common.specs import check_model_spec
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines.base import Engine
 from ttsc.runtime.engines.registry import make_engine
 from ttsc.runtime.eval import EvalSummary, evaluate as _evaluate, load_dataset

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ttsc.dsl.errors import TTSError, UserError
+from ttsc.common.errors import TTSError, UserError
 
 EXAMPLES = """\
 examples:

@@ -39,7 +39,7 @@ from ttsc.compiler.passes.prefix_sharing import (DEFAULT_INPUT_TOKENS, LIST_ITEM
                                                  RANK_MAX_TOKENS, node_layout)
 from ttsc.compiler.utility import (AccuracyModel, Calibration, load_calibration, pooled,
                                    prior_model, truncated)
-from ttsc.dsl.errors import Span, TTSError, error
+from ttsc.common.errors import Span, TTSError, error
 
 AUTO_OPTIONS: dict[str, tuple[int, ...]] = {
     "n": (1, 2, 4, 8, 16, 32, 64),

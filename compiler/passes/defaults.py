@@ -12,7 +12,7 @@ from typing import Any
 from ttsc.compiler.ir import Node, Op, Program
 from ttsc.compiler.passes.manager import PassResult
 from ttsc.compiler.passes.walk import graphs
-from ttsc.dsl.errors import TTSError, error
+from ttsc.common.errors import TTSError, error
 
 KNOB_ATTRS = ("model", "n", "temperature", "max_tokens", "k", "top_p", "top_k")
 

@@ -32,6 +32,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from ttsc.common.prompts import HOLE, OP_HOLES, default_prompt, hole_names
 from ttsc.compiler import cost
 from ttsc.compiler.ir import Graph, Node, Op, Program
 from ttsc.compiler.lower import candidate_counts
@@ -42,12 +43,11 @@ DEFAULT_INPUT_TOKENS = 32  # tokens a task input (question) is assumed to take
 LIST_ITEM_TOKENS = 4  # "[i] " and the blank line around each listed candidate
 RANK_MAX_TOKENS = 64  # what the runtime's `rank` generates (runtime/ops.py)
 
-# Holes each op fills once per call (one call per candidate) or once per request.
-PER_CALL_HOLES = {"verify": ("candidate",), "score": ("candidate",),
-                  "critique": ("candidate",), "refine": ("candidate", "critique")}
-LIST_HOLES = {"fuse": ("candidates", "critiques"), "rank": ("candidates",)}
 
-_HOLE = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+def _op_holes(op: str, kind: str) -> tuple[str, ...]:
+    """Holes `op` fills once per call ("call") or with all candidates ("list")."""
+    return tuple(h for h, k in OP_HOLES.get(op, {}).items() if k == kind)
+
 _LABELED = re.compile(r"^[ \t]*[A-Z][A-Za-z0-9 _'()-]{0,40}:")
 
 
@@ -68,26 +68,21 @@ def prompt_def(program: Program, node: Node) -> dict[str, Any] | None:
     name = node.attrs.get("prompt")
     if name:
         return program.prompts[name]
-    if node.op is Op.EXTEND or node.op is Op.GENERATE:
-        return None
-    from ttsc.runtime.default_prompts import DEFAULT_PROMPTS
-
-    d = DEFAULT_PROMPTS["verify" if node.op is Op.SCORE else node.op.value]
-    return {"user": d.user, "system": d.system, "raw": False}
+    d = default_prompt(node.op.value)
+    return None if d is None else d.to_dict()
 
 
 def template_parts(text: str, op: str) -> list[Part]:
     """A template as literal text and holes, `{{`/`}}` unescaped."""
     parts: list[Part] = []
     pos = 0
-    for m in _HOLE.finditer(text):
+    for m in HOLE.finditer(text):
         parts.append(text[pos:m.start()])
         if m.group(1) is None:
             parts.append(m.group(0)[0])
         else:
             name = m.group(1)
-            kind = ("call" if name in PER_CALL_HOLES.get(op, ()) else
-                    "list" if name in LIST_HOLES.get(op, ()) else "input")
+            kind = OP_HOLES.get(op, {}).get(name, "input")
             parts.append(Hole(name, kind))
         pos = m.end()
     parts.append(text[pos:])
@@ -181,13 +176,13 @@ def _blocks(text: str) -> tuple[list[str], str]:
 def shared_first(user: str, op: str) -> str | None:
     """The template with labeled input blocks moved before the first labeled
     block holding a per-call hole, or None when nothing can move."""
-    per_call = PER_CALL_HOLES.get(op, ())
+    per_call = _op_holes(op, "call")
     if not per_call:
         return None
     blocks, sep = _blocks(user)
 
     def holes(b: str) -> set[str]:
-        return {m.group(1) for m in _HOLE.finditer(b) if m.group(1)}
+        return set(hole_names(b))
 
     first = next((i for i, b in enumerate(blocks) if holes(b) & set(per_call)), None)
     if first is None or not _LABELED.match(blocks[first]):
@@ -209,7 +204,7 @@ def _rewrite_layouts(program: Program) -> list[str]:
     notes: list[str] = []
     for graph in list(graphs(program.graph)):
         for node in graph.nodes():
-            if node.op.value not in PER_CALL_HOLES or not node.attrs.get("prompt"):
+            if not _op_holes(node.op.value, "call") or not node.attrs.get("prompt"):
                 continue
             name = node.attrs["prompt"]
             pdef = program.prompts[name]
@@ -455,7 +450,7 @@ class _Analyzer:
                             len(base)) for i in range(m)]
         layout_lens = {"candidate": cand_len,
                        "critique": lengths.get(node.inputs.get("critiques", ""), 0)}
-        if op in PER_CALL_HOLES:
+        if _op_holes(op, "call"):
             out = []
             gen = mt if node.op in (Op.CRITIQUE, Op.REFINE) else 0
             for i in range(m):

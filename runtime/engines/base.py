@@ -2,73 +2,33 @@
 
 An engine turns prompts into completions and scores. Everything above it (the
 executor, eval, search, serve) speaks only this interface, so the built-in torch
-engine, vLLM and an OpenAI-compatible server are interchangeable.
+engines, vLLM and an OpenAI-compatible server are interchangeable.
 
-Prompts stay structured (chat messages, or raw text) until they reach the
-engine, because only the engine knows its tokenizer and chat template.
+- Prompts stay structured (chat messages, or raw text) until they reach the
+  engine, because only the engine knows its tokenizer and chat template.
+- Every request's result carries that request's own `Usage`: callers add
+  them up, so two callers sharing an engine each see exactly what they used.
+- Engines are thread-safe: several callers may call at once, and an engine
+  that batches (the paged engine) serves their requests in the same batches.
+- `capabilities` says what the engine can do; the compiler and the runtime
+  ask before they rely on it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Literal, Sequence
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.capabilities import Capabilities
+from ttsc.common.prompts import Prompt
+from ttsc.common.sampling import SamplingParams, check_sampling
+
+__all__ = ["Capabilities", "Completion", "ContinuationOutput", "ContinuationRequest", "Engine",
+           "FinishReason", "NextTokenRequest", "Prompt", "SampleOutput", "SampleRequest",
+           "SamplingParams", "ScoreOutput", "Usage", "check_sampling", "total_usage"]
 
 FinishReason = Literal["stop", "length", "eos"]
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """What the model is conditioned on.
-
-    Either chat `messages` (rendered through the model's chat template with the
-    generation prompt appended) or `raw` text used verbatim. `assistant_prefix`
-    is text the assistant has already written: `extend` continues from it.
-    """
-
-    messages: tuple[tuple[str, str], ...] = ()  # (role, content)
-    raw: str | None = None
-    assistant_prefix: str = ""
-
-    @staticmethod
-    def user(content: str, system: str | None = None) -> "Prompt":
-        msgs = ((("system", system),) if system else ()) + (("user", content),)
-        return Prompt(messages=msgs)
-
-    def continued(self, text: str) -> "Prompt":
-        """The same prompt with `text` appended to what the assistant wrote."""
-        return Prompt(self.messages, self.raw, self.assistant_prefix + text)
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 means no top-k cut
-    max_tokens: int = 128
-    stop: tuple[str, ...] = ()
-    seed: int | None = None  # sample i of a request uses seed + i
-    ignore_eos: bool = False  # forced length, for benchmarks
-
-
-def check_sampling(params: SamplingParams) -> None:
-    """UserError listing every out-of-range sampling setting."""
-    problems = []
-    if params.n < 0:
-        problems.append(f"n must be >= 0 (got {params.n})")
-    if params.temperature < 0:
-        problems.append(f"temperature must be >= 0 (got {params.temperature})")
-    if not 0 < params.top_p <= 1:
-        problems.append(f"top_p must be in (0, 1] (got {params.top_p})")
-    if params.top_k < 0:
-        problems.append(f"top_k must be >= 0 (got {params.top_k})")
-    if params.max_tokens < 0:
-        problems.append(f"max_tokens must be >= 0 (got {params.max_tokens})")
-    if problems:
-        raise UserError("invalid sampling settings: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -107,60 +67,93 @@ class ContinuationRequest:
 
 @dataclass
 class Usage:
+    """What serving some requests cost. Every field is a count; usages add."""
+
     calls: int = 0  # requests served (a request of n samples counts once)
-    prompt_tokens: int = 0  # prompt tokens requested
+    prompt_tokens: int = 0  # prompt tokens requested (once per sample)
     prompt_tokens_computed: int = 0  # prompt tokens the engine actually ran
     prompt_tokens_reused: int = 0  # prompt tokens served from a prefix cache
     generated_tokens: int = 0
+    cache_hits: int = 0  # samples and scores answered from the call cache
+    cache_misses: int = 0  # samples and scores the call cache had to compute
+
+    @property
+    def tokens_computed(self) -> int:
+        """The headline cost: prompt tokens computed plus generated tokens."""
+        return self.prompt_tokens_computed + self.generated_tokens
 
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
 
-    def __sub__(self, other: "Usage") -> "Usage":
-        return Usage(*(a - b for a, b in zip(self.as_tuple(), other.as_tuple())))
-
     def as_tuple(self) -> tuple[int, ...]:
-        return (self.calls, self.prompt_tokens, self.prompt_tokens_computed,
-                self.prompt_tokens_reused, self.generated_tokens)
+        return tuple(getattr(self, f.name) for f in fields(self))
 
     def as_dict(self) -> dict[str, int]:
-        return {"calls": self.calls, "prompt_tokens": self.prompt_tokens,
-                "prompt_tokens_computed": self.prompt_tokens_computed,
-                "prompt_tokens_reused": self.prompt_tokens_reused,
-                "generated_tokens": self.generated_tokens}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @staticmethod
+    def from_dict(d: dict[str, int]) -> "Usage":
+        names = {f.name for f in fields(Usage)}
+        return Usage(**{k: int(v) for k, v in d.items() if k in names})
+
+
+def total_usage(outputs: Sequence["SampleOutput | ScoreOutput | ContinuationOutput"]) -> Usage:
+    total = Usage()
+    for out in outputs:
+        total = total + out.usage
+    return total
+
+
+@dataclass
+class SampleOutput:
+    """One sample request's `params.n` completions, in order, and its usage."""
+
+    completions: list[Completion]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class ScoreOutput:
+    """One next-token request's log-probability per choice, and its usage."""
+
+    logprobs: list[float]
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass
+class ContinuationOutput:
+    """One continuation's total log-probability, and its usage."""
+
+    logprob: float
+    usage: Usage = field(default_factory=Usage)
 
 
 class Engine(ABC):
     """One model behind the contract. Batches are lists; engines batch them."""
 
     name: str = "engine"
+    capabilities: Capabilities = Capabilities()
 
     @abstractmethod
-    def sample(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
-        """For each request, `params.n` completions, in order."""
+    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleOutput]:
+        """For each request, `params.n` completions, in order, with its usage."""
 
     @abstractmethod
-    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[list[float]]:
+    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[ScoreOutput]:
         """For each request, the log-probability of each choice's first token."""
 
     @abstractmethod
-    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
-        """For each request, sum of log-probabilities of the continuation tokens."""
+    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[ContinuationOutput]:
+        """For each request, the sum of log-probabilities of the continuation tokens."""
 
     @abstractmethod
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids the engine would feed for this prompt (template applied)."""
 
-    @property
-    @abstractmethod
-    def usage(self) -> Usage:
-        """Cumulative usage since the engine was created."""
-
     def extend(self, candidates: Sequence[tuple[Prompt, str]],
-               params: SamplingParams) -> list[list[Completion]]:
+               params: SamplingParams) -> list[SampleOutput]:
         """Continue existing candidates: each (prompt, text so far) gets n continuations."""
         return self.sample([SampleRequest(p.continued(t), params) for p, t in candidates])
 
     def close(self) -> None:
         """Release what the engine holds (memory, connections)."""
-

@@ -27,18 +27,22 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
+    Capabilities,
     check_sampling,
     Completion,
+    ContinuationOutput,
     ContinuationRequest,
     Engine,
     FinishReason,
     NextTokenRequest,
     Prompt,
+    SampleOutput,
     SampleRequest,
     SamplingParams,
+    ScoreOutput,
     Usage,
 )
 from ttsc.runtime.models import LoadedModel
@@ -89,6 +93,8 @@ class HFEngine(Engine):
     """Torch engine over a transformers causal LM (CPU or CUDA)."""
 
     name = "hf"
+    # No prefix cache, and one batch at a time: concurrent callers take turns.
+    capabilities = Capabilities(max_concurrency=64, prefix_cache=False)
 
     def __init__(self, loaded: LoadedModel, max_batch_size: int = 64,
                  max_batch_tokens: int = 16384, seed: int = 0):
@@ -105,7 +111,6 @@ class HFEngine(Engine):
         pad = self.tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else next(iter(self._eos_ids), 0))
         self._seeds = random.Random(seed)  # seeds for requests that give none
-        self._usage = Usage()
         self._lock = threading.Lock()  # one batch at a time; serve calls from threads
 
     # ------------------------------------------------------------ prompts
@@ -133,27 +138,24 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------ contract
 
-    @property
-    def usage(self) -> Usage:
-        return Usage(*self._usage.as_tuple())
-
-    def sample(self, requests: Sequence[SampleRequest]) -> list[list[Completion]]:
+    def sample(self, requests: Sequence[SampleRequest]) -> list[SampleOutput]:
         with self._lock:
             rows = self._expand(requests)
             order = sorted(range(len(rows)), key=lambda i: -len(rows[i].prompt_ids))
             for chunk in self._chunks([rows[i] for i in order]):
                 self._generate(chunk)
-            results: list[list[Completion]] = [[] for _ in requests]
+            results = [SampleOutput([], Usage(calls=1)) for _ in requests]
             for row in rows:
-                results[row.request_index].append(Completion(
+                out = results[row.request_index]
+                out.completions.append(Completion(
                     row.text, row.token_ids, row.logprobs, row.finish_reason or "length"))
-            prompt_tokens = sum(len(r.prompt_ids) for r in rows)
-            self._usage += Usage(calls=len(requests), prompt_tokens=prompt_tokens,
-                                 prompt_tokens_computed=prompt_tokens,
-                                 generated_tokens=sum(len(r.token_ids) for r in rows))
+                # Every row prefills its own prompt: nothing is reused.
+                out.usage += Usage(prompt_tokens=len(row.prompt_ids),
+                                   prompt_tokens_computed=len(row.prompt_ids),
+                                   generated_tokens=len(row.token_ids))
             return results
 
-    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[list[float]]:
+    def score_next(self, requests: Sequence[NextTokenRequest]) -> list[ScoreOutput]:
         with self._lock:
             ids_list, choice_ids = [], []
             for req in requests:
@@ -162,25 +164,22 @@ class HFEngine(Engine):
                 ids_list.append(self.tokenize(req.prompt))
                 self._check_length(ids_list[-1])
                 choice_ids.append([self._first_token(req.prompt, c) for c in req.choices])
-            results: list[list[float]] = [[] for _ in requests]
+            results = [ScoreOutput([], _prompt_usage(len(ids))) for ids in ids_list]
             order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
             for chunk in self._index_chunks([len(ids_list[i]) for i in order]):
                 idx = [order[k] for k in chunk]
                 logits = self._forward_last([ids_list[i] for i in idx], keep=1)[:, -1]
                 logprobs = torch.log_softmax(logits.float(), dim=-1)
                 for row, i in enumerate(idx):
-                    results[i] = logprobs[row, choice_ids[i]].tolist()
-            tokens = sum(len(ids) for ids in ids_list)
-            self._usage += Usage(calls=len(requests), prompt_tokens=tokens,
-                                 prompt_tokens_computed=tokens)
+                    results[i].logprobs = logprobs[row, choice_ids[i]].tolist()
             return results
 
-    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[float]:
+    def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[ContinuationOutput]:
         with self._lock:
             splits = [self._continuation_split(r.prompt, r.continuation) for r in requests]
             for full_ids, _ in splits:
                 self._check_length(full_ids, "prompt + continuation")
-            results = [0.0] * len(requests)
+            results = [ContinuationOutput(0.0, _prompt_usage(len(full))) for full, _ in splits]
             order = sorted(range(len(splits)), key=lambda i: -len(splits[i][0]))
             for chunk in self._index_chunks(
                     [len(splits[i][0]) for i in order],
@@ -195,10 +194,7 @@ class HFEngine(Engine):
                         continue
                     targets = torch.tensor(splits[i][0][-n:], device=logits.device)
                     lp = torch.log_softmax(logits[row, keep - 1 - n: keep - 1].float(), dim=-1)
-                    results[i] = float(lp.gather(-1, targets[:, None]).sum())
-            tokens = sum(len(full) for full, _ in splits)
-            self._usage += Usage(calls=len(requests), prompt_tokens=tokens,
-                                 prompt_tokens_computed=tokens)
+                    results[i].logprob = float(lp.gather(-1, targets[:, None]).sum())
             return results
 
     def close(self) -> None:
@@ -371,6 +367,10 @@ class HFEngine(Engine):
             tokens[subset] = picked
             logprobs[subset] = logp.gather(-1, picked[:, None])[:, 0]
         return tokens.tolist(), logprobs.tolist()
+
+
+def _prompt_usage(tokens: int) -> Usage:
+    return Usage(calls=1, prompt_tokens=tokens, prompt_tokens_computed=tokens)
 
 
 def _last(input_ids: torch.Tensor, keep: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines.base import Prompt
 
 

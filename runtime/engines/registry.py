@@ -20,9 +20,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from ttsc.dsl.errors import UserError, did_you_mean
+from ttsc.common.errors import UserError, did_you_mean
+from ttsc.common.specs import resolve_spec, spec_form
 from ttsc.runtime.engines.base import Engine
-from ttsc.runtime.models import resolve_spec
 
 EngineFactory = Callable[..., Engine]
 
@@ -50,22 +50,15 @@ def register_engine(kind: str, factory: EngineFactory,
             kinds.append(kind)
 
 
-def spec_form(canonical: str) -> str:
-    """Which row of `SPEC_ENGINES` a canonical spec belongs to."""
-    prefix = canonical.partition(":")[0]
-    return prefix if prefix in ("vllm", "openai") else "torch"
-
-
 def engine_kinds(spec: str) -> list[str]:
     """Engine kinds that can serve `spec`, the `auto` choice first."""
-    return [k for k in SPEC_ENGINES.get(spec_form(resolve_spec(spec)), []) if k in _FACTORIES]
+    return [k for k in SPEC_ENGINES.get(spec_form(spec), []) if k in _FACTORIES]
 
 
 def make_engine(spec: str, *, engine: str = "auto", device: str | None = None,
                 **options: Any) -> Engine:
     """An engine serving model `spec`; `options` go to the engine's constructor."""
-    canonical = resolve_spec(spec)
-    form = spec_form(canonical)
+    form = spec_form(resolve_spec(spec))
     kinds = [k for k in SPEC_ENGINES.get(form, []) if k in _FACTORIES]
     if not kinds:
         raise UserError(f"no engine in this build serves `{spec}` ({form} models)",

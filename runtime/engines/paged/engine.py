@@ -23,17 +23,21 @@ from typing import Sequence as Seq
 
 import torch
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
+    Capabilities,
     check_sampling,
     Completion,
+    ContinuationOutput,
     ContinuationRequest,
     Engine,
     NextTokenRequest,
     Prompt,
+    SampleOutput,
     SampleRequest,
     SamplingParams,
+    ScoreOutput,
     Usage,
 )
 from ttsc.runtime.engines.paged.block_manager import BlockManager
@@ -87,7 +91,7 @@ class PagedEngine(Engine):
         self.runner = ModelRunner(self.model, num_blocks, block_size, use_kernel=use_kernels)
         self._eos_ids = loaded.eos_token_ids
         self._seeds = random.Random(seed)
-        self._usage = Usage()
+        self.capabilities = Capabilities(max_concurrency=max_num_seqs, prefix_cache=prefix_cache)
         self._prompt_tokens_requested = 0
         self._fork_shared_tokens = 0
         self._busy_seconds = 0.0
@@ -126,11 +130,7 @@ class PagedEngine(Engine):
 
     # ------------------------------------------------------------ contract
 
-    @property
-    def usage(self) -> Usage:
-        return Usage(*self._usage.as_tuple())
-
-    def sample(self, requests: Seq[SampleRequest]) -> list[list[Completion]]:
+    def sample(self, requests: Seq[SampleRequest]) -> list[SampleOutput]:
         with self._lock:
             groups: list[list[Sequence]] = []
             leaders: list[Sequence] = []
@@ -143,12 +143,11 @@ class PagedEngine(Engine):
                     leaders.extend(seqs if not self.prefix_cache else seqs[:1])
             self._run(leaders)
             results = []
-            for req, seqs in zip(requests, groups):
-                results.append([self._completion(s) for s in seqs])
-                self._account(req, seqs)
+            for seqs in groups:
+                results.append(SampleOutput([self._completion(s) for s in seqs], self._account(seqs)))
             return results
 
-    def score_next(self, requests: Seq[NextTokenRequest]) -> list[list[float]]:
+    def score_next(self, requests: Seq[NextTokenRequest]) -> list[ScoreOutput]:
         with self._lock:
             seqs = []
             for req in requests:
@@ -158,11 +157,9 @@ class PagedEngine(Engine):
                 targets = [self._first_token(req.prompt, c, ids) for c in req.choices]
                 seqs.append(self._score_sequence(ids, len(ids) - 1, [targets]))
             self._run(seqs)
-            for s in seqs:
-                self._account_score(s)
-            return [s.scores[0] for s in seqs]
+            return [ScoreOutput(s.scores[0], self._account_score(s)) for s in seqs]
 
-    def score_continuations(self, requests: Seq[ContinuationRequest]) -> list[float]:
+    def score_continuations(self, requests: Seq[ContinuationRequest]) -> list[ContinuationOutput]:
         with self._lock:
             seqs: list[Sequence | None] = []
             for req in requests:
@@ -173,15 +170,9 @@ class PagedEngine(Engine):
                 targets = [[t] for t in full[start:]]
                 seqs.append(self._score_sequence(full, start - 1, targets))
             self._run([s for s in seqs if s is not None])
-            out = []
-            for s in seqs:
-                if s is None:
-                    out.append(0.0)
-                    self._usage += Usage(calls=1)
-                else:
-                    out.append(float(sum(row[0] for row in s.scores)))
-                    self._account_score(s)
-            return out
+            return [ContinuationOutput(0.0, Usage(calls=1)) if s is None else
+                    ContinuationOutput(float(sum(row[0] for row in s.scores)), self._account_score(s))
+                    for s in seqs]
 
     def close(self) -> None:
         self.runner.kv_pool = torch.empty(0)
@@ -404,21 +395,21 @@ class PagedEngine(Engine):
 
     # ------------------------------------------------------------- usage
 
-    def _account(self, req: SampleRequest, seqs: list[Sequence]) -> None:
+    def _account(self, seqs: list[Sequence]) -> Usage:
+        """One sample request's usage, from its own sequences."""
         generated = sum(s.num_completion_tokens for s in seqs)
         if not seqs or seqs[0].params.max_tokens == 0:
-            self._usage += Usage(calls=1)
-            return
+            return Usage(calls=1)
         requested = seqs[0].num_prompt_tokens * len(seqs)
         computed = sum(s.num_prompt_computed for s in seqs)  # forked samples computed none
         self._prompt_tokens_requested += requested
-        self._usage += Usage(calls=1, prompt_tokens=requested, prompt_tokens_computed=computed,
-                             prompt_tokens_reused=requested - computed, generated_tokens=generated)
+        return Usage(calls=1, prompt_tokens=requested, prompt_tokens_computed=computed,
+                     prompt_tokens_reused=requested - computed, generated_tokens=generated)
 
-    def _account_score(self, seq: Sequence) -> None:
+    def _account_score(self, seq: Sequence) -> Usage:
         requested = seq.num_prompt_tokens
         self._prompt_tokens_requested += requested
-        self._usage += Usage(calls=1, prompt_tokens=requested,
-                             prompt_tokens_computed=seq.num_prompt_computed,
-                             prompt_tokens_reused=requested - seq.num_prompt_computed)
+        return Usage(calls=1, prompt_tokens=requested,
+                     prompt_tokens_computed=seq.num_prompt_computed,
+                     prompt_tokens_reused=requested - seq.num_prompt_computed)
 

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines.paged.model import ModelConfig
 
 _CPU_KV_DEFAULT = 1 << 30

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ttsc.dsl.errors import UserError
+from ttsc.common.errors import UserError
 
 if TYPE_CHECKING:
     from ttsc.runtime.engines.paged.attention import PagedAttention

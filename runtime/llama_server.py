@@ -63,11 +63,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies,
+    so a killed test run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class LlamaServer:
     """One llama-server process serving `model` as `alias` on 127.0.0.1."""
 
     def __init__(self, model: str | Path, *, alias: str = EMBEDDED_ALIAS, parallel: int = 4,
-                 ctx_per_slot: int = 2048, threads: int | None = None,
+                 ctx_per_slot: int = 2048, threads: int | None = None, poll: int = 0,
                  extra_args: Sequence[str] = (), binary: str | None = None,
                  start_timeout: float = 120.0):
         found = binary or find_tool("llama-server")
@@ -80,6 +91,9 @@ class LlamaServer:
         self.parallel = parallel
         self.ctx_per_slot = ctx_per_slot
         self.threads = threads or os.cpu_count() or 1
+        # llama.cpp's threads spin waiting for work by default (poll 50): on a
+        # shared machine that burns the cores other processes need.
+        self.poll = poll
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
         self.port = 0
@@ -107,12 +121,12 @@ class LlamaServer:
         return [self.binary, "-m", str(self.model), "-a", self.alias,
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "-np", str(self.parallel), "-c", str(self.ctx_per_slot * self.parallel),
-                "-t", str(self.threads), *self.extra_args]
+                "-t", str(self.threads), "--poll", str(self.poll), *self.extra_args]
 
     def start(self) -> "LlamaServer":
         self.port = free_port()
         self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

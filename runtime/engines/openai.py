@@ -9,8 +9,9 @@ How the contract maps onto the API:
 - chat prompts go to /chat/completions, raw prompts to /completions; a chat
   prompt continuing an assistant reply (extend) is rendered with the server's
   own chat template (llama.cpp's /apply-template) and sent to /completions.
-- one request per sample when a seed is set (sample i uses seed + i, as the
-  contract says), else one request with `n`.
+- one request per sample (sample i of a seeded request uses seed + i, as the
+  contract says), so that each sample's usage and finish reason are its own
+  (llama.cpp reports one choice's usage for a request with `n` > 1).
 - per-token log-probabilities come from the server's `logprobs`; they are the
   server's own distribution (before temperature, as servers report them).
   Token ids come with them where the server reports ids (llama.cpp does).
@@ -19,9 +20,12 @@ How the contract maps onto the API:
   a second request that forces its token (where the server reports ids and
   takes `logit_bias`), else by an upper bound (the smallest top logprob, or the
   mass left outside the top ones, whichever is smaller).
-- `score_continuations` needs prompt log-probabilities, which these servers do
-  not return (llama.cpp refuses `echo`): the engine declares
-  `continuation_scores=False` and raises a clear error.
+- `score_continuations` needs the log-probabilities of given tokens, which
+  these servers do not return for a prompt (llama.cpp refuses `echo`). Where
+  the server has a tokenizer route and reports token ids (llama.cpp), each
+  continuation token is forced in turn with a logit bias and its unbiased
+  logprob read back; elsewhere the engine declares `continuation_scores=False`
+  and raises a clear error.
 - `tokenize` uses the server's /tokenize and /apply-template (llama.cpp); a
   server without them has `tokenizer=False` and `tokenize` raises.
 
@@ -164,7 +168,8 @@ class OpenAIEngine(Engine):
     def capabilities(self) -> Capabilities:  # type: ignore[override]
         f = self.facts
         return Capabilities(token_ids=f.token_ids, logprobs=f.logprobs,
-                            next_token_scores=f.top_logprobs, continuation_scores=False,
+                            next_token_scores=f.top_logprobs,
+                            continuation_scores=f.tokenizer and f.token_ids,
                             assistant_prefix=f.tokenizer, tokenizer=f.tokenizer,
                             max_concurrency=self.pool.max_concurrency * len(self.urls),
                             prefix_cache=False)
@@ -245,20 +250,14 @@ class OpenAIEngine(Engine):
                                 Usage(calls=1))
         path, body = await self._route(request.prompt)
         body.update(self._sampling_body(p, logprobs=1, chat=path == "/chat/completions"))
-        if p.seed is None:
-            replies = [await self.pool.post(path, {**body, "n": p.n})]
-        else:
-            replies = await asyncio.gather(*(self.pool.post(path, {**body, "seed": p.seed + i})
-                                             for i in range(p.n)))
-        completions: list[Completion] = []
+        seeds = [None] * p.n if p.seed is None else [p.seed + i for i in range(p.n)]
+        replies = await asyncio.gather(*(self.pool.post(path, body if s is None else {**body, "seed": s})
+                                         for s in seeds))
+        completions = [self._completion(reply, p) for reply in replies]
         usage = Usage(calls=1)
-        for reply in replies:
-            choices = self._choices(reply)
-            completions += [self._completion(c, p) for c in choices]
-            usage = usage + self._usage(reply, len(choices))
-        if len(completions) != p.n:
-            raise ServerError(replies[0].endpoint, f"asked for {p.n} completion(s), got "
-                              f"{len(completions)}")
+        for reply, completion in zip(replies, completions):
+            usage = usage + self._usage(reply, len(completion.logprobs) if completion.logprobs
+                                        or self._listed_tokens(reply) else None)
         return SampleOutput(completions, usage)
 
     def _sampling_body(self, p: SamplingParams, logprobs: int, chat: bool) -> dict[str, Any]:
@@ -296,24 +295,31 @@ class OpenAIEngine(Engine):
             raise ServerError(reply.endpoint, "answered without `choices`")
         return sorted(choices, key=lambda c: c.get("index", 0))
 
-    def _completion(self, choice: dict[str, Any], p: SamplingParams) -> Completion:
+    def _completion(self, reply: Reply, p: SamplingParams) -> Completion:
+        choice = self._choices(reply)[0]
         if "message" in choice:
             text = (choice.get("message") or {}).get("content") or ""
         else:
             text = choice.get("text") or ""
         tokens = parse_tokens(choice.get("logprobs"))
+        reported = (reply.body.get("usage") or {}).get("completion_tokens")
+        finish = self._finish(choice, p, tokens, reported)
+        if finish == "eos" and tokens and reported == len(tokens) and tokens[-1].text == "":
+            tokens = tokens[:-1]  # llama.cpp lists the end-of-sequence token; the contract does not
         ids = [t.id for t in tokens]
-        token_ids = [int(i) for i in ids] if ids and None not in ids else []
-        return Completion(text, token_ids, [t.logprob for t in tokens],
-                          self._finish(choice, p, len(tokens)))
+        token_ids = [int(i) for i in ids if i is not None] if None not in ids else []
+        return Completion(text, token_ids, [t.logprob for t in tokens], finish)
 
     @staticmethod
-    def _finish(choice: dict[str, Any], p: SamplingParams, n_tokens: int) -> FinishReason:
-        """The contract's finish reason. OpenAI says "stop" both for the model's
-        end of sequence and for a stop string; servers that tell them apart say
-        which stop matched (vLLM `stop_reason`, SGLang `matched_stop`)."""
+    def _finish(choice: dict[str, Any], p: SamplingParams, tokens: list[Token],
+                reported: int | None) -> FinishReason:
+        """The contract's finish reason. OpenAI says "stop" both for the end of
+        sequence and for a stop string. Servers that tell them apart say which
+        stop matched (vLLM `stop_reason`, SGLang `matched_stop`); llama.cpp
+        counts the stop string's tokens in its usage but drops them from the
+        log-probabilities, while the end-of-sequence token stays in both."""
         reason = choice.get("finish_reason")
-        if reason == "length" or (reason != "stop" and n_tokens >= p.max_tokens):
+        if reason == "length":
             return "length"
         if not p.stop:
             return "eos"
@@ -322,17 +328,24 @@ class OpenAIEngine(Engine):
             return "stop"
         if isinstance(matched, int):
             return "eos"
+        if tokens and isinstance(reported, int):
+            return "stop" if reported > len(tokens) else "eos"
         return "stop"
 
-    def _usage(self, reply: Reply, n_choices: int) -> Usage:
+    def _listed_tokens(self, reply: Reply) -> bool:
+        return bool(parse_tokens(self._choices(reply)[0].get("logprobs")))
+
+    def _usage(self, reply: Reply, n_tokens: int | None) -> Usage:
+        """One sample's usage: prompt tokens as the server counted them (the cached
+        part reused), and the completion's own tokens (the contract's count: no
+        end-of-sequence or stop-string tokens); the server's completion count
+        where it sent no per-token log-probabilities."""
         u = reply.body.get("usage") or {}
         prompt = int(u.get("prompt_tokens") or 0)
-        cached = int(((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
-        computed = max(0, prompt - cached)
-        requested = prompt * n_choices  # once per sample, as the contract counts
-        return Usage(prompt_tokens=requested, prompt_tokens_computed=computed,
-                     prompt_tokens_reused=requested - computed,
-                     generated_tokens=int(u.get("completion_tokens") or 0))
+        cached = min(prompt, int(((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0))
+        generated = n_tokens if n_tokens is not None else int(u.get("completion_tokens") or 0)
+        return Usage(prompt_tokens=prompt, prompt_tokens_computed=prompt - cached,
+                     prompt_tokens_reused=cached, generated_tokens=generated)
 
     # ------------------------------------------------------------------ scoring
 
@@ -354,10 +367,7 @@ class OpenAIEngine(Engine):
         if not tokens:
             raise ServerError(reply.endpoint, "answered without log-probabilities")
         top = tokens[0].top
-        usage = self._usage(reply, 1)
-        usage = Usage(calls=1, prompt_tokens=usage.prompt_tokens,
-                      prompt_tokens_computed=usage.prompt_tokens_computed,
-                      prompt_tokens_reused=usage.prompt_tokens_reused)
+        usage = self._usage(reply, 0) + Usage(calls=1)  # a score generates nothing
         ids = (await self._first_ids(request) if self.facts.tokenizer and self.facts.token_ids
                else [None] * len(request.choices))
         scores = []
@@ -404,9 +414,36 @@ class OpenAIEngine(Engine):
     def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[ContinuationOutput]:
         if not requests:
             return []
-        raise UserError(f"{self.urls[0]}: the openai engine cannot score a given continuation: "
-                        "OpenAI-compatible servers return no log-probabilities of prompt tokens",
-                        hint="run this op on a local model (the torch engines)")
+        if not self.capabilities.continuation_scores:
+            raise UserError(f"{self.urls[0]}: this server cannot score a given continuation: it "
+                            "returns no log-probabilities of prompt tokens, and no token ids to "
+                            "force them with", hint="run this op on a local model (the torch engines)")
+        return self._all(requests, self._continuation_one)
+
+    async def _continuation_one(self, request: ContinuationRequest) -> ContinuationOutput:
+        """Teacher forcing, one request per continuation token: the prompt as token
+        ids up to that token, the token forced with a logit bias, its unbiased
+        logprob read back. The server's prompt cache makes each one cheap."""
+        if not request.continuation:
+            return ContinuationOutput(0.0, Usage(calls=1))
+        base = await self._tokenize(request.prompt)
+        full = await self._tokenize(request.prompt.continued(request.continuation))
+        start = 0
+        while start < min(len(base), len(full)) and base[start] == full[start]:
+            start += 1
+        start = max(start, 1)  # the first token has no context to score it in
+        replies = await asyncio.gather(*(self.pool.post("/completions", {
+            "model": self.model, "prompt": full[:i], "max_tokens": 1, "temperature": 0,
+            "logprobs": 1, "logit_bias": {str(full[i]): FORCE_BIAS}}) for i in range(start, len(full))))
+        total, usage = 0.0, Usage(calls=1)
+        for i, reply in zip(range(start, len(full)), replies):
+            tokens = parse_tokens(self._choices(reply)[0].get("logprobs"))
+            if not tokens or tokens[0].id != full[i]:
+                raise ServerError(reply.endpoint, f"a logit bias of {FORCE_BIAS:g} did not force "
+                                  f"token {full[i]}, so its log-probability is unknown")
+            total += tokens[0].logprob
+            usage = usage + self._usage(reply, 0)
+        return ContinuationOutput(total, usage)
 
     # ---------------------------------------------------------------- tokenizer
 

@@ -175,18 +175,15 @@ class CachedEngine(Engine):
             rows.append(row)
         hits = [sum(c is not None for c in row) for row in rows]
         if missing:
-            outputs = run_inner([m[0] for m in missing], [m[2] for m in missing])
-            fresh: dict[str, Any] = {}
-            for (ri, lo, run), output in zip(missing, outputs):
-                for offset, (completion, usage) in enumerate(zip(output.completions,
-                                                                 _split_usage(output))):
-                    rows[ri][lo + offset] = (completion, usage)
-                    if run.params.seed is not None:
-                        key = _sample_key(self.model, run.prompt, run.params, offset)
-                        fresh[key] = {"completion": dataclasses.asdict(completion),
-                                      "usage": usage.as_dict()}
-            if fresh:
-                self.cache.put_many(fresh)
+            try:
+                outputs = run_inner([m[0] for m in missing], [m[2] for m in missing])
+            except Exception as exc:
+                # An engine that failed part of a batch (a server that died) hands
+                # back what did finish: keep it, so a rerun computes only the rest.
+                finished = getattr(exc, "finished", None) or {}
+                self._store([(missing[i], o) for i, o in sorted(finished.items())])
+                raise
+            self._store(list(zip(missing, outputs)), rows)
         self._count(sum(hits), sum(len(row) for row in rows) - sum(hits))
         results = []
         for row, hit in zip(rows, hits):
@@ -195,6 +192,22 @@ class CachedEngine(Engine):
                 usage = usage + u
             results.append(SampleOutput([c for c, _ in row], usage))  # type: ignore[misc]
         return results
+
+    def _store(self, done: list[tuple[tuple[int, int, SampleRequest], SampleOutput]],
+               rows: list[list[tuple[Completion, Usage] | None]] | None = None) -> None:
+        """Put fresh samples in the cache (and in `rows`, when given)."""
+        fresh: dict[str, Any] = {}
+        for (ri, lo, run), output in done:
+            for offset, (completion, usage) in enumerate(zip(output.completions,
+                                                             _split_usage(output))):
+                if rows is not None:
+                    rows[ri][lo + offset] = (completion, usage)
+                if run.params.seed is not None:
+                    key = _sample_key(self.model, run.prompt, run.params, offset)
+                    fresh[key] = {"completion": dataclasses.asdict(completion),
+                                  "usage": usage.as_dict()}
+        if fresh:
+            self.cache.put_many(fresh)
 
     # --- scoring ------------------------------------------------------------
 

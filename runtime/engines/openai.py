@@ -251,8 +251,8 @@ class OpenAIEngine(Engine):
         path, body = await self._route(request.prompt)
         body.update(self._sampling_body(p, logprobs=1, chat=path == "/chat/completions"))
         seeds = [None] * p.n if p.seed is None else [p.seed + i for i in range(p.n)]
-        replies = await asyncio.gather(*(self.pool.post(path, body if s is None else {**body, "seed": s})
-                                         for s in seeds))
+        replies = await _all_or_first_error(
+            self.pool.post(path, body if s is None else {**body, "seed": s}) for s in seeds)
         completions = [self._completion(reply, p) for reply in replies]
         usage = Usage(calls=1)
         for reply, completion in zip(replies, completions):
@@ -400,8 +400,8 @@ class OpenAIEngine(Engine):
     async def _first_ids(self, request: NextTokenRequest) -> list[int | None]:
         """Each choice's first token id as the server tokenizes it after the prompt."""
         base = await self._tokenize(request.prompt)
-        fulls = await asyncio.gather(*(self._tokenize(request.prompt.continued(c))
-                                       for c in request.choices))
+        fulls = await _all_or_first_error(self._tokenize(request.prompt.continued(c))
+                                          for c in request.choices)
         out: list[int | None] = []
         for choice, full in zip(request.choices, fulls):
             if len(full) > len(base) and full[:len(base)] == base:
@@ -432,9 +432,9 @@ class OpenAIEngine(Engine):
         while start < min(len(base), len(full)) and base[start] == full[start]:
             start += 1
         start = max(start, 1)  # the first token has no context to score it in
-        replies = await asyncio.gather(*(self.pool.post("/completions", {
+        replies = await _all_or_first_error(self.pool.post("/completions", {
             "model": self.model, "prompt": full[:i], "max_tokens": 1, "temperature": 0,
-            "logprobs": 1, "logit_bias": {str(full[i]): FORCE_BIAS}}) for i in range(start, len(full))))
+            "logprobs": 1, "logit_bias": {str(full[i]): FORCE_BIAS}}) for i in range(start, len(full)))
         total, usage = 0.0, Usage(calls=1)
         for i, reply in zip(range(start, len(full)), replies):
             tokens = parse_tokens(self._choices(reply)[0].get("logprobs"))
@@ -471,6 +471,16 @@ class OpenAIEngine(Engine):
 
     def close(self) -> None:
         self.pool.close()
+
+
+async def _all_or_first_error(coros: Any) -> list[Any]:
+    """Await all (none is left running behind the caller's back), then raise the
+    first error if any."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def _upper_bound(top: tuple[tuple[str, int | None, float], ...]) -> float:

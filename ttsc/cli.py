@@ -105,7 +105,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ttsc.api import apply_model_overrides, make_engines
+    from ttsc.api import apply_model_overrides, make_engines, open_cache
     from ttsc.compiler.explain import trace_table
     from ttsc.compiler.pipeline import compile_file
     from ttsc.runtime.executor import Executor
@@ -123,7 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(f"missing input `{missing[0]}` for strategy `{plan.strategy}`",
                         hint=f'pass it with --input {missing[0]}="..."')
     apply_model_overrides(plan, _key_values(args.model, "--model"))
-    engines = make_engines(plan, args.engine, args.device)
+    cache = open_cache(_cache_path(args))
+    engines = make_engines(plan, args.engine, args.device, cache=cache)
     result = Executor(plan, engines, seed=args.seed).run([inputs])
     answer = result.outputs[0]
     print(answer if isinstance(answer, str) else json.dumps(_jsonable(answer), indent=2))
@@ -131,6 +132,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.trace:
         _stderr(trace_table(result.trace))
     return 0
+
+
+def _cache_path(args: argparse.Namespace) -> str | None:
+    """--cache PATH, --no-cache, or the default call cache."""
+    if args.no_cache:
+        return None
+    return args.cache or "default"
 
 
 def _jsonable(value: Any) -> Any:
@@ -144,38 +152,59 @@ def _jsonable(value: Any) -> Any:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TextColumn
 
-    from ttsc.api import apply_model_overrides, make_engines
+    from ttsc.api import apply_model_overrides, make_engines, open_cache
     from ttsc.compiler.explain import plan_summary
     from ttsc.compiler.pipeline import compile_file
-    from ttsc.runtime.eval import evaluate, load_dataset
+    from ttsc.runtime.eval import evaluate, load_dataset, load_results, run_signature
+    from ttsc.runtime.scorers import get_scorer
 
     compiled = compile_file(args.file, args.strategy)
     _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
     plan = compiled.plan
     apply_model_overrides(plan, _key_values(args.model, "--model"))
+    # Everything that can be checked is checked before any model loads.
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})",
+                        hint="it is how many inputs run at once; the default is 8")
     rows = load_dataset(args.data, plan.params, args.answer_field, args.limit)
+    get_scorer(args.scorer)
+    if args.out:
+        load_results(args.out, run_signature(plan, args.seed), force=args.force)
+    cache = open_cache(_cache_path(args))
     if not args.quiet:
         _stderr(plan_summary(plan))
-    engines = make_engines(plan, args.engine, args.device)
+    engines = make_engines(plan, args.engine, args.device, cache=cache)
     with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=False, disable=args.quiet, console=None) as progress:
         task = progress.add_task("eval", total=len(rows))
         summary = evaluate(plan, engines, rows, scorer=args.scorer, answer_field=args.answer_field,
                            seed=args.seed, batch_size=args.batch_size, out=args.out,
                            on_item=lambda done, total: progress.update(task, completed=done))
-    lines = [f"strategy       {plan.strategy} ({args.file})",
+    print(eval_report(summary, plan.strategy, args))
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    return 0
+
+
+def eval_report(summary: Any, strategy: str, args: argparse.Namespace) -> str:
+    lines = [f"strategy       {strategy} ({args.file})",
              f"data           {args.data} ({summary.items} items"
              + (f", {summary.items - summary.run_items} resumed from {args.out}" if
                 summary.run_items < summary.items else "") + ")"]
     if summary.sample_accuracy is not None:
         lines.append(f"single sample  {summary.sample_accuracy:7.1%}   (mean accuracy of one sample)")
     lines.append(f"accuracy       {summary.accuracy:7.1%}   ({summary.correct}/{summary.items})")
-    lines.append(f"tokens/input   {summary.tokens_per_input:9.1f}")
+    lines.append(f"tokens/input   {summary.tokens_per_input:9.1f}   computed (prompt computed + "
+                 f"generated); {summary.requested_per_input:.1f} requested, "
+                 f"{summary.generated_per_input:.1f} generated")
+    if summary.budget is not None:
+        lines.append(f"budget         {summary.tokens:,} of {summary.budget:,.0f} tokens")
+    u = summary.usage
+    if u.cache_hits or u.cache_misses:
+        lines.append(f"call cache     {u.cache_hits} hits, {u.cache_misses} misses"
+                     + ("   (nothing computed)" if not u.cache_misses else ""))
     lines.append(f"wall time      {summary.seconds:9.1f} s")
-    print("\n".join(lines))
-    if args.json:
-        print(json.dumps(summary.as_dict()))
-    return 0
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------- parser
@@ -222,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--engine", default="auto", choices=["auto", "hf", "paged"],
                        help="torch engine to run local models on (default: auto)")
         c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+        c.add_argument("--cache", metavar="PATH",
+                       help="call cache (SQLite): a repeated call with the same seed is answered "
+                            "from it (default: calls.db under $TTSC_CACHE_DIR, ~/.cache/ttsc)")
+        c.add_argument("--no-cache", action="store_true", help="compute every call; keep nothing")
 
     c = sub.add_parser("run", formatter_class=fmt, help="run a strategy on one input",
                        description="Run a strategy on one input and print its answer, then a "
@@ -248,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--scorer", default="number", help="number (default), exact, choice or regex")
     c.add_argument("--answer-field", default="answer", help="field holding the gold answer")
     c.add_argument("--out", metavar="results.jsonl", help="append per-item results here (resumable)")
-    c.add_argument("--batch-size", type=int, default=8, help="inputs run together (default 8)")
+    c.add_argument("--batch-size", type=int, default=8,
+                   help="inputs in flight at once, each at its own pace (default 8)")
+    c.add_argument("--force", action="store_true",
+                   help="start over when --out holds results of another run (kept as FILE.old)")
     c.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     c.add_argument("--quiet", action="store_true", help="no plan summary or progress bar")
     runtime_args(c)

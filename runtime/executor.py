@@ -62,6 +62,7 @@ class InputResult:
     seconds: float
     sample_answers: list[Any] | None = None  # when the output is a vote over one extract
     samples: list[Any] | None = None  # the candidates those answers were extracted from
+    values: dict[str, Any] = field(default_factory=dict)  # nodes asked for with `keep`
 
     @property
     def total_usage(self) -> Usage:
@@ -147,7 +148,7 @@ class Executor:
     # ------------------------------------------------------------ many inputs
 
     def run(self, inputs: Sequence[dict[str, Any]], *, concurrency: int = 8,
-            settings: Sequence[Settings | None] | None = None,
+            settings: Sequence[Settings | None] | None = None, keep: Sequence[str] = (),
             on_result: Callable[[int, InputResult], None] | None = None) -> RunResult:
         """Run every input, at most `concurrency` at once, each at its own pace.
 
@@ -174,8 +175,9 @@ class Executor:
                 if i is None:
                     return
                 try:
-                    finished.put((i, self.run_one(inputs[i], settings=settings[i] if settings else None),
-                                  None))
+                    result = self.run_one(inputs[i], settings=settings[i] if settings else None,
+                                          keep=keep)
+                    finished.put((i, result, None))
                 except BaseException as exc:  # reported to the caller's thread
                     stop.set()
                     finished.put((i, None, exc))
@@ -211,9 +213,11 @@ class Executor:
 
     # --------------------------------------------------------------- one input
 
-    def run_one(self, inputs: dict[str, Any], *, settings: Settings | None = None) -> InputResult:
+    def run_one(self, inputs: dict[str, Any], *, settings: Settings | None = None,
+                keep: Sequence[str] = ()) -> InputResult:
         """Run the plan on one input (a dict of the strategy's parameters).
-        Thread-safe: call it from as many threads as there are inputs in flight."""
+        Thread-safe: call it from as many threads as there are inputs in flight.
+        `keep` names top-level nodes whose values come back in `values`."""
         self._check_inputs(inputs)
         run = _InputRun(self, inputs, settings or {})
         start = time.perf_counter()
@@ -224,7 +228,7 @@ class Executor:
         out = region.nodes[region.output].inputs["value"]
         answers, samples = _sample_answers(region, env, out)
         return InputResult(env[out], run.usage, run.trace, time.perf_counter() - start,
-                           answers, samples)
+                           answers, samples, {nid: env[nid] for nid in keep})
 
     def _check_inputs(self, row: dict[str, Any], index: int = 0) -> None:
         missing = [p for p in self.plan.params if p not in row]

@@ -319,8 +319,7 @@ class _AstBuilder(Transformer_NonRecursive):
         if resource == "tokens":
             if unit is not None:
                 self._error(f"`tokens` is a count and takes no unit, but found `{unit.value}`", self._tspan(unit),
-                            "write e.g. `tokens <= 4000 per input`, or `tokens <= 100000 total` for "
-                            "a whole data set")
+                            "write e.g. `tokens <= 4000 per input`")
             return 1.0
         units = MEMORY_UNITS if resource == "memory" else LATENCY_UNITS
         listed = ", ".join(units)

@@ -197,7 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             summary = evaluate(plan, engines, rows, **common)
         else:
             summary = evaluate_adaptive(plan, engines, rows, target, values,
-                                        log=None if args.quiet else progress.console.log, **common)
+                                        log=None if args.quiet else progress.console.print, **common)
     print(eval_report(summary, plan.strategy, args))
     if args.json:
         print(json.dumps(summary.as_dict()))

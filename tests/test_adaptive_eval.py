@@ -3,6 +3,7 @@ spent in rounds, resumed; and every way it can be asked for wrongly."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -134,7 +135,8 @@ def test_rounds_give_more_samples_where_the_vote_is_open():
     engine = ScriptedEngine({"easy": ["Answer: 7"], "split": ["1", "2", "7", "3", "7", "4", "7", "5"]})
     rows = [{"id": f"e{i}", "question": f"easy {i}", "answer": "7"} for i in range(4)] + \
            [{"id": f"s{i}", "question": f"split {i}", "answer": "7"} for i in range(4)]
-    target = adaptive_target(plan)
+    # Every input at 16 samples would cost 240 tokens (words, for this engine).
+    target = dataclasses.replace(adaptive_target(plan), budget=120)
     summary = evaluate_adaptive(plan, {"policy": engine}, rows, target, values, batch_size=4)
     n = {r["id"]: r["n"] for r in summary.per_item}
     assert max(n[f"e{i}"] for i in range(4)) < min(n[f"s{i}"] for i in range(4))

@@ -179,3 +179,14 @@ def test_pilot_bin_curves_never_fall_with_more_samples():
     curve = [bins[0]["curve"][t] for t in ("2", "3", "4", "6", "8")]
     assert curve == sorted(curve)
     assert 0.0 < curve[0] < 1.0  # pooled: neither the pilot's 1 nor the longest vote's 0
+
+
+def test_summary_prints_an_aliased_model_once():
+    from ttsc.compiler.utility import Calibration
+    from ttsc.runtime.calibrate import summary
+
+    m = fit_model(three_tiers(), [{"answer": "7"}] * 12, lambda r: r["answer"], lambda a, g: a == g,
+                  None, 2)
+    twin = ModelCalibration(**{**m.__dict__})  # what a calibration file read back holds
+    text = summary(Calibration("s", "s.tts", "dev.jsonl", {}, {"policy": m, "judge": twin}))
+    assert text.count("per-sample accuracy") == 1 and "policy, judge (tiny-random)" in text

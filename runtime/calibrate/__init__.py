@@ -186,17 +186,17 @@ def summary(cal: Calibration) -> str:
     """A table of the fitted figures and the vote accuracy they predict; one
     block per fitted pool, naming every model name that shares it."""
     lines = []
-    shared: dict[int, list[str]] = {}
+    blocks: list[tuple[ModelCalibration, list[str]]] = []  # aliases share one fitted pool
     for name, m in cal.models.items():
-        shared.setdefault(id(m), []).append(name)
-    seen: set[int] = set()
-    for name, m in cal.models.items():
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
+        same = next((names for other, names in blocks if other == m), None)
+        if same is not None:
+            same.append(name)
+        else:
+            blocks.append((m, [name]))
+    for m, names_of in blocks:
         model = m.model()
         med = m.finished_lengths[len(m.finished_lengths) // 2] if m.finished_lengths else None
-        names = ", ".join(shared[id(m)])
+        names = ", ".join(names_of)
         lines.append(f"{names} ({m.spec}): {m.questions} questions x {m.samples_per_question} samples")
         lines.append(f"  per-sample accuracy  Beta(a={m.a:.3f}, b={m.b:.3f}), mean {model.prior.mean:.3f}")
         lines.append(f"  wrong answers        {m.wrong_concentration:.2f} agree on one")

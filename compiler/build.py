@@ -157,7 +157,7 @@ def _budget(d: ast.BudgetDef, diags: Diagnostics) -> dict[str, dict[str, Any]]:
             diags.error(f"`{item.resource}` appears twice in the budget", item.span)
         if item.value <= 0:
             diags.error(f"a {item.resource} budget must be positive", item.span)
-        out[item.resource] = {"value": item.value, "per_input": item.per_input}
+        out[item.resource] = {"value": item.value, "per_input": item.per_input, "total": item.total}
     return out
 
 

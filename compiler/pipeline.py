@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttsc.compiler.build import Built, build
+from ttsc.compiler.passes.adaptive import defer_total_budget
 from ttsc.compiler.passes.allocate import allocate
 from ttsc.compiler.ir import Program
 from ttsc.compiler.passes.cse import cse
@@ -28,8 +29,9 @@ from ttsc.dsl.parser import parse
 
 # Cleanup passes run to a fixpoint: each can expose work for another.
 PASSES: list[Pass] = [inline]
-# Budget allocation fixes knobs first; defaults fix what no budget decides.
-DECIDE: list[Pass] = [allocate, select_defaults]
+# A data-set budget is left to the runtime; budget allocation fixes knobs
+# next; defaults fix what no budget decides.
+DECIDE: list[Pass] = [defer_total_budget, allocate, select_defaults]
 # prefix_sharing lays prompts out and predicts costs once the graph is final.
 CLEANUP: list[Pass] = [fold_constants, cse, merge_samples, dce, prefix_sharing]
 # Kernel generation runs once, on the final graph.
@@ -90,18 +92,27 @@ def compile_program(program: Program, extra_passes: list[Pass] | None = None) ->
     return plan, report
 
 
-def compile_source(source: str, file: str = "<string>", strategy: str | None = None) -> Compiled:
-    """Compile one strategy of a .tts source. Raises TTSError on any error."""
+def compile_source(source: str, file: str = "<string>", strategy: str | None = None,
+                   budget_tokens: float | None = None) -> Compiled:
+    """Compile one strategy of a .tts source. Raises TTSError on any error.
+    `budget_tokens` sets a total token budget for a data set (`--budget-tokens`),
+    in place of the file's own tokens line."""
     built = build(parse(source, file))
     built.diagnostics.raise_if_errors({file: source})
     name = pick_strategy(built, strategy)
     program = program_for(built, name)
+    if budget_tokens is not None:
+        if budget_tokens <= 0:
+            raise UserError(f"--budget-tokens must be positive (got {budget_tokens:g})")
+        program.budget = {**(program.budget or {}),
+                          "tokens": {"value": float(budget_tokens), "per_input": False, "total": True}}
     plan, report = compile_program(program)
     return Compiled(plan, program, report, built.diagnostics.warnings)
 
 
-def compile_file(path: str | Path, strategy: str | None = None) -> Compiled:
-    return compile_source(read_source(path), str(path), strategy)
+def compile_file(path: str | Path, strategy: str | None = None,
+                 budget_tokens: float | None = None) -> Compiled:
+    return compile_source(read_source(path), str(path), strategy, budget_tokens)
 
 
 def read_source(path: str | Path) -> str:

@@ -16,6 +16,13 @@ def tiny_model() -> LoadedModel:
     return tiny_random_model()
 
 
+@pytest.fixture(autouse=True)
+def private_call_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test gets its own default call cache: answers never leak between
+    tests or from the user's own runs."""
+    monkeypatch.setenv("TTSC_CALL_CACHE", str(tmp_path_factory.mktemp("calls") / "calls.db"))
+
+
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator["LlamaServer"]:  # noqa: F821 - imported below
     """llama.cpp's llama-server serving the embedded model on a free loopback port.

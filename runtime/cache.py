@@ -129,18 +129,27 @@ def _sample_key(model: str, prompt: Prompt, params: SamplingParams, index: int) 
 
 def _split_usage(output: SampleOutput) -> list[Usage]:
     """One request's usage shared out over its samples, so that any subset of
-    them replayed from the cache adds up to what computing them cost: the
-    call and the prompt computation go to the first sample, tokens to each."""
+    them replayed from the cache adds up to what computing them cost, and all
+    of them to the request's usage: the call goes to the first sample, the
+    prompt computation to the first samples (each at most its own prompt, as
+    an engine computing every sample's prompt in part reports), generated
+    tokens to each by its length."""
     n = len(output.completions)
     u = output.usage
+    lengths = [len(c.token_ids) or len(c.logprobs) for c in output.completions]
+    if sum(lengths) != u.generated_tokens:  # an engine that reports no tokens
+        lengths = [u.generated_tokens // n + (1 if j < u.generated_tokens % n else 0)
+                   for j in range(n)]
     per = []
-    for j, c in enumerate(output.completions):
+    left = u.prompt_tokens_computed
+    for j in range(n):
         prompt = u.prompt_tokens // n + (1 if j < u.prompt_tokens % n else 0)
-        computed = u.prompt_tokens_computed if j == 0 else 0
+        computed = left if j == n - 1 else min(left, prompt)
+        left -= computed
         per.append(Usage(calls=u.calls if j == 0 else 0, prompt_tokens=prompt,
                          prompt_tokens_computed=computed,
                          prompt_tokens_reused=max(0, prompt - computed),
-                         generated_tokens=len(c.token_ids)))
+                         generated_tokens=lengths[j]))
     return per
 
 

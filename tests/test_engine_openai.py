@@ -98,14 +98,16 @@ def test_self_consistency_end_to_end(llama_server, engines, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert re.fullmatch(r"-?\d+(\.\d+)?|", out.strip())  # a number ("" if no sample gave one)
-    summary = re.search(r"\[self_consistency\] (\d+) calls, (\d+) prompt tokens \((\d+) reused\), "
-                        r"(\d+) generated tokens", err)
+    summary = re.search(r"\[self_consistency\] (\d+) calls, \d+ tokens computed \((\d+) prompt \+ "
+                        r"(\d+) generated tokens; (\d+) requested, (\d+) prompt tokens reused\)", err)
     assert summary, err
-    calls, prompt, reused, generated = map(int, summary.groups())
+    calls, computed, generated, requested, reused = map(int, summary.groups())
     assert calls == 1  # one request of 16 samples
     question = Prompt.user("What is 3 + 4? Give the final answer as 'Answer: <number>'.")
+    prompt = requested - generated
     assert prompt == 16 * len(engines(llama_server.spec).tokenize(question))
-    assert 0 < reused < prompt and 0 < generated <= 16 * 40
+    assert computed + reused == prompt and reused > 0  # llama.cpp's prompt cache
+    assert 0 < generated <= 16 * 40
 
 
 def test_eval_end_to_end(llama_server, tmp_path, capsys):

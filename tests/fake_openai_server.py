@@ -62,6 +62,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b'{"error": {"message": "not found"}}')
             return
         action = fake.next_action()
+        with fake._lock:
+            fake.in_flight += 1
+            fake.most_in_flight = max(fake.most_in_flight, fake.in_flight)
+        try:
+            self._answer(fake, action, body)
+        finally:
+            with fake._lock:
+                fake.in_flight -= 1
+
+    def _answer(self, fake: "FakeOpenAIServer", action: Action, body: dict[str, Any]) -> None:
         if action is None:
             self._send(200, json.dumps(fake.reply(self.path, body)).encode())
         elif action[0] == "status":
@@ -102,6 +112,8 @@ class FakeOpenAIServer:
         self.models = models
         self.seen: list[tuple[str, dict[str, str], Any]] = []
         self.completions = 0  # completion requests received
+        self.in_flight = 0  # completion requests being answered now
+        self.most_in_flight = 0  # the most at once so far
         self._lock = threading.Lock()
         self._port = port
         self._httpd: _Server | None = None

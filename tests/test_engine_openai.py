@@ -119,8 +119,27 @@ def test_eval_end_to_end(llama_server, tmp_path, capsys):
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["items"] == 3 and summary["run_items"] == 3
-    assert summary["tokens_per_input"] > 16 * 20
-    assert len(out_file.read_text().splitlines()) == 3
+    assert summary["tokens_per_input"] > 0
+    items = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert len(items) == 3 and all(len(item["samples"]) == 16 for item in items)
+
+
+def test_seeded_samples_share_one_request(llama_server, engines):
+    """On llama.cpp the n samples of a seeded request go out as one request per
+    at most `slots` samples (choice i seeded s + i), so the prompt is computed
+    once per request, not once per sample."""
+    engine = engines(llama_server.spec)
+    assert engine.facts.slots == 4
+    calls = engine.pool.stats.http_calls
+    [out] = engine.sample([SampleRequest(PROMPTS[1], SamplingParams(n=6, temperature=1.0,
+                                                                    max_tokens=4, seed=40))])
+    assert engine.pool.stats.http_calls - calls == 2  # 4 + 2 samples
+    prompt = len(engine.tokenize(PROMPTS[1]))
+    assert out.usage.prompt_tokens == 6 * prompt
+    assert out.usage.prompt_tokens_computed <= 2 * prompt
+    alone = engine.sample([SampleRequest(PROMPTS[1], SamplingParams(n=1, temperature=1.0,
+                                                                    max_tokens=4, seed=40 + 5))])
+    assert alone[0].completions[0].token_ids == out.completions[5].token_ids
 
 
 def test_logprobs_are_log_probabilities(llama_server, engines):

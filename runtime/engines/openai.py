@@ -9,9 +9,10 @@ How the contract maps onto the API:
 - chat prompts go to /chat/completions, raw prompts to /completions; a chat
   prompt continuing an assistant reply (extend) is rendered with the server's
   own chat template (llama.cpp's /apply-template) and sent to /completions.
-- one request per sample (sample i of a seeded request uses seed + i, as the
-  contract says), so that each sample's usage and finish reason are its own
-  (llama.cpp reports one choice's usage for a request with `n` > 1).
+- sample i of a seeded request uses seed + i, as the contract says. llama.cpp
+  seeds choice i of one request that way itself, and computes the prompt once
+  for all its choices, so there the samples go out as one request (per at
+  most as many samples as it has slots); elsewhere one request per sample.
 - per-token log-probabilities come from the server's `logprobs`; they are the
   server's own distribution (before temperature, as servers report them).
   Token ids come with them where the server reports ids (llama.cpp does).
@@ -79,6 +80,7 @@ class Token:
     id: int | None
     logprob: float
     top: tuple[tuple[str, int | None, float], ...]  # (text, id, logprob) alternatives
+    is_end: bool = False  # an end-of-sequence token as llama.cpp lists it: no text, no bytes
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class ServerFacts:
     logprobs: bool  # per-token logprobs come back
     token_ids: bool  # they carry token ids
     top_logprobs: bool  # alternatives come back too
+    slots: int | None  # llama.cpp's parallel slots (its /props); None elsewhere
 
 
 def parse_tokens(logprobs: Any) -> list[Token]:
@@ -104,7 +107,8 @@ def parse_tokens(logprobs: Any) -> list[Token]:
         for e in logprobs["content"]:
             top = tuple((t.get("token", ""), _id(t), float(t["logprob"]))
                         for t in e.get("top_logprobs") or [])
-            out.append(Token(e.get("token", ""), _id(e), float(e["logprob"]), top))
+            out.append(Token(e.get("token", ""), _id(e), float(e["logprob"]), top,
+                             is_end=e.get("token") == "" and e.get("bytes") == []))
         return out
     tokens = logprobs.get("tokens") or []
     lps = logprobs.get("token_logprobs") or []
@@ -177,13 +181,14 @@ class OpenAIEngine(Engine):
     async def _probe(self) -> ServerFacts:
         models = await self._models()
         tokenizer = await self._has_tokenizer()
+        slots = await self._slots()
         reply = await self.pool.post("/chat/completions", {
             "model": self.model, "messages": [{"role": "user", "content": "Hi"}],
             "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 2})
         tokens = parse_tokens(self._choices(reply)[0].get("logprobs"))
         return ServerFacts(models=models, tokenizer=tokenizer, logprobs=bool(tokens),
                            token_ids=bool(tokens) and all(t.id is not None for t in tokens),
-                           top_logprobs=bool(tokens) and all(t.top for t in tokens))
+                           top_logprobs=bool(tokens) and all(t.top for t in tokens), slots=slots)
 
     async def _models(self) -> tuple[str, ...] | None:
         try:
@@ -202,6 +207,15 @@ class OpenAIEngine(Engine):
             raise ServerError(reply.endpoint, f"serves no model `{self.model}`",
                               hint="it serves: " + ", ".join(served))
         return served
+
+    async def _slots(self) -> int | None:
+        """llama.cpp's parallel slots, from its /props route."""
+        try:
+            props = await self.pool.get("/props", at_root=True, retries=0)
+        except ServerError:
+            return None
+        slots = props.body.get("total_slots") if isinstance(props.body, dict) else None
+        return slots if isinstance(slots, int) and slots > 0 else None
 
     async def _has_tokenizer(self) -> bool:
         """Whether the server has llama.cpp's /tokenize and /apply-template routes."""
@@ -250,15 +264,34 @@ class OpenAIEngine(Engine):
                                 Usage(calls=1))
         path, body = await self._route(request.prompt)
         body.update(self._sampling_body(p, logprobs=1, chat=path == "/chat/completions"))
-        seeds = [None] * p.n if p.seed is None else [p.seed + i for i in range(p.n)]
-        replies = await _all_or_first_error(
-            self.pool.post(path, body if s is None else {**body, "seed": s}) for s in seeds)
-        completions = [self._completion(reply, p) for reply in replies]
+        replies = await _all_or_first_error(self.pool.post(path, {**body, **part})
+                                            for part in self._split(p))
+        completions: list[Completion] = []
         usage = Usage(calls=1)
-        for reply, completion in zip(replies, completions):
-            usage = usage + self._usage(reply, len(completion.logprobs) if completion.logprobs
-                                        or self._listed_tokens(reply) else None)
+        for reply in replies:
+            choices = self._choices(reply)
+            got = [self._completion(c, p) for c in choices]
+            completions += got
+            listed = any(parse_tokens(c.get("logprobs")) for c in choices)
+            usage = usage + self._usage(reply, len(choices),
+                                        sum(len(c.logprobs) for c in got) if listed else None)
+        if len(completions) != p.n:
+            raise ServerError(replies[0].endpoint, f"asked for {p.n} completion(s), got "
+                              f"{len(completions)}")
         return SampleOutput(completions, usage)
+
+    def _split(self, p: SamplingParams) -> list[dict[str, Any]]:
+        """How a request's n samples go out: the `n` and `seed` of each HTTP request.
+
+        Unseeded: one request with `n`. Seeded: llama.cpp gives choice i of a
+        request seeded s the seed s + i, as the contract does, and computes the
+        prompt once for all of them, so one request per at most `slots` samples
+        (it waits for as many free slots); elsewhere one request per sample."""
+        if p.seed is None:
+            return [{"n": p.n}] if p.n > 1 else [{}]
+        chunk = self.facts.slots or 1
+        return [{"seed": p.seed + i, **({"n": min(chunk, p.n - i)} if min(chunk, p.n - i) > 1 else {})}
+                for i in range(0, p.n, chunk)]
 
     def _sampling_body(self, p: SamplingParams, logprobs: int, chat: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"max_tokens": p.max_tokens, "temperature": p.temperature}
@@ -295,57 +328,49 @@ class OpenAIEngine(Engine):
             raise ServerError(reply.endpoint, "answered without `choices`")
         return sorted(choices, key=lambda c: c.get("index", 0))
 
-    def _completion(self, reply: Reply, p: SamplingParams) -> Completion:
-        choice = self._choices(reply)[0]
+    def _completion(self, choice: dict[str, Any], p: SamplingParams) -> Completion:
         if "message" in choice:
             text = (choice.get("message") or {}).get("content") or ""
         else:
             text = choice.get("text") or ""
         tokens = parse_tokens(choice.get("logprobs"))
-        reported = (reply.body.get("usage") or {}).get("completion_tokens")
-        finish = self._finish(choice, p, tokens, reported)
-        if finish == "eos" and tokens and reported == len(tokens) and tokens[-1].text == "":
+        finish = self._finish(choice, p, tokens)
+        if tokens and tokens[-1].is_end:
             tokens = tokens[:-1]  # llama.cpp lists the end-of-sequence token; the contract does not
         ids = [t.id for t in tokens]
         token_ids = [int(i) for i in ids if i is not None] if None not in ids else []
         return Completion(text, token_ids, [t.logprob for t in tokens], finish)
 
     @staticmethod
-    def _finish(choice: dict[str, Any], p: SamplingParams, tokens: list[Token],
-                reported: int | None) -> FinishReason:
+    def _finish(choice: dict[str, Any], p: SamplingParams, tokens: list[Token]) -> FinishReason:
         """The contract's finish reason. OpenAI says "stop" both for the end of
         sequence and for a stop string. Servers that tell them apart say which
-        stop matched (vLLM `stop_reason`, SGLang `matched_stop`); llama.cpp
-        counts the stop string's tokens in its usage but drops them from the
-        log-probabilities, while the end-of-sequence token stays in both."""
-        reason = choice.get("finish_reason")
-        if reason == "length":
+        stop matched (vLLM `stop_reason`, SGLang `matched_stop`); llama.cpp lists
+        the end-of-sequence token (no text, no bytes) last, and drops a stop
+        string's tokens."""
+        if choice.get("finish_reason") == "length":
             return "length"
-        if not p.stop:
-            return "eos"
         matched = choice.get("stop_reason", choice.get("matched_stop"))
         if isinstance(matched, str):
             return "stop"
-        if isinstance(matched, int):
+        if isinstance(matched, int) or (tokens and tokens[-1].is_end) or not p.stop:
             return "eos"
-        if tokens and isinstance(reported, int):
-            return "stop" if reported > len(tokens) else "eos"
         return "stop"
 
-    def _listed_tokens(self, reply: Reply) -> bool:
-        return bool(parse_tokens(self._choices(reply)[0].get("logprobs")))
-
-    def _usage(self, reply: Reply, n_tokens: int | None) -> Usage:
-        """One sample's usage: prompt tokens as the server counted them (the cached
-        part reused), and the completion's own tokens (the contract's count: no
-        end-of-sequence or stop-string tokens); the server's completion count
-        where it sent no per-token log-probabilities."""
+    def _usage(self, reply: Reply, n_choices: int, generated: int | None) -> Usage:
+        """What one HTTP reply of `n_choices` samples cost: its prompt once per
+        sample as requested, computed once less what the server had cached (its
+        samples share the prompt's computation), and the `generated` tokens of
+        its completions (the contract's count: no end-of-sequence or stop-string
+        tokens), or the server's count where it listed no tokens."""
         u = reply.body.get("usage") or {}
         prompt = int(u.get("prompt_tokens") or 0)
         cached = min(prompt, int(((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0))
-        generated = n_tokens if n_tokens is not None else int(u.get("completion_tokens") or 0)
-        return Usage(prompt_tokens=prompt, prompt_tokens_computed=prompt - cached,
-                     prompt_tokens_reused=cached, generated_tokens=generated)
+        requested = prompt * n_choices
+        return Usage(prompt_tokens=requested, prompt_tokens_computed=prompt - cached,
+                     prompt_tokens_reused=requested - (prompt - cached),
+                     generated_tokens=int(u.get("completion_tokens") or 0) if generated is None
+                     else generated)
 
     # ------------------------------------------------------------------ scoring
 
@@ -367,7 +392,7 @@ class OpenAIEngine(Engine):
         if not tokens:
             raise ServerError(reply.endpoint, "answered without log-probabilities")
         top = tokens[0].top
-        usage = self._usage(reply, 0) + Usage(calls=1)  # a score generates nothing
+        usage = self._usage(reply, 1, 0) + Usage(calls=1)  # a score generates nothing
         ids = (await self._first_ids(request) if self.facts.tokenizer and self.facts.token_ids
                else [None] * len(request.choices))
         scores = []
@@ -442,7 +467,7 @@ class OpenAIEngine(Engine):
                 raise ServerError(reply.endpoint, f"a logit bias of {FORCE_BIAS:g} did not force "
                                   f"token {full[i]}, so its log-probability is unknown")
             total += tokens[0].logprob
-            usage = usage + self._usage(reply, 0)
+            usage = usage + self._usage(reply, 1, 0)
         return ContinuationOutput(total, usage)
 
     # ---------------------------------------------------------------- tokenizer

@@ -12,9 +12,10 @@
   strategy with ttsc's `openai` engine pointed at the server. OptiLLM's
   approach draws 5 samples at temperature 1 (fixed in its code), so ttsc is
   asked for the same (n=5, temperature=1); the prompt and max_tokens are the
-  same. 32 concurrent requests to each proxy: wall time, the upstream
-  completion requests the llama.cpp server served, and its token counters
-  (prompt tokens computed and reused, tokens generated; /metrics).
+  same, and so is the system turn. 32 concurrent requests to each proxy, then
+  8 of them one at a time: wall time, the upstream completion requests the
+  llama.cpp server served, and its token counters (prompt tokens computed and
+  reused, tokens generated; /metrics).
 
 OptiLLM is installed into its own virtual environment (under the ttsc cache
 directory) without its dependencies, plus only the packages its proxy
@@ -58,6 +59,10 @@ OPTILLM = "optillm==0.4.0"
 OPTILLM_IMPORTS = ["flask", "openai", "cerebras_cloud_sdk", "z3-solver<=4.15.4.0", "numpy",
                    "networkx", "requests", "aiohttp", "sympy", "PyYAML", "math-verify"]
 PEER_SAMPLES = 5  # OptiLLM's self_consistency: num_samples=5, temperature=1 (not settable)
+PEER_ONE_AT_A_TIME = 8  # requests sent one after the other (latency), a subset of the 32
+# The system turn SmolLM2's chat template adds when a prompt has none (what ttsc
+# sends); OptiLLM is given it explicitly, so both send the same prompt tokens.
+SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 MAX_TOKENS = 40  # the example's max_tokens
 
 
@@ -153,14 +158,16 @@ def part_concurrency(count: int) -> dict[str, Any]:
 
         send_all([call(0)], concurrent=False)  # warm up (kernels, caches)
         out: dict[str, Any] = {"requests": count, "samples_per_request": 16}
+        answers: dict[str, list[str]] = {}
         for mode, concurrent in (("concurrent", True), ("one_at_a_time", False)):
             responses, seconds = send_all([call(i) for i in range(count)], concurrent)
-            texts = [r.choices[0].message.content for r in responses]
+            answers[mode] = [r.choices[0].message.content for r in responses]
             out[mode] = {"seconds": round(seconds, 2), **usage_figures(responses),
-                         **answers_figures(rows, texts)}
+                         **answers_figures(rows, answers[mode])}
             log(f"[concurrency] {mode}: {seconds:.1f} s, {out[mode]}")
         out["speedup"] = round(out["one_at_a_time"]["seconds"] / out["concurrent"]["seconds"], 2)
-        out["same_answers"] = out["concurrent"]["correct"] == out["one_at_a_time"]["correct"]
+        # Seeds come with the requests, so both ways run the same samples.
+        out["same_answers"] = answers["concurrent"] == answers["one_at_a_time"]
     log(f"[concurrency] concurrent is {out['speedup']}x faster than one at a time")
     return out
 
@@ -222,20 +229,23 @@ def optillm_proxy(python: str, upstream: str) -> Iterator[str]:
 
 
 def llama_counters(server: LlamaServer) -> dict[str, float]:
-    """llama-server's token counters (/metrics) and the completion tasks it has
-    run so far (one log line each)."""
+    """llama-server's token counters (/metrics) and the completion requests it
+    has served so far (one log line each; a request's extra choices run as
+    child tasks, not counted)."""
     text = httpx.get(f"{server.root}/metrics", timeout=10).text
     found = dict(re.findall(r"^llamacpp:(\w+) ([0-9.e+-]+)$", text, re.M))
-    tasks = len(re.findall(r"processing task", Path(server.log_path).read_text(errors="replace")))
+    tasks = len(re.findall(r"processing task, is_child = 0",
+                           Path(server.log_path).read_text(errors="replace")))
     return {"upstream_requests": tasks,
             "prompt_tokens_computed": float(found.get("prompt_tokens_total", 0)),
             "prompt_tokens_reused": float(found.get("prompt_tokens_cached_total", 0)),
             "generated_tokens": float(found.get("tokens_predicted_total", 0))}
 
 
-def measured(server: LlamaServer, calls: list[Callable[[], Any]]) -> tuple[list[Any], dict[str, Any]]:
+def measured(server: LlamaServer, calls: list[Callable[[], Any]],
+             concurrent: bool = True) -> tuple[list[Any], dict[str, Any]]:
     before = llama_counters(server)
-    responses, seconds = send_all(calls, concurrent=True)
+    responses, seconds = send_all(calls, concurrent)
     time.sleep(0.5)  # the server logs a task's end after answering it
     after = llama_counters(server)
     figures = {k: int(after[k] - before[k]) for k in after}
@@ -249,7 +259,7 @@ def part_peer(count: int, threads: int, slots: int) -> dict[str, Any]:
     out: dict[str, Any] = {"requests": count, "samples_per_request": PEER_SAMPLES,
                            "llama_server": {"threads": threads, "slots": slots}}
     python, failure = optillm_python()
-    with LlamaServer(embedded_gguf(), threads=threads, parallel=slots, ctx_per_slot=512,
+    with LlamaServer(embedded_gguf(), threads=threads, parallel=slots, ctx_per_slot=256,
                      extra_args=["--metrics"]) as upstream:
         log(f"[peer] llama-server on {upstream.url} ({slots} slots, {threads} threads)")
         if python is None:
@@ -261,11 +271,9 @@ def part_peer(count: int, threads: int, slots: int) -> dict[str, Any]:
                                        timeout=3600)
                 calls = [lambda p=p: client.chat.completions.create(
                     model=EMBEDDED_ALIAS, max_tokens=MAX_TOKENS,
-                    messages=[{"role": "user", "content": p}]) for p in prompts]
-                responses, figures = measured(upstream, calls)
-                texts = [r.choices[0].message.content for r in responses]
-                out["optillm"] = {**figures, **answers_figures(rows, texts)}
-                log(f"[peer] OptiLLM self_consistency: {out['optillm']}")
+                    messages=[{"role": "system", "content": SMOLLM_SYSTEM},
+                              {"role": "user", "content": p}]) for p in prompts]
+                out["optillm"] = peer_runs(upstream, rows, calls, "OptiLLM self_consistency")
         spec = f"policy={upstream.spec}"
         with ttsc_serve(str(SELF_CONSISTENCY), "--model", spec,
                         env={"TTSC_OPENAI_CONCURRENCY": str(slots)}) as url:
@@ -274,13 +282,26 @@ def part_peer(count: int, threads: int, slots: int) -> dict[str, Any]:
                 model="self_consistency", n=PEER_SAMPLES, temperature=1.0, max_tokens=MAX_TOKENS,
                 seed=i, messages=[{"role": "user", "content": r["question"]}])
                 for i, r in enumerate(rows)]
-            responses, figures = measured(upstream, calls)
-            texts = [r.choices[0].message.content for r in responses]
-            out["ttsc"] = {**figures, **answers_figures(rows, texts)}
-            log(f"[peer] ttsc serve + openai engine: {out['ttsc']}")
-    if "seconds" in out.get("optillm", {}):
-        out["ttsc_speedup_vs_optillm"] = round(out["optillm"]["seconds"] / out["ttsc"]["seconds"], 2)
-        log(f"[peer] ttsc is {out['ttsc_speedup_vs_optillm']}x as fast as OptiLLM")
+            out["ttsc"] = peer_runs(upstream, rows, calls, "ttsc serve + openai engine")
+    if "concurrent" in out.get("optillm", {}):
+        for mode in ("concurrent", "one_at_a_time"):
+            out[f"ttsc_speedup_{mode}"] = round(out["optillm"][mode]["seconds"]
+                                                / out["ttsc"][mode]["seconds"], 2)
+        log(f"[peer] ttsc vs OptiLLM: {out['ttsc_speedup_concurrent']}x with {count} requests at "
+            f"once, {out['ttsc_speedup_one_at_a_time']}x one request at a time")
+    return out
+
+
+def peer_runs(upstream: LlamaServer, rows: list[dict[str, Any]], calls: list[Callable[[], Any]],
+              name: str) -> dict[str, Any]:
+    """All requests at once, then the first few one after the other."""
+    out: dict[str, Any] = {}
+    for mode, subset, concurrent in (("concurrent", calls, True),
+                                     ("one_at_a_time", calls[:PEER_ONE_AT_A_TIME], False)):
+        responses, figures = measured(upstream, subset, concurrent)
+        texts = [r.choices[0].message.content for r in responses]
+        out[mode] = {"requests": len(subset), **figures, **answers_figures(rows, texts)}
+        log(f"[peer] {name}, {mode}: {out[mode]}")
     return out
 
 
@@ -288,8 +309,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", choices=["concurrency", "peer", "all"], default="all")
     parser.add_argument("--requests", type=int, default=32)
-    parser.add_argument("--llama-threads", type=int, default=2)
-    parser.add_argument("--llama-slots", type=int, default=32)
+    # One thread: on a shared two-core machine llama.cpp's threads wait on each
+    # other at every op, and two are slower than one as soon as anything else runs.
+    parser.add_argument("--llama-threads", type=int, default=1)
+    # Enough slots for every sample of 32 requests at once: OptiLLM keeps at most
+    # one call per request in flight, ttsc all five; neither is slowed by more.
+    parser.add_argument("--llama-slots", type=int, default=160)
     args = parser.parse_args()
     figures: dict[str, Any] = {"load_average_before": list(os.getloadavg())}
     if args.part in ("concurrency", "all"):

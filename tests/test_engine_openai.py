@@ -18,7 +18,6 @@ import pytest
 
 from engine_contract import ENGINE_CHECKS, PROMPTS
 from ttsc.cli import main
-from ttsc.common.errors import UserError
 from ttsc.common.prompts import Prompt
 from ttsc.runtime.engines.base import (ContinuationRequest, NextTokenRequest, SampleRequest,
                                        SamplingParams)

@@ -8,7 +8,6 @@ slowly while the server is asked to stop."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from fake_openai_server import REPLY, FakeOpenAIServer
+from fake_openai_server import FakeOpenAIServer
 from ttsc.runtime.llama_server import free_port
 
 TINY = '''model policy = "tiny-random"

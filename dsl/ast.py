@@ -217,3 +217,20 @@ class Module:
 
     def budgets(self) -> list[BudgetDef]:
         return [d for d in self.definitions if isinstance(d, BudgetDef)]
+
+
+def children(node: object) -> tuple:
+    """The statements and expressions directly inside a statement or expression."""
+    if isinstance(node, (Assign, Return)):
+        return (node.value,)
+    if isinstance(node, Repeat):
+        return (node.count, *((node.until,) if node.until is not None else ()), *node.body)
+    if isinstance(node, ListExpr):
+        return node.items
+    if isinstance(node, Call):
+        return (*node.args, *(k.value for k in node.kwargs))
+    if isinstance(node, (BinOp, Compare, BoolOp)):
+        return (node.left, node.right)
+    if isinstance(node, Not):
+        return (node.operand,)
+    return ()

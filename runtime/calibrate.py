@@ -432,7 +432,7 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
               group_field: str | None = "difficulty", log: Callable[[str], None] = print,
               save: bool = True, pilot_feature: str = DEFAULT_PILOT_FEATURE) -> Calibration:
     """Run pilot samples of FILE's strategy on `data` and store FILE.calibration.json."""
-    from ttsc.compiler import cost
+    from ttsc.compiler import model_facts
     from ttsc.compiler.passes.inline import inline
     from ttsc.compiler.passes.manager import run_passes
     from ttsc.compiler.pipeline import pick_strategy, program_for, read_source
@@ -468,7 +468,7 @@ def calibrate(file: str | Path, data: str | Path, *, strategy: str | None = None
                 engines[spec] = make_engine(spec, engine=engine, device=device)
                 loaded = getattr(engines[spec], "loaded", None)
                 if loaded is not None:
-                    cost.cache_model_facts(spec, loaded)
+                    model_facts.cache_model_facts(spec, loaded)
             eng = engines[spec]
             mt = max_tokens or target.max_tokens
             key = (spec, mt, target.temperature)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ttsc.compiler import cost
+from ttsc.compiler import model_facts
 from ttsc.compiler.build import build
 from ttsc.compiler.ir import Op
 from ttsc.compiler.passes.inline import inline
@@ -173,7 +173,7 @@ strategy beam(question) {
 def test_token_exact_with_a_cached_tokenizer(tiny_model):
     from ttsc.runtime.engines.hf import HFEngine
 
-    cost.cache_model_facts("tiny-random", tiny_model)
+    model_facts.cache_model_facts("tiny-random", tiny_model)
     source = '''model policy = "tiny-random"
 prompt hello = """Say Yes or No."""
 strategy s(question) {

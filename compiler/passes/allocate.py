@@ -29,7 +29,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ttsc.compiler import cost
+from ttsc.compiler import cost, model_facts, profiles
 from ttsc.compiler.allocator import (FALSE, ONE, TRUE, ZERO, Cond, Const, Decision, Expr,
                                      Infeasible, Picked, Problem, Solution, Table, Task, add,
                                      all_of, any_of, evaluate, gate, maximum, minimum, mul, solve)
@@ -310,10 +310,10 @@ class _Builder:
         kv_tokens = add(prefill, gen)
         self.tokens.append(gate(info.active, mul(info.rounds, add(prefill, gen))))
         model_of = lambda o: self._spec(o["model"])  # noqa: E731
-        kv_bytes = self._table(info, lambda o: cost.model_shape(model_of(o)).kv_bytes_per_token(
-            cost.load_profile(model_of(o)).dtype_bytes))
+        kv_bytes = self._table(info, lambda o: model_facts.model_shape(model_of(o)).kv_bytes_per_token(
+            profiles.load_profile(model_of(o)).dtype_bytes))
         coeff = lambda o: cost.latency_coefficients(  # noqa: E731
-            cost.model_shape(model_of(o)), cost.load_profile(model_of(o)),
+            model_facts.model_shape(model_of(o)), profiles.load_profile(model_of(o)),
             layout(o)[0] + o.get("max_tokens", 0) // 2)
         c_pre = self._table(info, lambda o: coeff(o).prefill_token_s * NS)
         c_pass = self._table(info, lambda o: coeff(o).pass_s * NS)
@@ -351,7 +351,7 @@ class _Builder:
                 uses.setdefault(spec, []).append(all_of(info.active, on))
         terms = []
         for spec, conds in uses.items():
-            w = cost.model_shape(spec).weight_bytes(cost.load_profile(spec).dtype_bytes)
+            w = model_facts.model_shape(spec).weight_bytes(profiles.load_profile(spec).dtype_bytes)
             terms.append(gate(any_of(*conds), Const(int(w))))
         return add(*terms)
 
@@ -444,7 +444,7 @@ class _Builder:
         cal = self.calibration
         if cal and model_name in cal.models:
             return cal.models[model_name].model()
-        return prior_model(cost.model_shape(self._spec(model_name)).num_params)
+        return prior_model(model_facts.model_shape(self._spec(model_name)).num_params)
 
     def _pooled(self, sources: list[tuple[_Info, Expr]], pick: dict[str, int]) -> AccuracyModel:
         parts = []
@@ -510,7 +510,7 @@ class _Builder:
                      f"predicted accuracy {accuracy:.3f} from {basis}; "
                      f"CP-SAT {'optimal' if solution.optimal else 'feasible (time limit)'}")
         unknown = sorted({self._spec(o['model']) for i in self.llm for o in i.options
-                          if cost.model_shape(self._spec(o['model'])).source == "default"})
+                          if model_facts.model_shape(self._spec(o['model'])).source == "default"})
         if unknown:
             notes.append("no config known for " + ", ".join(unknown)
                          + ": costed as a Llama-3-8B-shaped model")

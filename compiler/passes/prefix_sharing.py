@@ -12,7 +12,7 @@ Three things, in order:
    up to the candidate.
 2. The token-level prefix trie of every LLM call the plan makes for one input,
    stage by stage in execution order, rendered through each model's tokenizer
-   and chat template (see `cost.PromptTokenizer`: token-exact when the runtime
+   and chat template (see `model_facts.PromptTokenizer`: token-exact when the runtime
    has cached the tokenizer, else a stated characters-per-token estimate).
    A hole's text is unknown at compile time: a task input counts
    DEFAULT_INPUT_TOKENS tokens (or the calibrated mean), a candidate the
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from ttsc.common.prompts import HOLE, OP_HOLES, default_prompt, hole_names
-from ttsc.compiler import cost
+from ttsc.compiler import cost, model_facts, profiles
 from ttsc.compiler.ir import Graph, Node, Op, Program
 from ttsc.compiler.lower import candidate_counts
 from ttsc.compiler.passes.manager import PassResult
@@ -102,7 +102,7 @@ def _merge(parts: Sequence[Part]) -> list[Part]:
     return out
 
 
-def rendered_parts(pdef: dict[str, Any], op: str, tok: cost.PromptTokenizer) -> list[Part]:
+def rendered_parts(pdef: dict[str, Any], op: str, tok: model_facts.PromptTokenizer) -> list[Part]:
     """The whole prompt as the engine sees it: chat frame, system, user."""
     user = template_parts(pdef["user"], op)
     system = template_parts(pdef["system"], op) if pdef.get("system") else None
@@ -122,7 +122,7 @@ class Layout:
     pieces: list[tuple[int, ...] | Hole]
 
     @staticmethod
-    def of(parts: Sequence[Part], tok: cost.PromptTokenizer) -> "Layout":
+    def of(parts: Sequence[Part], tok: model_facts.PromptTokenizer) -> "Layout":
         return Layout([p if isinstance(p, Hole) else tuple(tok.encode(p)) for p in parts])
 
     def counts(self, hole_tokens: Callable[[Hole], int]) -> tuple[int, int]:
@@ -157,7 +157,7 @@ def node_layout(program: Program, node: Node, spec: str) -> Layout | None:
     pdef = prompt_def(program, node)
     if pdef is None:
         return None
-    tok = cost.prompt_tokenizer(spec)
+    tok = model_facts.prompt_tokenizer(spec)
     key = (str(tok.dir), tok.exact, node.op.value, pdef["user"], pdef.get("system"), bool(pdef.get("raw")))
     if key not in _layouts:
         _layouts[key] = Layout.of(rendered_parts(pdef, node.op.value, tok), tok)
@@ -332,7 +332,7 @@ class _Analyzer:
 
     def run(self) -> Analysis:
         self.graph(self.program.graph, "s", {}, {}, {}, rounds=1, path="")
-        tokenizers = {s: cost.prompt_tokenizer(s) for s in sorted(self.specs)}
+        tokenizers = {s: model_facts.prompt_tokenizer(s) for s in sorted(self.specs)}
         for tok in tokenizers.values():
             tok.save()
         return Analysis(self.stages, all(t.exact for t in tokenizers.values()),
@@ -423,8 +423,8 @@ class _Analyzer:
         return out
 
     def _seconds(self, spec: str, requests: list[Request], report: StageReport) -> float:
-        shape = cost.model_shape(spec)
-        profile = cost.load_profile(spec)
+        shape = model_facts.model_shape(spec)
+        profile = profiles.load_profile(spec)
         rows = sum(r.rows for r in requests)
         steps = max((r.gen_tokens for r in requests if r.rows), default=0)
         shared = min((r.shared_prefix for r in requests), default=0)
@@ -578,7 +578,7 @@ def prefix_sharing(program: Program) -> PassResult:
                 analysis_notes.append(f"{s.name}: longest-prefix-first order {', '.join(s.order)}")
         analysis_notes += [f"token counts {h}" for h in analysis.how]
         unknown = sorted({s.model for s in analysis.stages
-                          if cost.model_shape(s.model).source == "default"})
+                          if model_facts.model_shape(s.model).source == "default"})
         if unknown:
             analysis_notes.append("no config known for " + ", ".join(unknown) + ": KV bytes and "
                                   "latency assume a Llama-3-8B-shaped model")
@@ -600,7 +600,7 @@ def prefix_sharing(program: Program) -> PassResult:
 def _kv_peak(analysis: Analysis) -> int:
     peak = 0
     for s in analysis.stages:
-        shape = cost.model_shape(s.model)
-        profile = cost.load_profile(s.model)
+        shape = model_facts.model_shape(s.model)
+        profile = profiles.load_profile(s.model)
         peak = max(peak, int(s.kv_with * shape.kv_bytes_per_token(profile.dtype_bytes)))
     return peak

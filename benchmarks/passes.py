@@ -138,7 +138,7 @@ def bench_prefix() -> dict[str, Any]:
     import torch
 
     from ttsc.compiler import model_facts
-    from ttsc.compiler.passes.prefix_sharing import analyze
+    from ttsc.compiler.prefix.predict import analyze
     from ttsc.runtime.engines.base import Prompt, SampleRequest, SamplingParams
     from ttsc.runtime.engines.paged.engine import PagedEngine
     from ttsc.runtime.models import load_model

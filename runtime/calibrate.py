@@ -395,7 +395,7 @@ def _targets(program: Any) -> tuple[list[_Target], list[tuple[str, dict[str, Any
     """What to sample (the first generate, once per model it may use) and which
     verifiers to score with (model name, prompt definition)."""
     from ttsc.compiler.ir import Op
-    from ttsc.compiler.passes.prefix_sharing import prompt_def
+    from ttsc.compiler.prefix.layout import prompt_def
 
     gens, verifiers, how = [], [], {"how": "number"}
     for _, node in program.graph.walk():

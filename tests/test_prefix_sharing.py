@@ -6,8 +6,11 @@ from ttsc.compiler import model_facts
 from ttsc.compiler.build import build
 from ttsc.compiler.ir import Op
 from ttsc.compiler.passes.inline import inline
-from ttsc.compiler.passes.prefix_sharing import (PrefixTrie, analyze, longest_prefix_first,
-                                                 node_layout, prefix_sharing, shared_first)
+from ttsc.compiler.passes.prefix_sharing import prefix_sharing
+from ttsc.compiler.prefix.layout import node_layout
+from ttsc.compiler.prefix.predict import analyze
+from ttsc.compiler.prefix.rewrite import shared_first
+from ttsc.compiler.prefix.trie import PrefixTrie, longest_prefix_first
 from ttsc.compiler.pipeline import compile_source, program_for
 from ttsc.dsl.parser import parse
 from ttsc.runtime.engines.base import Prompt

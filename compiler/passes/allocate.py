@@ -34,9 +34,10 @@ from ttsc.compiler.allocator import (FALSE, ONE, TRUE, ZERO, Cond, Const, Decisi
                                      Infeasible, Picked, Problem, Solution, Table, Task, add,
                                      all_of, any_of, evaluate, gate, maximum, minimum, mul, solve)
 from ttsc.compiler.ir import Graph, Node, Op, Program
+from ttsc.compiler.ir_analysis import source_prompt
 from ttsc.compiler.passes.manager import PassResult
-from ttsc.compiler.passes.prefix_sharing import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS,
-                                                 RANK_MAX_TOKENS, node_layout)
+from ttsc.compiler.prefix.layout import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, RANK_MAX_TOKENS,
+                                         node_layout)
 from ttsc.compiler.utility import (AccuracyModel, Calibration, load_calibration, pooled,
                                    prior_model, truncated)
 from ttsc.common.errors import Span, TTSError, error
@@ -330,7 +331,7 @@ class _Builder:
         """Per option: (tokens of one call without its candidates, shared prefix)."""
         target = node
         if node.op is Op.EXTEND:
-            target = _source_node(graph, node) or node
+            target = source_prompt(graph, node.inputs["candidates"], {}) or node
 
         def counts(o: dict[str, Any]) -> tuple[int, int]:
             layout = node_layout(self.program, target, self._spec(o["model"]))
@@ -531,12 +532,6 @@ def _llm_ancestors(graph: Graph, node: Node) -> list[str]:
     import networkx as nx
 
     return sorted(a for a in nx.ancestors(graph.g, node.id) if graph[a].is_llm)
-
-
-def _source_node(graph: Graph, node: Node) -> Node | None:
-    from ttsc.compiler.passes.prefix_sharing import source_prompt
-
-    return source_prompt(graph, node.inputs["candidates"], {})
 
 
 def _decisions_in(e: Expr) -> set[str]:

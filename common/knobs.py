@@ -11,8 +11,8 @@ is a value still to be decided:
 
 The builder makes knobs, the allocator and the defaults pass decide them, and
 search assigns them (`compile_program(program, assignment)`); by the time a
-Plan is lowered every knob is a plain value. `to_json`/`from_json` give the
-form plans and search records store.
+Plan is lowered every knob is a plain value. `to_json`/`knob_from_json` give
+the form search records store.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ class Choice:
     def size(self) -> int | None:
         return len(self.options)
 
+    def allows(self, value: Any) -> bool:
+        return value in self.options
+
     def to_json(self) -> dict[str, Any]:
         return {"choice": list(self.options)}
 
@@ -39,7 +42,7 @@ class Choice:
 class Range:
     lo: float
     hi: float
-    integer: bool = False
+    integer: bool = False  # the setting takes whole numbers: every integer in [lo, hi]
 
     def default(self) -> Any:
         mid = (self.lo + self.hi) / 2
@@ -47,6 +50,11 @@ class Range:
 
     def size(self) -> int | None:
         return int(self.hi - self.lo) + 1 if self.integer else None  # None: continuous
+
+    def allows(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.lo <= value <= self.hi and (not self.integer or float(value).is_integer())
 
     def to_json(self) -> dict[str, Any]:
         return {"range": [self.lo, self.hi], "integer": self.integer}
@@ -57,14 +65,19 @@ class Auto:
     options: tuple[Any, ...] | None = None  # model names for `model=auto`; None: the allocator's grid
 
     def default(self) -> Any:
+        """The first model of `model=auto`; any other auto needs a budget to decide it."""
+        if self.options:
+            return self.options[0]
         raise ValueError("auto has no default: a budget decides it")
 
     def size(self) -> int | None:
         return len(self.options) if self.options is not None else None
 
+    def allows(self, value: Any) -> bool:
+        return self.options is None or value in self.options
+
     def to_json(self) -> dict[str, Any]:
         return {"auto": True, **({"choice": list(self.options)} if self.options is not None else {})}
-
 
 
 Knob = Union[Choice, Range, Auto]
@@ -91,4 +104,3 @@ def knob_from_json(value: Any) -> Any:
 
 def knob_to_json(value: Any) -> Any:
     return value.to_json() if is_knob(value) else value
-

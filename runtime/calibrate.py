@@ -394,6 +394,7 @@ class _Target:
 def _targets(program: Any) -> tuple[list[_Target], list[tuple[str, dict[str, Any]]]]:
     """What to sample (the first generate, once per model it may use) and which
     verifiers to score with (model name, prompt definition)."""
+    from ttsc.common.knobs import Auto, Choice, Range
     from ttsc.compiler.ir import Op
     from ttsc.compiler.prefix.layout import prompt_def
 
@@ -410,15 +411,15 @@ def _targets(program: Any) -> tuple[list[_Target], list[tuple[str, dict[str, Any
     gen = gens[0]
 
     def names(value: Any) -> list[str]:
-        return list(value["choice"]) if isinstance(value, dict) else [value]
+        return list(value.options) if isinstance(value, (Choice, Auto)) else [value]
 
     mt = gen.attrs.get("max_tokens")
     max_tokens = mt if isinstance(mt, int) else max(
-        (v for v in (mt or {}).get("choice", []) if isinstance(v, int)), default=DEFAULT_MAX_TOKENS)
+        (v for v in (mt.options if isinstance(mt, Choice) else ()) if isinstance(v, int)),
+        default=DEFAULT_MAX_TOKENS)
     t = gen.attrs.get("temperature")
     temperature = (float(t) if isinstance(t, (int, float)) else
-                   round(sum(t["range"]) / 2, 4) if isinstance(t, dict) and "range" in t
-                   else DEFAULT_TEMPERATURE)
+                   t.default() if isinstance(t, Range) else DEFAULT_TEMPERATURE)
     pdef = program.prompts[gen.attrs["prompt"]]
     targets = [_Target(name, pdef, max_tokens, temperature, how) for name in names(gen.attrs["model"])]
     checks = [(name, prompt_def(program, v)) for v in verifiers for name in names(v.attrs["model"])]

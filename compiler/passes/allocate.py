@@ -1,9 +1,10 @@
 """Budget allocation: solve `auto` and `choice` knobs under the `budget {}` block.
 
 With a budget, every cost knob left open becomes a decision with one-hot
-options: `n` and `max_tokens` and `k` (`auto`: powers of two; `choice`: the
-listed values; `range`: the powers of two inside it and its ends), the model
-(`auto` or `choice`), which branch of a value `choice(...)` runs, and a
+options: `n` and `max_tokens` and `k` (`auto`: the setting's `auto_grid` in
+`common.sampling.SETTINGS`, powers of two; `choice`: the listed values;
+`range`: the grid values inside it and its ends), the model (`auto` or
+`choice`), which branch of a value `choice(...)` runs, and a
 `repeat auto` round count. Each option's tokens, KV bytes and latency come
 from the cost model (prompt tokens from the prompts as each model tokenizes
 them); the answer's accuracy from the utility model (calibrated beside the
@@ -17,9 +18,9 @@ What the budget lines mean at compile time (documented in --explain):
   input's largest stage; `memory <= Y per input` counts only the KV cache;
 - `latency <= Z`: one input alone, stages one after another.
 
-`temperature=auto` has no cost: it becomes 0.7 when sampling several, 0 for
-one sample. Knobs that cost nothing (temperature ranges) are left to
-`select_defaults`. An infeasible budget is an error at its line that states
+`temperature=auto` has no cost: it becomes the default temperature when
+sampling several, 0 for one sample (`common.sampling.auto_temperature`).
+Knobs that cost nothing (temperature ranges) are left to `select_defaults`. An infeasible budget is an error at its line that states
 the smallest feasible limit.
 """
 
@@ -36,20 +37,15 @@ from ttsc.compiler.allocator import (FALSE, ONE, TRUE, ZERO, Cond, Const, Decisi
 from ttsc.compiler.ir import Graph, Node, Op, Program
 from ttsc.compiler.ir_analysis import source_prompt
 from ttsc.compiler.passes.manager import PassResult
-from ttsc.compiler.prefix.layout import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, RANK_MAX_TOKENS,
-                                         node_layout)
+from ttsc.compiler.prefix.layout import DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, node_layout
 from ttsc.compiler.utility import (AccuracyModel, Calibration, load_calibration, pooled,
                                    prior_model, truncated)
 from ttsc.common.errors import Span, TTSError, error
+from ttsc.common.knobs import Auto, Choice, Range, is_knob
+from ttsc.common.sampling import SETTINGS, auto_temperature
 
-AUTO_OPTIONS: dict[str, tuple[int, ...]] = {
-    "n": (1, 2, 4, 8, 16, 32, 64),
-    "max_tokens": (16, 32, 64, 128, 256, 512, 1024),
-    "k": (1, 2, 4, 8, 16),
-}
-AUTO_ROUNDS = (1, 2, 3, 4, 6, 8)
+AUTO_ROUNDS = (1, 2, 3, 4, 6, 8)  # what `repeat auto` weighs
 COST_KNOBS = ("model", "n", "max_tokens", "k")
-AUTO_TEMPERATURE = 0.7
 MAX_JOINT_OPTIONS = 20_000  # beyond this the utility table is too big to build
 UTILITY_SCALE = 1_000_000
 NS = 1e9  # latency unit: nanoseconds
@@ -72,17 +68,15 @@ def allocate(program: Program) -> PassResult:
 
 
 def _options(key: str, value: Any) -> list[Any] | None:
-    """The options of one knob's value, or None when it is fixed."""
-    if not isinstance(value, dict):
-        return None
-    if "choice" in value:
-        return list(value["choice"])
-    if value.get("auto"):
-        return list(AUTO_OPTIONS[key]) if key in AUTO_OPTIONS else None
-    if "range" in value and key in AUTO_OPTIONS:
-        lo, hi = value["range"]
-        inside = [v for v in AUTO_OPTIONS[key] if lo <= v <= hi]
-        return sorted({int(lo), int(hi), *inside})
+    """The options of one knob, or None when it is fixed (or costs nothing)."""
+    grid = SETTINGS[key].auto_grid if key in SETTINGS else ()
+    if isinstance(value, Choice):
+        return list(value.options)
+    if isinstance(value, Auto):
+        return list(value.options) if value.options is not None else (list(grid) or None)
+    if isinstance(value, Range) and grid:
+        inside = [v for v in grid if value.lo <= v <= value.hi]
+        return sorted({int(value.lo), int(value.hi), *inside})
     return None
 
 
@@ -142,7 +136,7 @@ class _Builder:
         labels: list[dict[str, Any]] = []
         if node.op is Op.CHOICE and node.attrs.get("selected") is None:
             labels = [{"selected": i} for i in range(len(node.inputs))]
-        elif node.op is Op.LOOP and isinstance(node.attrs.get("count"), dict):
+        elif node.op is Op.LOOP and isinstance(node.attrs.get("count"), Auto):
             labels = [{"count": r} for r in AUTO_ROUNDS]
         elif knobs:
             keys = list(knobs)
@@ -210,10 +204,10 @@ class _Builder:
             info.length = add(cands.length, self._table(info, lambda o: o["max_tokens"]))
         elif node.op in (Op.CRITIQUE, Op.REFINE):
             info.count = cands.count
-            info.length = self._table(info, lambda o: o.get("max_tokens", 256))
+            info.length = self._table(info, lambda o: o["max_tokens"])
         elif node.op in (Op.TOP, Op.RANK):
             k = a.get("k")
-            if isinstance(k, (int, dict)):
+            if isinstance(k, int) or is_knob(k):
                 info.count = minimum(self._table(info, lambda o: o["k"]), cands.count)
             else:
                 info.count = cands.count
@@ -298,7 +292,7 @@ class _Builder:
             prefill, gen, steps = add(F, listed), n_mt, mt
         elif op is Op.RANK:
             prefill = add(F, mul(m, add(length, Const(LIST_ITEM_TOKENS))))
-            gen, steps = Const(RANK_MAX_TOKENS), Const(RANK_MAX_TOKENS)
+            gen, steps = mt, mt
         elif op in (Op.VERIFY, Op.SCORE):
             prefill, gen, steps = add(S, mul(m, add(own, length))), ZERO, ZERO
         elif op in (Op.CRITIQUE, Op.REFINE):
@@ -494,12 +488,12 @@ class _Builder:
             notes.append(f"{node.op.value} at {info.where()}: {shown} (of {len(d.options)} options)")
         for info in self.infos.values():
             t = info.node.attrs.get("temperature")
-            if isinstance(t, dict) and t.get("auto") and info.node.is_llm:
+            if isinstance(t, Auto) and info.node.is_llm:
                 n = info.node.attrs.get("n", 1)
-                info.node.attrs["temperature"] = AUTO_TEMPERATURE if isinstance(n, int) and n > 1 else 0.0
+                info.node.attrs["temperature"] = auto_temperature(n if isinstance(n, int) else 1)
                 notes.append(f"{info.node.op.value} at {info.where()}: temperature="
-                             f"{info.node.attrs['temperature']} (auto: no cost; 0.7 when sampling "
-                             "several, 0 for one)")
+                             f"{info.node.attrs['temperature']} (auto: no cost; "
+                             f"{auto_temperature(2)} when sampling several, 0 for one)")
         usage = solution.usage
         used = [f"tokens {usage['tokens']:,}/input", f"memory {_fmt_bytes(usage['memory'])}",
                 f"latency {usage['latency'] / NS:.2f} s"]

@@ -18,7 +18,6 @@ from ttsc.compiler.ir import Node, Program
 
 DEFAULT_INPUT_TOKENS = 32  # tokens a task input (question) is assumed to take
 LIST_ITEM_TOKENS = 4  # "[i] " and the blank line around each listed candidate
-RANK_MAX_TOKENS = 64  # what the runtime's `rank` generates (runtime/ops.py)
 
 
 def op_holes(op: str, kind: str) -> tuple[str, ...]:

@@ -20,8 +20,8 @@ from typing import Any, Callable
 from ttsc.compiler import ir_analysis
 from ttsc.compiler import cost, model_facts, profiles
 from ttsc.compiler.ir import Graph, Node, Op, Program
-from ttsc.compiler.prefix.layout import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, RANK_MAX_TOKENS,
-                                         Hole, node_layout, op_holes)
+from ttsc.compiler.prefix.layout import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, Hole, node_layout,
+                                         op_holes)
 from ttsc.compiler.prefix.trie import PrefixTrie, StandInIds, longest_prefix_first
 
 
@@ -181,8 +181,8 @@ class _Analyzer:
         a = node.attrs
         m = counts.get(node.inputs.get("candidates", "")) or 0
         cand_len = lengths.get(node.inputs.get("candidates", ""), 0)
-        n = a.get("n") if isinstance(a.get("n"), int) else 1
-        mt = a.get("max_tokens") if isinstance(a.get("max_tokens"), int) else 0
+        n = ir_analysis.fixed_int(a, "n") or 1
+        mt = ir_analysis.fixed_int(a, "max_tokens") or 0
         op = node.op.value
         if node.op is Op.EXTEND:
             src = ir_analysis.source_prompt(graph, node.inputs["candidates"], sources)
@@ -203,7 +203,7 @@ class _Analyzer:
                      * (lengths.get(node.inputs.get("critiques", ""), 0) + LIST_ITEM_TOKENS)}
         seq = self.sequence(node, spec, call=None, node_key=node.id, lens=list_lens)
         if node.op is Op.RANK:
-            return [Request(node.id, seq, 1, RANK_MAX_TOKENS, len(seq))]
+            return [Request(node.id, seq, 1, mt, len(seq))]
         return [Request(node.id, seq, n, mt, len(seq))]
 
     def _shared(self, node: Node, spec: str, lens: dict) -> int:

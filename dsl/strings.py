@@ -108,3 +108,33 @@ def _decode_escape(body: str, i: int) -> tuple[str, int, str | None]:
             return chr(code), 6, None
         return "", 2, "`\\u` needs exactly four hex digits, e.g. `\\u00e9`"
     return "", 2, f"unknown escape `\\{kind}`"
+
+
+# ------------------------------------------------------------- writing them
+
+_WRITE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def quote(value: str, *, block: bool = False) -> str:
+    """A string literal that reads back as `value` (the inverse of `read_text`,
+    for prompt templates too: their braces are written as they are kept).
+    With `block`, multi-line text is written raw and triple-quoted where that
+    reads back exactly; anything else as a "..." string with escapes."""
+    if block and "\n" in value and _triple_reads_back(value):
+        return '"""\n' + value + '"""'
+    out = []
+    for c in value:
+        if c in _WRITE_ESCAPES:
+            out.append(_WRITE_ESCAPES[c])
+        elif (ord(c) < 0x20 or ord(c) == 0x7F or not c.isprintable()) and ord(c) <= 0xFFFF:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _triple_reads_back(value: str) -> bool:
+    # The leading newline written before the text is dropped on reading, then
+    # the text is dedented: it must have no common indentation of its own.
+    return ('"""' not in value and not value.endswith('"') and "\r" not in value
+            and textwrap.dedent(value) == value)

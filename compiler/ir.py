@@ -246,4 +246,5 @@ class Program:
     models: dict[str, str]  # model name -> spec (aliases resolved)
     prompts: dict[str, dict[str, Any]]  # name -> {user, system, raw, holes}
     budget: dict[str, Any] | None = None  # resource -> {value, per_input}
+    knob_sites: dict[str, Any] = field(default_factory=dict)  # id -> build.KnobSite, as written
     meta: dict[str, Any] = field(default_factory=dict)

@@ -107,6 +107,7 @@ class _Builder:
         cal = self.calibration
         self.input_tokens = round(cal.input_tokens) if cal and cal.input_tokens else DEFAULT_INPUT_TOKENS
         self.decisions: list[Decision] = []
+        self.site_decisions: dict[tuple, str] = {}  # knob sites -> their decision
         self.infos: dict[str, _Info] = {}
         self.llm: list[_Info] = []
         self.tokens: list[Expr] = []
@@ -143,7 +144,15 @@ class _Builder:
             labels = [dict(zip(keys, combo)) for combo in itertools.product(*knobs.values())]
         if not labels:
             return None, [dict(node.attrs)]
-        self.decisions.append(Decision(name, labels))
+        # Copies of one knob site (a strategy inlined twice) share one decision:
+        # a knob is one place in the source, so one value.
+        site = tuple(sorted(node.meta.get("knob_sites", {}).items()))
+        if site and site in self.site_decisions:
+            name = self.site_decisions[site]
+        else:
+            self.decisions.append(Decision(name, labels))
+            if site:
+                self.site_decisions[site] = name
         return name, [{**node.attrs, **lab} for lab in labels]
 
     def _table(self, info: _Info, f: Callable[[dict[str, Any]], float]) -> Expr:
@@ -477,12 +486,13 @@ class _Builder:
     def apply(self, solution: Solution) -> list[str]:
         notes: list[str] = []
         chosen: dict[str, Any] = {}
+        for info in self.infos.values():
+            if info.decision is not None:
+                info.node.attrs.update(self.decision(info.decision).options[solution.pick[info.decision]])
         for d in self.decisions:
             info = self.infos[d.name]
             label = d.options[solution.pick[d.name]]
             node = info.node
-            for key, value in label.items():
-                node.attrs[key] = value
             shown = ", ".join(f"{k}={v}" for k, v in label.items())
             chosen[f"{node.op.value} at {info.where()}"] = label
             notes.append(f"{node.op.value} at {info.where()}: {shown} (of {len(d.options)} options)")

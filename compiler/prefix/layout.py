@@ -124,11 +124,22 @@ class Layout:
 _layouts: dict[tuple, Layout] = {}
 
 
+def tokenizer_for(program: Program, spec: str) -> model_facts.PromptTokenizer:
+    """How the compiler counts a model's prompt tokens: exactly where it can,
+    estimated where the engine serving the model has no tokenizer (the
+    capabilities `compile_program` was given)."""
+    capabilities = program.meta.get("capabilities") or {}
+    blind = sorted(name for name, caps in capabilities.items()
+                   if not caps.tokenizer and program.models.get(name, name) == spec)
+    reason = f"the engine serving `{blind[0]}` has no tokenizer" if blind else None
+    return model_facts.prompt_tokenizer(spec, reason)
+
+
 def node_layout(program: Program, node: Node, spec: str) -> Layout | None:
     pdef = prompt_def(program, node)
     if pdef is None:
         return None
-    tok = model_facts.prompt_tokenizer(spec)
+    tok = tokenizer_for(program, spec)
     key = (str(tok.dir), tok.exact, node.op.value, pdef["user"], pdef.get("system"), bool(pdef.get("raw")))
     if key not in _layouts:
         _layouts[key] = Layout.of(rendered_parts(pdef, node.op.value, tok), tok)

@@ -21,7 +21,7 @@ from ttsc.compiler import ir_analysis
 from ttsc.compiler import cost, model_facts, profiles
 from ttsc.compiler.ir import Graph, Node, Op, Program
 from ttsc.compiler.prefix.layout import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, Hole, node_layout,
-                                         op_holes)
+                                         op_holes, tokenizer_for)
 from ttsc.compiler.prefix.trie import PrefixTrie, StandInIds, longest_prefix_first
 
 
@@ -82,7 +82,7 @@ class _Analyzer:
 
     def run(self) -> Analysis:
         self.graph(self.program.graph, "s", {}, {}, {}, rounds=1, path="")
-        tokenizers = {s: model_facts.prompt_tokenizer(s) for s in sorted(self.specs)}
+        tokenizers = {s: tokenizer_for(self.program, s) for s in sorted(self.specs)}
         for tok in tokenizers.values():
             tok.save()
         return Analysis(self.stages, all(t.exact for t in tokenizers.values()),

@@ -56,11 +56,16 @@ def plan_summary(plan: Plan) -> str:
             f"models: {models}\n"
             f"{plan.facts.get('stages', 0)} stages, {plan.facts.get('llm_stages', 0)} LLM stages")
     extra = []
-    for key, label in (("predicted_tokens_per_input", "predicted tokens/input"),
-                       ("prefill_tokens_saved", "prefill tokens saved by sharing"),
+    f = plan.facts
+    if "predicted_tokens_per_input" in f:
+        extra.append(f"predicted tokens/input: {f['predicted_tokens_per_input']} computed, "
+                     f"{f.get('predicted_tokens_requested_per_input')} requested, "
+                     f"{f.get('predicted_generated_tokens_per_input')} generated "
+                     f"(lengths from {f.get('predicted_lengths')})")
+    for key, label in (("prefill_tokens_saved", "prefill tokens saved by sharing"),
                        ("kv_peak_bytes", "KV peak bytes"), ("predicted_latency_s", "predicted latency s")):
-        if key in plan.facts:
-            extra.append(f"{label}: {plan.facts[key]}")
+        if key in f:
+            extra.append(f"{label}: {f[key]}")
     return "\n".join([head, *extra, "stages:", stages_text(plan)])
 
 

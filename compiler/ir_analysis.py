@@ -5,8 +5,9 @@
   prefix sharing walks them.
 - `candidate_counts`: how many candidates (or answers, scores) a node holds
   per input, where fixed at compile time.
-- `candidate_lengths`: tokens per candidate a node holds, at most (the
-  max_tokens of what made it, plus what loops of `extend` add).
+- `candidate_lengths`: tokens per candidate a node holds: at most (the
+  max_tokens of what made it, plus what loops of `extend` add), or as
+  expected when given each generating node's expected length.
 - `loop_inputs`: the counts and lengths a loop's regions start from.
 - `source_prompt`: the generate-like node whose prompt some candidates continue.
 
@@ -17,7 +18,7 @@ decisions), from the same rules.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ttsc.compiler.ir import Graph, Node, Op
 from ttsc.compiler.ops import T
@@ -32,6 +33,16 @@ def fixed_int(attrs: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def max_tokens(node: Node) -> int:
+    """Tokens a sample of `node` generates at most (0 when not fixed)."""
+    return fixed_int(node.attrs, "max_tokens") or 0
+
+
+# Tokens a sample of a generating node is taken to hold: `max_tokens` (an
+# upper bound) unless a caller knows better (expected lengths).
+Made = Callable[[Node], int]
+
+
 def levels(graph: Graph) -> dict[str, int]:
     """Dependency level of every node: 1 + the highest level of its inputs."""
     level: dict[str, int] = {}
@@ -41,10 +52,10 @@ def levels(graph: Graph) -> dict[str, int]:
     return level
 
 
-def loop_growth(body: Graph) -> int:
-    """Tokens one round of a loop body adds to each carried candidate (its
-    `extend` calls' max_tokens): lengths are upper bounds."""
-    return sum(fixed_int(n.attrs, "max_tokens") or 0 for n in body.nodes() if n.op is Op.EXTEND)
+def loop_growth(body: Graph, made: Made = max_tokens) -> int:
+    """Tokens one round of a loop body adds to each carried candidate (what
+    its `extend` calls generate)."""
+    return sum(made(n) for n in body.nodes() if n.op is Op.EXTEND)
 
 
 def loop_rounds(loop: Node) -> int:
@@ -52,11 +63,11 @@ def loop_rounds(loop: Node) -> int:
     return fixed_int(loop.attrs, "count") or (0 if loop.attrs.get("count") == 0 else 1)
 
 
-def loop_inputs(loop: Node, counts: dict[str, int | None], lengths: dict[str, int] | None = None
-                ) -> tuple[dict[str, int | None], dict[str, int]]:
+def loop_inputs(loop: Node, counts: dict[str, int | None], lengths: dict[str, int] | None = None,
+                made: Made = max_tokens) -> tuple[dict[str, int | None], dict[str, int]]:
     """(counts, lengths) of a loop's INPUT names (carried and captured
     variables): carried candidates grow by every round's extension."""
-    grown = loop_rounds(loop) * loop_growth(loop.attrs["body"])
+    grown = loop_rounds(loop) * loop_growth(loop.attrs["body"], made)
     inner_counts: dict[str, int | None] = {}
     inner_lengths: dict[str, int] = {}
     for role, src in loop.inputs.items():
@@ -116,13 +127,14 @@ def candidate_counts(graph: Graph, outer: dict[str, int | None]) -> dict[str, in
     return counts
 
 
-def candidate_lengths(graph: Graph, outer: dict[str, int]) -> dict[str, int]:
-    """Tokens per candidate each node holds, at most (max_tokens of what made
-    it); `outer` gives the lengths of the graph's INPUT nodes by name."""
+def candidate_lengths(graph: Graph, outer: dict[str, int], made: Made = max_tokens) -> dict[str, int]:
+    """Tokens per candidate each node holds (`made`: what a sample of the node
+    that made it holds, by default its max_tokens); `outer` gives the lengths
+    of the graph's INPUT nodes by name."""
     lengths: dict[str, int] = {}
     for node in graph.nodes():
         a = node.attrs
-        mt = fixed_int(a, "max_tokens") or 0
+        mt = made(node) if node.op in MAKES_TEXT or node.op is Op.EXTEND else 0
         if node.op is Op.INPUT:
             lengths[node.id] = outer.get(a.get("name", ""), 0)
         elif node.op in MAKES_TEXT:
@@ -133,7 +145,7 @@ def candidate_lengths(graph: Graph, outer: dict[str, int]) -> dict[str, int]:
             lengths[node.id] = lengths.get(node.inputs["candidates"], 0) + mt
         elif node.op is Op.LOOP_OUT:
             loop = graph[node.inputs["loop"]]
-            _, inner = loop_inputs(loop, {}, lengths)
+            _, inner = loop_inputs(loop, {}, lengths, made)
             lengths[node.id] = inner[a["var"]]
         else:
             lengths[node.id] = max((lengths.get(s, 0) for s in node.inputs.values()), default=0)

@@ -135,6 +135,14 @@ def tokenizer_for(program: Program, spec: str) -> model_facts.PromptTokenizer:
     return model_facts.prompt_tokenizer(spec, reason)
 
 
+def caches_prefixes(program: Program, spec: str) -> bool:
+    """Whether the engine serving `spec` computes a shared prompt prefix once
+    (True unless the capabilities given to the compiler say otherwise)."""
+    capabilities = program.meta.get("capabilities") or {}
+    return all(caps.prefix_cache for name, caps in capabilities.items()
+               if program.models.get(name, name) == spec)
+
+
 def node_layout(program: Program, node: Node, spec: str) -> Layout | None:
     pdef = prompt_def(program, node)
     if pdef is None:

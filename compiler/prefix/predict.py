@@ -3,8 +3,10 @@
 Every LLM call the plan makes for one input is rendered, stage by stage in
 execution order (a stage: the LLM nodes of one model at one dependency
 level), into the trie of `trie.PrefixTrie`. A task input counts
-`input_tokens` tokens (DEFAULT_INPUT_TOKENS or the calibrated mean), a
-candidate the max_tokens it was generated with (an upper bound). Within a
+`input_tokens` tokens (DEFAULT_INPUT_TOKENS or the calibrated mean); a
+sample, and a candidate in a later prompt, counts what `made` says: by
+default the max_tokens it was generated with (an upper bound), or its
+expected length (`expected_lengths`: calibrated, or the prior). Within a
 stage, requests are sorted longest-prefix-first (a DFS of the trie, as
 SGLang's scheduler orders its queue); each node's rank in that order is
 recorded as its `prefix_rank`, which lowering follows when it lists a
@@ -23,6 +25,8 @@ from ttsc.compiler.ir import Graph, Node, Op, Program
 from ttsc.compiler.prefix.layout import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, Hole, node_layout,
                                          op_holes, tokenizer_for)
 from ttsc.compiler.prefix.trie import PrefixTrie, StandInIds, longest_prefix_first
+from ttsc.compiler.utility import (PRIOR_MEAN_COMPLETION_TOKENS, Calibration, expected_completion_tokens,
+                                   load_calibration)
 
 
 @dataclass
@@ -30,7 +34,7 @@ class Request:
     node: str
     tokens: list[int]
     rows: int  # samples decoded from this prompt
-    gen_tokens: int  # per row, at most
+    gen_tokens: int  # per row (at most, or as expected: what the analysis was given)
     shared_prefix: int = 0  # tokens before the first per-call hole (computed once per input)
     new: int = 0  # prompt tokens not found in the prefix cache (set when inserted)
 
@@ -67,9 +71,11 @@ class Analysis:
 
 
 class _Analyzer:
-    def __init__(self, program: Program, input_tokens: int):
+    def __init__(self, program: Program, input_tokens: int, made: ir_analysis.Made, rank: bool):
         self.program = program
         self.input_tokens = input_tokens
+        self.made = made
+        self.rank = rank
         self.trie = PrefixTrie()
         self.cross = PrefixTrie()
         self.ids = StandInIds()
@@ -93,7 +99,7 @@ class _Analyzer:
               outer_lengths: dict[str, int], sources: dict[str, Node], rounds: int,
               path: str) -> None:
         counts = ir_analysis.candidate_counts(graph, outer_counts)
-        lengths = ir_analysis.candidate_lengths(graph, outer_lengths)
+        lengths = ir_analysis.candidate_lengths(graph, outer_lengths, self.made)
         level = ir_analysis.levels(graph)
         by_level: dict[int, list[Node]] = {}
         for node in graph.nodes():
@@ -113,7 +119,7 @@ class _Analyzer:
     def loop(self, graph: Graph, node: Node, counts: dict, lengths: dict,
              sources: dict[str, Node], rounds: int, path: str) -> None:
         count = ir_analysis.loop_rounds(node)
-        inner, lens = ir_analysis.loop_inputs(node, counts, lengths)
+        inner, lens = ir_analysis.loop_inputs(node, counts, lengths, self.made)
         srcs = {r.split(":", 1)[1]: found for r, s in node.inputs.items()
                 if (found := ir_analysis.source_prompt(graph, s, sources)) is not None}
         sub = f"{path}{node.id}/"
@@ -133,7 +139,7 @@ class _Analyzer:
         report.order = list(dict.fromkeys(requests[i].node for i in order))
         # Lowering lists a stage's nodes in this order, so the executor sends
         # their requests to the engine longest-prefix-first.
-        for rank, nid in enumerate(report.order):
+        for rank, nid in enumerate(report.order if self.rank else ()):
             graph[nid].meta["prefix_rank"] = rank
         kv_paths = PrefixTrie()
         for i in order:
@@ -182,7 +188,7 @@ class _Analyzer:
         m = counts.get(node.inputs.get("candidates", "")) or 0
         cand_len = lengths.get(node.inputs.get("candidates", ""), 0)
         n = ir_analysis.fixed_int(a, "n") or 1
-        mt = ir_analysis.fixed_int(a, "max_tokens") or 0
+        mt = self.made(node)
         op = node.op.value
         if node.op is Op.EXTEND:
             src = ir_analysis.source_prompt(graph, node.inputs["candidates"], sources)
@@ -233,14 +239,40 @@ class _Analyzer:
         return seq
 
 
-def analyze(program: Program, input_tokens: int | None = None) -> Analysis:
-    """The per-input prefix trie of the whole plan, stage by stage."""
+def analyze(program: Program, input_tokens: int | None = None, made: ir_analysis.Made | None = None
+            ) -> Analysis:
+    """The per-input prefix trie of the whole plan, stage by stage: samples at
+    their max_tokens (an upper bound), or as long as `made` says (then the
+    nodes' `prefix_rank` is left as the upper-bound analysis set it)."""
     if input_tokens is None:
-        from ttsc.compiler.utility import load_calibration
-
-        cal = load_calibration(program.file) if program.file and not program.file.startswith("<") else None
+        cal = calibration_of(program)
         input_tokens = round(cal.input_tokens) if cal and cal.input_tokens else DEFAULT_INPUT_TOKENS
-    return _Analyzer(program, input_tokens).run()
+    return _Analyzer(program, input_tokens, made or ir_analysis.max_tokens, rank=made is None).run()
+
+
+def calibration_of(program: Program) -> Calibration | None:
+    """The calibration stored beside the program's file, if any."""
+    return load_calibration(program.file) if program.file and not program.file.startswith("<") else None
+
+
+def expected_lengths(program: Program) -> tuple[ir_analysis.Made, str]:
+    """How long a sample of each generating node is expected to be, and on
+    what basis: a `generate` of a calibrated model as the pilot measured,
+    anything else by the prior length model (`utility.expected_completion_tokens`)."""
+    cal = calibration_of(program)
+
+    def made(node: Node) -> int:
+        model = cal.models.get(node.attrs.get("model")) if cal and node.op is Op.GENERATE else None
+        return round(expected_completion_tokens(ir_analysis.max_tokens(node), model))
+
+    input_basis = (f"inputs {round(cal.input_tokens)} tokens" if cal and cal.input_tokens
+                   else f"inputs assumed {DEFAULT_INPUT_TOKENS} tokens")
+    if cal and cal.models:
+        return made, (f"calibrated on {cal.data} ({input_basis}, `generate` completions as its "
+                      f"pilot measured for {', '.join(sorted(cal.models))}; other ops by the prior)")
+    return made, (f"priors: {input_basis}, completions exponential with mean "
+                  f"{PRIOR_MEAN_COMPLETION_TOKENS:g} tokens cut at max_tokens; a run on real data "
+                  "can differ by far more than 15% (`ttsc calibrate FILE --data DEV` measures both)")
 
 
 def kv_peak(analysis: Analysis) -> int:

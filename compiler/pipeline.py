@@ -15,6 +15,7 @@ from typing import Any
 from ttsc.common.capabilities import Capabilities
 
 from ttsc.compiler.build import Built, build
+from ttsc.compiler.passes.adaptive import defer_total_budget
 from ttsc.compiler.passes.allocate import allocate
 from ttsc.compiler.passes.capabilities import check_capabilities
 from ttsc.compiler.ir import Program
@@ -35,8 +36,9 @@ from ttsc.dsl.parser import parse
 
 # Cleanup passes run to a fixpoint: each can expose work for another.
 PASSES: list[Pass] = [inline]
-# Budget allocation fixes knobs first; defaults fix what no budget decides.
-DECIDE: list[Pass] = [allocate, select_defaults]
+# A data-set budget is left to the runtime; budget allocation fixes knobs
+# next; defaults fix what no budget decides.
+DECIDE: list[Pass] = [defer_total_budget, allocate, select_defaults]
 # Once every model is decided: can each engine serve the ops sent to it?
 CHECK: list[Pass] = [check_capabilities]
 # dce runs before merge_samples, so a branch a decided choice dropped is not
@@ -124,20 +126,30 @@ def load_program(source: str, file: str = "<string>", strategy: str | None = Non
     return program_for(built, pick_strategy(built, strategy)), built.diagnostics.warnings
 
 
-def compile_source(source: str, file: str = "<string>", strategy: str | None = None, *,
+def compile_source(source: str, file: str = "<string>", strategy: str | None = None,
+                   budget_tokens: float | None = None, *,
                    assignment: dict[str, Any] | None = None,
                    capabilities: dict[str, Capabilities] | None = None) -> Compiled:
-    """Compile one strategy of a .tts source. Raises TTSError on any error."""
+    """Compile one strategy of a .tts source. Raises TTSError on any error.
+    `budget_tokens` sets a total token budget for a data set (`--budget-tokens`),
+    in place of the file's own tokens line; `assignment` and `capabilities`
+    are `compile_program`'s."""
     program, warnings = load_program(source, file, strategy)
+    if budget_tokens is not None:
+        if budget_tokens <= 0:
+            raise UserError(f"--budget-tokens must be positive (got {budget_tokens:g})")
+        program.budget = {**(program.budget or {}),
+                          "tokens": {"value": float(budget_tokens), "per_input": False, "total": True}}
     plan, report = compile_program(program, assignment, capabilities)
     return Compiled(plan, program, report, warnings)
 
 
-def compile_file(path: str | Path, strategy: str | None = None, *,
+def compile_file(path: str | Path, strategy: str | None = None,
+                 budget_tokens: float | None = None, *,
                  assignment: dict[str, Any] | None = None,
                  capabilities: dict[str, Capabilities] | None = None) -> Compiled:
-    return compile_source(read_source(path), str(path), strategy, assignment=assignment,
-                          capabilities=capabilities)
+    return compile_source(read_source(path), str(path), strategy, budget_tokens,
+                          assignment=assignment, capabilities=capabilities)
 
 
 def read_source(path: str | Path) -> str:

@@ -16,18 +16,21 @@ From that:
 
 `ttsc calibrate` fits a, b, the wrong-answer concentration, the verifier
 reliability and the completion-length distribution from pilot samples on a
-dev set and stores them beside the strategy (`FILE.calibration.json`).
+dev set and stores them where `calibration_path` says (the ttsc cache directory).
 Without one, the documented priors below are used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+from ttsc.common import paths
 
 if TYPE_CHECKING:
     import numpy as np
@@ -384,6 +387,10 @@ class ModelCalibration:
     pilot_feature: str = ""
     pilot_samples: int = 0
     pilot_bins: list[dict[str, Any]] = field(default_factory=list)
+    # The rounds allocation's vote-state table (runtime/allocation/rounds.py:
+    # VoteValues.to_json), with the dev cross-validation that chose its
+    # confidence threshold; empty when not fitted.
+    vote_values: dict[str, Any] = field(default_factory=dict)
 
     def model(self, group: str | None = None) -> AccuracyModel:
         a, b = self.a, self.b
@@ -460,13 +467,17 @@ class Calibration:
 
 
 def calibration_path(strategy_file: str | Path) -> Path:
-    """FILE.calibration.json beside the strategy file."""
-    p = Path(strategy_file)
-    return p.with_name(p.name + ".calibration.json")
+    """Where `ttsc calibrate` keeps a strategy file's calibration and the
+    compiler finds it: the calibrations room of the ttsc cache directory,
+    one file per strategy file (by its resolved path); never beside the
+    source, which may be a read-only checkout."""
+    p = Path(strategy_file).expanduser().resolve()
+    digest = hashlib.sha256(str(p).encode()).hexdigest()[:10]
+    return paths.room("calibrations") / f"{p.stem}-{digest}.json"
 
 
 def load_calibration(strategy_file: str | Path) -> Calibration | None:
-    """The calibration stored beside a strategy file, or None (also when unreadable)."""
+    """The calibration stored for a strategy file, or None (also when unreadable)."""
     path = calibration_path(strategy_file)
     if not path.is_file():
         return None

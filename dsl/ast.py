@@ -190,6 +190,7 @@ class BudgetItem:
     value: float
     per_input: bool
     span: Span
+    total: bool = False  # `tokens <= T total`: one budget for a whole data set, spent at run time
 
 
 @dataclass(frozen=True)

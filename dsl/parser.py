@@ -250,12 +250,15 @@ class _AstBuilder(Transformer_NonRecursive):
             self._error(f"a budget line takes `<=` only, not `{op.value}`", self._tspan(op),
                         "budgets are upper limits, e.g. `tokens <= 4000 per input`")
         value = float(number.value)
-        scale = self._unit_scale(resource.value, number, unit)
+        total = resource.value == "tokens" and unit is not None and unit.value == "total"
+        if total and per is not None:
+            self._error("a token budget is either `total` or `per input`, not both", self._tspan(unit))
+        scale = self._unit_scale(resource.value, number, None if total else unit)
         if not math.isfinite(value) or value <= 0:
             self._error(f"a budget limit must be a positive number, not `{number.value}`", self._tspan(number))
         elif resource.value == "tokens" and not value.is_integer():
             self._error(f"a token budget must be a whole number, not `{number.value}`", self._tspan(number))
-        return ast.BudgetItem(resource.value, value * scale, per is not None, self._span(meta))
+        return ast.BudgetItem(resource.value, value * scale, per is not None, self._span(meta), total)
 
     def _unit_scale(self, resource: str, number: Token, unit: Token | None) -> float:
         if unit is not None and unit.value.lower() in ("per_input", "perinput"):

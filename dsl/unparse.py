@@ -63,7 +63,7 @@ def _definition(d: ast.Definition) -> str:
 def _budget_item(item: ast.BudgetItem) -> str:
     per = " per input" if item.per_input else ""
     if item.resource == "tokens":
-        return f"tokens <= {number(int(item.value))}{per}"
+        return f"tokens <= {number(int(item.value))}{' total' if item.total else per}"
     units = MEMORY_UNITS if item.resource == "memory" else LATENCY_UNITS
     # The largest unit that states the limit as a whole number exactly, else
     # bytes or seconds as they are.

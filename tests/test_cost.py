@@ -151,15 +151,10 @@ def test_prompt_tokenizer_is_exact_once_cached(tiny_model):
 
 
 def test_profile_measures_fits_and_stores(capsys):
-    import argparse
+    from ttsc.cli import main
 
-    from ttsc.runtime.profile import register_cli
-
-    parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
-    args = parser.parse_args(["profile", "tiny-random", "--engine", "hf", "--batch-sizes", "1,2",
-                              "--prompt-tokens", "8,32", "--decode-tokens", "2"])
-    assert args.func(args) == 0
+    assert main(["profile", "tiny-random", "--engine", "hf", "--batch-sizes", "1,2",
+                 "--prompt-tokens", "8,32", "--decode-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "effective roofline" in out and "saved" in out
     prof = profiles.load_profile("tiny-random")

@@ -510,7 +510,7 @@ class _Builder:
         limits = [_fmt_limit(r, item) for r, item in self.budget.items()]
         accuracy = solution.utility / UTILITY_SCALE
         basis = (f"calibrated ({self.calibration.data})" if self.calibration
-                 else "priors (no FILE.calibration.json; run `ttsc calibrate`)")
+                 else "priors (no calibration for this file; run `ttsc calibrate`)")
         notes.append(f"predicted {', '.join(used)} within {'; '.join(limits)}; "
                      f"predicted accuracy {accuracy:.3f} from {basis}; "
                      f"CP-SAT {'optimal' if solution.optimal else 'feasible (time limit)'}")

@@ -11,8 +11,9 @@ is a value still to be decided:
 
 The builder makes knobs, the allocator and the defaults pass decide them, and
 search assigns them (`compile_program(program, assignment)`); by the time a
-Plan is lowered every knob is a plain value. `to_json`/`knob_from_json` give
-the form search records store.
+Plan is lowered every knob is a plain value (the plan's `knob_values` fact
+records what each knob site got). `to_json`/`knob_from_json` give the form
+search records store.
 """
 
 from __future__ import annotations
@@ -101,6 +102,3 @@ def knob_from_json(value: Any) -> Any:
         return Range(lo, hi, bool(value.get("integer", False)))
     return value
 
-
-def knob_to_json(value: Any) -> Any:
-    return value.to_json() if is_knob(value) else value

@@ -84,9 +84,6 @@ class CallCost:
     kv_peak_bytes: float  # KV held at the end of generation
     decode_steps: int
 
-    def effective_flops(self, intensity: float) -> float:
-        return kinetics_cost(self.flops, self.bytes, intensity)
-
 
 def generation_cost(shape: ModelShape, prompt_tokens: int, n: int, gen_tokens: int, *,
                     share_prefix: bool = True, cached_tokens: int = 0,

@@ -2,7 +2,10 @@
 
 A `Node` names its inputs by role (`{"candidates": "n3", "by": "n5"}`) and
 keeps compile-time constants in `attrs` (model name, prompt name, n,
-temperature, ...). `meta` is open: passes record what they learn there.
+temperature, ...); a setting a search space leaves open is a `common.knobs`
+value there until the allocator, an assignment or the defaults decide it.
+`meta` is open: passes record what they learn there (`knob_sites` names the
+source knob behind each open attribute).
 Edges mirror the inputs so networkx answers topology questions.
 
 A `repeat` loop is one LOOP node holding two sub-graphs (`cond`, `body`) whose

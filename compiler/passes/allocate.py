@@ -7,8 +7,8 @@ options: `n` and `max_tokens` and `k` (`auto`: the setting's `auto_grid` in
 `choice`), which branch of a value `choice(...)` runs, and a
 `repeat auto` round count. Each option's tokens, KV bytes and latency come
 from the cost model (prompt tokens from the prompts as each model tokenizes
-them); the answer's accuracy from the utility model (calibrated beside the
-strategy, or priors). CP-SAT maximizes accuracy within the budget, then
+them); the answer's accuracy from the utility model (the strategy's
+calibration from `ttsc calibrate`, or priors). CP-SAT maximizes accuracy within the budget, then
 spends the fewest tokens.
 
 What the budget lines mean at compile time (documented in --explain):
@@ -371,8 +371,8 @@ class _Builder:
         if total > MAX_JOINT_OPTIONS:
             raise TTSError([error(f"the budget allocation would weigh {total:,} combinations of "
                                   f"options (at most {MAX_JOINT_OPTIONS:,})", None,
-                                  "fix some knobs (n, max_tokens, model), or explore them with "
-                                  "`ttsc search`")])
+                                  "fix some knobs (n, max_tokens, model), or give them fewer "
+                                  "options")])
         table: dict[tuple[int, ...], int] = {}
         for combo in itertools.product(*(range(s) for s in sizes)):
             pick = dict(zip(over, combo))

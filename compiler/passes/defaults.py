@@ -2,8 +2,9 @@
 
 `choice(...)` takes its first option, `range(lo, hi)` its midpoint (a whole
 number for an integer setting) and `model=auto` the first model, so a space
-compiles to one concrete strategy; `ttsc search` explores the rest. Any other
-`auto` that no budget resolved is an error: it has no meaning without one.
+compiles to one concrete strategy; the others are for a search to try
+(`compile_program(program, assignment)`). Any other `auto` that no budget
+resolved is an error: it has no meaning without one.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ def select_defaults(program: Program) -> PassResult:
                 node.attrs[key] = chosen = value.default()
                 kind = "choice" if isinstance(value, Choice) else "auto" if isinstance(value, Auto) else "range"
                 notes.append(f"{node.op.value} at {_where(node)}: {key} = {chosen!r} "
-                             f"(default of {kind}; `ttsc search` explores the others)")
+                             f"(default of {kind}; the others are for a search)")
             if node.op is Op.CHOICE and node.attrs.get("selected") is None:
                 node.attrs["selected"] = 0
                 notes.append(f"choice at {_where(node)}: option 1 of {len(node.inputs)} "
-                             "(default; `ttsc search` explores the others)")
+                             "(default; the others are for a search)")
     if problems:
         raise TTSError(problems, {program.file: program.source})
     return PassResult(bool(notes), notes)

@@ -114,12 +114,6 @@ class Layout:
                 shared += n
         return total, shared
 
-    def call_holes(self) -> list[Hole]:
-        return [p for p in self.pieces if isinstance(p, Hole) and p.kind == "call"]
-
-    def list_holes(self) -> list[Hole]:
-        return [p for p in self.pieces if isinstance(p, Hole) and p.kind == "list"]
-
 
 _layouts: dict[tuple, Layout] = {}
 

@@ -251,7 +251,7 @@ def analyze(program: Program, input_tokens: int | None = None, made: ir_analysis
 
 
 def calibration_of(program: Program) -> Calibration | None:
-    """The calibration stored beside the program's file, if any."""
+    """The calibration `ttsc calibrate` stored for the program's file, if any."""
     return load_calibration(program.file) if program.file and not program.file.startswith("<") else None
 
 

@@ -27,6 +27,7 @@ from ttsc.compiler.passes.inline import inline
 from ttsc.compiler.passes.kernels import generate_kernels
 from ttsc.compiler.passes.manager import Pass, PassRecord, run_passes, summarize
 from ttsc.compiler.passes.merge_samples import merge_samples
+from ttsc.compiler.passes.predict_tokens import predict_tokens
 from ttsc.compiler.passes.prefix_sharing import prefix_sharing
 from ttsc.compiler.plan import Plan
 from ttsc.compiler.space import assign_knobs, decided_values, space_dimensions
@@ -45,8 +46,8 @@ CHECK: list[Pass] = [check_capabilities]
 # merged into the one it kept; prefix_sharing lays prompts out and predicts
 # costs once the graph is final.
 CLEANUP: list[Pass] = [fold_constants, dce, cse, merge_samples, prefix_sharing]
-# Kernel generation runs once, on the final graph.
-CODEGEN: list[Pass] = [generate_kernels]
+# Once, on the final graph: the headline token predictions, kernel generation.
+FINAL: list[Pass] = [predict_tokens, generate_kernels]
 
 
 @dataclass
@@ -111,7 +112,7 @@ def compile_program(program: Program, assignment: dict[str, Any] | None = None,
         program.meta.setdefault("plan_facts", {})["knob_values"] = decided_values(program)
     report += run_passes(program, CHECK)
     report += run_passes(program, CLEANUP, fixpoint=True)
-    report += run_passes(program, CODEGEN)
+    report += run_passes(program, FINAL)
     report = summarize(report)
     plan = lower(program, [r.as_dict() for r in report])
     return plan, report

@@ -41,15 +41,16 @@ def longest_prefix_first(seqs: Sequence[Sequence[int]]) -> list[int]:
 
 
 class StandInIds:
-    """Stand-in token ids for hole text (negative, so never a real token)."""
+    """Stand-in token ids for hole text (negative, so never a real token):
+    the j-th token of the run named `key` always gets the same id."""
 
     def __init__(self) -> None:
-        self._ids: dict[tuple, int] = {}
+        self._runs: dict[tuple, list[int]] = {}
+        self._count = 0
 
     def run(self, key: tuple, length: int) -> list[int]:
-        return [self._id(key + (j,)) for j in range(length)]
-
-    def _id(self, key: tuple) -> int:
-        if key not in self._ids:
-            self._ids[key] = -1 - len(self._ids)
-        return self._ids[key]
+        ids = self._runs.setdefault(key, [])
+        while len(ids) < length:
+            self._count += 1
+            ids.append(-self._count)
+        return ids[:length]

@@ -1,8 +1,8 @@
 """Static facts over the IR, computed one way for every pass that needs them.
 
-- `levels`: each node's dependency level (0 for nodes without inputs); nodes
-  of one level can run together, which is how lowering forms stages and how
-  prefix sharing walks them.
+- `levels`, `by_level`: each node's dependency level (0 for nodes without
+  inputs); nodes of one level can run together, which is how lowering forms
+  stages and how prefix sharing walks them.
 - `candidate_counts`: how many candidates (or answers, scores) a node holds
   per input, where fixed at compile time.
 - `candidate_lengths`: tokens per candidate a node holds: at most (the
@@ -50,6 +50,17 @@ def levels(graph: Graph) -> dict[str, int]:
         preds = [level[p] for p in graph.g.predecessors(node.id)]
         level[node.id] = 1 + max(preds) if preds else 0
     return level
+
+
+def by_level(graph: Graph, keep: Callable[[Node], bool]) -> list[tuple[int, list[Node]]]:
+    """The nodes `keep` selects, grouped by dependency level, lowest first
+    (within a level in the graph's order): what can run together."""
+    level = levels(graph)
+    groups: dict[int, list[Node]] = {}
+    for node in graph.nodes():
+        if keep(node):
+            groups.setdefault(level[node.id], []).append(node)
+    return sorted(groups.items())
 
 
 def loop_growth(body: Graph, made: Made = max_tokens) -> int:

@@ -55,17 +55,12 @@ def _requests(node: Node, counts: dict[str, int | None]) -> tuple[int | None, in
 def _lower_graph(graph: Graph, prefix: str, counts: dict[str, int | None],
                  models: dict[str, str]) -> Region:
     counts = ir_analysis.candidate_counts(graph, counts)
-    level = ir_analysis.levels(graph)
     nodes = {n.id: _plan_node(n, counts) for n in graph.nodes()}
     stages: list[Stage] = []
     owner: dict[str, str] = {}
-    by_level: dict[int, list[Node]] = {}
-    for node in graph.nodes():
-        if node.op not in (Op.INPUT, Op.OUTPUT):
-            by_level.setdefault(level[node.id], []).append(node)
-    for lv in sorted(by_level):
+    for _, level in ir_analysis.by_level(graph, lambda n: n.op not in (Op.INPUT, Op.OUTPUT)):
         groups: dict[tuple, list[Node]] = {}
-        for node in by_level[lv]:
+        for node in level:
             if node.op is Op.LOOP:
                 key: tuple = ("loop", node.id)
             elif node.is_llm:

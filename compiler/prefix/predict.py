@@ -100,14 +100,9 @@ class _Analyzer:
               path: str) -> None:
         counts = ir_analysis.candidate_counts(graph, outer_counts)
         lengths = ir_analysis.candidate_lengths(graph, outer_lengths, self.made)
-        level = ir_analysis.levels(graph)
-        by_level: dict[int, list[Node]] = {}
-        for node in graph.nodes():
-            if node.is_llm or node.op is Op.LOOP:
-                by_level.setdefault(level[node.id], []).append(node)
-        for lv in sorted(by_level):
+        for lv, level in ir_analysis.by_level(graph, lambda n: n.is_llm or n.op is Op.LOOP):
             groups: dict[str, list[Node]] = {}
-            for node in by_level[lv]:
+            for node in level:
                 if node.op is Op.LOOP:
                     self.loop(graph, node, counts, lengths, sources, rounds, path)
                 else:

@@ -32,9 +32,6 @@ class Choice:
     def size(self) -> int | None:
         return len(self.options)
 
-    def allows(self, value: Any) -> bool:
-        return value in self.options
-
     def to_json(self) -> dict[str, Any]:
         return {"choice": list(self.options)}
 
@@ -52,11 +49,6 @@ class Range:
     def size(self) -> int | None:
         return int(self.hi - self.lo) + 1 if self.integer else None  # None: continuous
 
-    def allows(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False
-        return self.lo <= value <= self.hi and (not self.integer or float(value).is_integer())
-
     def to_json(self) -> dict[str, Any]:
         return {"range": [self.lo, self.hi], "integer": self.integer}
 
@@ -73,9 +65,6 @@ class Auto:
 
     def size(self) -> int | None:
         return len(self.options) if self.options is not None else None
-
-    def allows(self, value: Any) -> bool:
-        return self.options is None or value in self.options
 
     def to_json(self) -> dict[str, Any]:
         return {"auto": True, **({"choice": list(self.options)} if self.options is not None else {})}

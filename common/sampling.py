@@ -4,8 +4,8 @@
 .tts file against it (and which settings may be `auto`), the op table takes
 its defaults from it, the allocator its grid for `auto`, the runtime fills
 what a plan leaves unset from it, and engines validate requests with the same
-rule (`SamplingParams.check`). `SamplingParams` is the typed form that travels from
-the runtime's ops to the engines (the engine contract's request settings).
+rule (`SamplingParams.check`). `SamplingParams` is the typed form that travels
+from the runtime's ops to the engines (the engine contract's request settings).
 """
 
 from __future__ import annotations

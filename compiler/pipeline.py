@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from ttsc.common.capabilities import Capabilities
-
 from ttsc.compiler.build import Built, build
 from ttsc.compiler.passes.adaptive import defer_total_budget
 from ttsc.compiler.passes.allocate import allocate

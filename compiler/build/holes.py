@@ -15,7 +15,7 @@ HOLE_VALUE_TYPES = (T.TEXT, T.NUMBER, T.CANDIDATES, T.ANSWERS)
 
 
 def bind_holes(ctx: Context, e: ast.Call, sig: OpSig, attrs: dict[str, Any],
-                scope: Scope) -> dict[str, str] | None:
+               scope: Scope) -> dict[str, str] | None:
     """Inputs for the prompt's holes: variables in scope, by name."""
     provided = tuple(OP_HOLES.get(sig.name, {}))
     prompt = attrs.get("prompt")

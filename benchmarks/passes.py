@@ -137,14 +137,14 @@ def timed_run(plan, engine, question: str, seed: int = 0) -> tuple[float, Any]:
 def bench_prefix() -> dict[str, Any]:
     import torch
 
-    from ttsc.compiler import cost
-    from ttsc.compiler.passes.prefix_sharing import analyze
+    from ttsc.compiler import model_facts
+    from ttsc.compiler.prefix.predict import analyze
     from ttsc.runtime.engines.base import Prompt, SampleRequest, SamplingParams
     from ttsc.runtime.engines.paged.engine import PagedEngine
     from ttsc.runtime.models import load_model
 
     loaded = load_model(MODEL)
-    cost.cache_model_facts(MODEL, loaded)  # token-exact compile-time analysis
+    model_facts.cache_model_facts(MODEL, loaded)  # token-exact compile-time analysis
     shots = fewshot(loaded.tokenizer)
     source = prefix_source(shots)
     with_pass, without_pass, prog_with, prog_without = compile_plans(source)

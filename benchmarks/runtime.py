@@ -123,7 +123,7 @@ def bench_adaptive(work: Path) -> dict[str, Any]:
     greedy.write_text(source.replace("n=auto", "n=1").replace("temperature=0.5", "temperature=0")
                       .split("budget {")[0])
     adaptive = work / "adaptive.tts"
-    adaptive.write_text(source.split("budget {")[0])
+    adaptive.write_text(source)  # its own budget line; --budget-tokens sets each run's
     start = time.perf_counter()
     cal = work / "calibration.json"
     subprocess.run([sys.executable, "-P", "-m", "ttsc.cli", "calibrate", str(adaptive), "--data",

@@ -221,6 +221,24 @@ class AccuracyModel:
         return self.pass_at_1(max_tokens)
 
 
+def expected_completion_tokens(max_tokens: int, calibration: "ModelCalibration | None" = None) -> float:
+    """Mean tokens a sample generates when cut at `max_tokens`.
+
+    Calibrated: the pilot's completions, finished ones at their length (cut
+    at max_tokens) and unfinished ones at max_tokens. Prior: lengths are
+    exponential with mean PRIOR_MEAN_COMPLETION_TOKENS, so the mean of
+    min(length, max_tokens) is mean x (1 - exp(-max_tokens / mean)).
+    """
+    if max_tokens <= 0:
+        return 0.0
+    if calibration is not None and calibration.finished_lengths:
+        share = calibration.finished_share
+        finished = sum(min(n, max_tokens) for n in calibration.finished_lengths) / len(calibration.finished_lengths)
+        return share * finished + (1 - share) * max_tokens
+    mean = PRIOR_MEAN_COMPLETION_TOKENS
+    return mean * (1 - math.exp(-max_tokens / mean))
+
+
 def prior_model(num_params: float | None) -> AccuracyModel:
     return AccuracyModel(BetaPrior.from_mean(prior_mean_accuracy(num_params)))
 

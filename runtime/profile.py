@@ -10,7 +10,7 @@ shares a prompt among its samples is costed as doing so.
 Profiles are JSON files under $TTSC_CACHE_DIR/profiles (default
 ~/.cache/ttsc/profiles), one per model, engine and device. Profiling also
 caches the model's tokenizer and chat template for token-exact compile-time
-prompt analysis (`cost.cache_model_facts`).
+prompt analysis (`model_facts.cache_model_facts`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ttsc.common.errors import UserError
-from ttsc.compiler import cost
+from ttsc.compiler import cost, model_facts, profiles
 from ttsc.runtime.engines.base import (Engine, NextTokenRequest, Prompt, SampleRequest,
                                        SamplingParams, total_usage)
 
@@ -62,7 +62,7 @@ def _prompt_of(engine: Engine, tokens: int, rng: random.Random) -> Prompt:
     return Prompt(raw=" ".join(words[:lo]))
 
 
-def measure(engine: Engine, shape: cost.ModelShape, dtype_bytes: int, *,
+def measure(engine: Engine, shape: model_facts.ModelShape, dtype_bytes: int, *,
             batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
             prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
             decode_tokens: int = DEFAULT_DECODE_TOKENS, seed: int = 0,
@@ -114,7 +114,7 @@ def profile_model(spec: str, engine_kind: str = "auto", device: str | None = Non
                   batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                   prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
                   decode_tokens: int = DEFAULT_DECODE_TOKENS, save: bool = True,
-                  on_timing: Any = None) -> cost.EngineProfile:
+                  on_timing: Any = None) -> profiles.EngineProfile:
     """Measure, fit and (by default) store the profile of `spec` on an engine."""
     from ttsc.runtime.engines.registry import make_engine
     from ttsc.runtime.models import load_model
@@ -122,18 +122,18 @@ def profile_model(spec: str, engine_kind: str = "auto", device: str | None = Non
     engine = make_engine(spec, engine=engine_kind, device=device)
     try:
         loaded = getattr(engine, "loaded", None) or load_model(spec, device=device)
-        cost.cache_model_facts(spec, loaded)
-        shape = cost.ModelShape.from_config(loaded.model.config)
+        model_facts.cache_model_facts(spec, loaded)
+        shape = model_facts.ModelShape.from_config(loaded.model.config)
         dtype_bytes = _dtype_bytes(engine, loaded)
         timings = measure(engine, shape, dtype_bytes, batch_sizes=batch_sizes,
                           prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
                           on_timing=on_timing)
     finally:
         engine.close()
-    profile = cost.new_profile(spec, getattr(engine, "name", engine_kind), loaded.device.type,
+    profile = profiles.new_profile(spec, getattr(engine, "name", engine_kind), loaded.device.type,
                                dtype_bytes, [t.as_dict() for t in timings])
     if save:
-        cost.save_profile(profile)
+        profiles.save_profile(profile)
     return profile
 
 

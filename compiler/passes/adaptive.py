@@ -15,13 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from ttsc.common.errors import TTSError, error
+from ttsc.common.knobs import Auto
 from ttsc.compiler.ir import Node, Op, Program
 from ttsc.compiler.passes.manager import PassResult
-
-
-def _is_auto(value: Any) -> bool:
-    return getattr(value, "__class__", None).__name__ == "Auto" or (
-        isinstance(value, dict) and bool(value.get("auto")) and "choice" not in value)
 
 
 def defer_total_budget(program: Program) -> PassResult:
@@ -32,7 +28,7 @@ def defer_total_budget(program: Program) -> PassResult:
     graph = program.graph
     notes, problems = [], []
     for node in list(graph.nodes()):
-        if node.op is not Op.GENERATE or not _is_auto(node.attrs.get("n")):
+        if node.op is not Op.GENERATE or not isinstance(node.attrs.get("n"), Auto):
             continue
         if not _is_voted(graph, node):
             problems.append(error(

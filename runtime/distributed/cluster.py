@@ -63,6 +63,7 @@ def connect(address: str | None = None) -> ClusterInfo:
     already connected stays on its cluster."""
     ray = import_ray()
     quiet = dict(logging_level=logging.WARNING, log_to_driver=False)
+    address = address or os.environ.get("RAY_ADDRESS") or None
     started = False
     if not ray.is_initialized():
         if address:
@@ -73,7 +74,7 @@ def connect(address: str | None = None) -> ClusterInfo:
                                 hint="start one with `ray start --head`, or drop the address to "
                                      "start a local instance") from None
         else:
-            try:  # RAY_ADDRESS, or an instance `ray start` left on this machine
+            try:  # an instance `ray start` left on this machine
                 ray.init(address="auto", **quiet)
             except ConnectionError:
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,

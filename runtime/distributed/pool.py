@@ -71,7 +71,6 @@ class WorkerPool(Generic[T]):
         self.per_worker = per_worker
         self.max_restarts = max_restarts
         self.on_event = on_event
-        self.events: list[WorkerEvent] = []
         self.slots = [self._new_slot(i) for i in range(size)]
 
     # ------------------------------------------------------------ running
@@ -142,10 +141,6 @@ class WorkerPool(Generic[T]):
                 self.ray.kill(slot.actor, no_restart=True)
                 slot.actor = None
 
-    @property
-    def pids(self) -> list[int]:
-        return [s.pid for s in self.slots if s.pid is not None and s.actor is not None]
-
     # ------------------------------------------------------------ workers
 
     def _new_slot(self, index: int, restarts: int = 0) -> _Slot:
@@ -179,6 +174,5 @@ class WorkerPool(Generic[T]):
         return tasks
 
     def _emit(self, event: WorkerEvent) -> None:
-        self.events.append(event)
         if self.on_event:
             self.on_event(event)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import warnings
 from typing import Any, Callable, Sequence
 
 from ttsc.common.errors import UserError
@@ -88,6 +89,8 @@ class VllmEngine(Engine):
             raise UserError(f"engine `vllm` has no option `{e.args[0]}`",
                             hint="options are vllm.EngineArgs fields, e.g. gpu_memory_utilization, "
                                  "max_model_len, tensor_parallel_size") from None
+        for note in notes:
+            warnings.warn(f"vLLM engine: {note}", stacklevel=2)
         return cls(vllm.LLM(**args), spec, make_params=vllm.SamplingParams, seed=seed,
                    notes=notes)
 
@@ -124,8 +127,8 @@ class VllmEngine(Engine):
         results, start = [], 0
         for req, (ids, rows) in zip(requests, plans):
             if not rows:
-                results.append(SampleOutput([Completion("", [], [], "length")] * req.params.n,
-                                            Usage(calls=1)))
+                results.append(SampleOutput([Completion("", [], [], "length")
+                                             for _ in range(req.params.n)], Usage(calls=1)))
                 continue
             context = ids[-prompting.DECODE_CONTEXT:]
             completions, usage = read_samples(

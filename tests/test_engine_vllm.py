@@ -160,6 +160,25 @@ def test_concurrent_callers_share_generate_calls(tiny_model):
         assert [c.token_ids for c in alone] == [c.token_ids for c in results[i]]
 
 
+def test_a_failed_batch_fails_every_caller_in_it():
+    from ttsc.runtime.engines.coalesce import Coalescer
+
+    def run(items):
+        if "bad" in items:
+            raise ValueError("vLLM said no")
+        return [i.upper() for i in items]
+
+    batcher = Coalescer(run)
+    assert batcher.submit([]) == [] and batcher.batches == []
+    assert batcher.submit(["a", "b"]) == ["A", "B"]
+    with pytest.raises(ValueError, match="vLLM said no"):
+        batcher.submit(["c", "bad"])
+    assert batcher.submit(["d"]) == ["D"]  # the next batch runs as usual
+    short = Coalescer(lambda items: items[:1])
+    with pytest.raises(RuntimeError, match="returned 1 results"):
+        short.submit(["x", "y"])
+
+
 # ------------------------------------------------------------------ the contract, on real vLLM
 
 
@@ -184,3 +203,4 @@ def vllm_engine(tmp_path_factory):
 @pytest.mark.parametrize("check", contract.ENGINE_CHECKS, ids=lambda c: c.__name__)
 def test_contract_on_vllm(check, vllm_engine):
     check(lambda: vllm_engine)
+

@@ -109,12 +109,19 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 class Linear:
-    """y = x W^T + b. In bf16 on CPU the weight is reordered once for oneDNN.
+    """y = x W^T + b. On CPU the weight is reordered once for oneDNN.
 
-    `F.linear` repacks the weight into oneDNN's blocked layout on every call,
-    which for decode-sized inputs costs about as much as the product itself;
-    a prepacked weight gives the same numbers 1.2-2.5x faster. fp32 keeps
-    `F.linear` (MKL), so fp32 results stay transformers' exactly.
+    `F.linear` repacks a bf16 weight into oneDNN's blocked layout on every
+    call, which for decode-sized inputs costs about as much as the product
+    itself; a prepacked weight gives the same numbers 1.2-2.5x faster.
+
+    Batch invariance: a row's result must not depend on how many rows share
+    the product. oneDNN's prepacked products (bf16 and fp32) give every row the
+    same bits for any number of rows from 2 up, but a single row takes another
+    kernel, so a lone row is computed as two. MKL's fp32 `F.linear`, which fp32
+    used before, picks kernels by row count (rows below 4, and tails of a
+    thread's share of rows, round differently): fp32 is prepacked too.
+    tests/test_batch_invariance.py checks the shapes of the models it runs.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -127,9 +134,12 @@ class Linear:
             self.weight = None  # the packed copy replaces it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        if x.shape[0] == 1:  # one row: computed as two, so it gets the batched kernel's bits
+            return torch.ops.mkldnn._linear_pointwise(x.repeat(2, 1), self.packed, self.bias,
+                                                      "none", [], "")[:1]
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     @property
     def numel(self) -> int:
@@ -137,11 +147,13 @@ class Linear:
 
 
 def can_prepack(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()
+    if not (weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    if weight.dtype == torch.float32:
+        return True
+    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass

@@ -150,6 +150,9 @@ class ModelRunner:
         tables = [seq.block_table[:-(-c // bs)] for (seq, _), c in zip(batch.prefill, ctx_lens)]
         blocks = self._padded(tables)
         num_rows = sum(q_lens)
+        if self.model.cpu_ops is not None:  # the kernel reads each token's keys from the pool
+            return PrefillMeta(num_rows, blocks, None, None, max(q_lens), max(ctx_lens), False,
+                               self._tensor(starts), self._tensor(q_lens))
         if len(q_lens) == 1:
             fresh = starts[0] == 0
             mask = None

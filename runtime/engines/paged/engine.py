@@ -211,6 +211,7 @@ class PagedEngine(Engine):
             "dedup_blocks": s.dedup_blocks,
             "preemptions": s.preemptions,
             "steps": s.steps,
+            "peak_decode_rows": s.peak_decode_rows,
             "busy_seconds": self._busy_seconds,
             "decode_only_seconds": self._decode_only_seconds,
             "decode_only_tokens": self._decode_only_tokens,

@@ -47,6 +47,7 @@ class SchedulerStats:
     dedup_blocks: int = 0  # full blocks replaced by an identical cached one
     preemptions: int = 0
     steps: int = 0
+    peak_decode_rows: int = 0  # the most sequences one step decoded (batching across calls shows here)
 
 
 class Scheduler:
@@ -99,6 +100,7 @@ class Scheduler:
         if not batch.num_tokens:
             raise RuntimeError("scheduler made no progress (a request cannot fit the KV pool)")
         self.stats.decode_tokens += len(decode)
+        self.stats.peak_decode_rows = max(self.stats.peak_decode_rows, len(decode))
         self.stats.prefill_tokens_computed += batch.num_tokens - len(decode)
         return batch
 

@@ -30,7 +30,6 @@ from transformers import DynamicCache
 from ttsc.common.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
-    Capabilities,
     check_sampling,
     Completion,
     ContinuationOutput,
@@ -45,6 +44,7 @@ from ttsc.runtime.engines.base import (
     ScoreOutput,
     Usage,
 )
+from ttsc.runtime.engines.registry import HF_CAPABILITIES
 from ttsc.runtime.models import LoadedModel
 
 # Pruning copies the whole KV cache, so finished rows ride along (their outputs
@@ -93,8 +93,8 @@ class HFEngine(Engine):
     """Torch engine over a transformers causal LM (CPU or CUDA)."""
 
     name = "hf"
-    # No prefix cache, and one batch at a time: concurrent callers take turns.
-    capabilities = Capabilities(max_concurrency=64, prefix_cache=False)
+    # No prefix cache, and one call at a time: concurrent callers take turns.
+    capabilities = HF_CAPABILITIES
 
     def __init__(self, loaded: LoadedModel, max_batch_size: int = 64,
                  max_batch_tokens: int = 16384, seed: int = 0):

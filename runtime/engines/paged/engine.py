@@ -19,14 +19,13 @@ import dataclasses
 import random
 import threading
 import time
-from typing import Sequence as Seq
+from typing import Any, Sequence as Seq
 
 import torch
 
 from ttsc.common.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
-    Capabilities,
     check_sampling,
     Completion,
     ContinuationOutput,
@@ -42,33 +41,40 @@ from ttsc.runtime.engines.base import (
 )
 from ttsc.runtime.engines.paged.block_manager import BlockManager
 from ttsc.runtime.engines.paged.hardware import default_kv_bytes, resolve_dtype
-from ttsc.runtime.engines.paged.model import LlamaModel, ModelConfig
+from ttsc.runtime.engines.paged.model import LlamaModel
 from ttsc.runtime.engines.paged.radix import RadixCache
 from ttsc.runtime.engines.paged.runner import ModelRunner, kv_block_bytes
 from ttsc.runtime.engines.paged.sampler import RowSettings, sample, uniform
 from ttsc.runtime.engines.paged.scheduler import Scheduler
 from ttsc.runtime.engines.paged.sequence import Sequence, SequenceKind, SequenceStatus
-from ttsc.runtime.models import LoadedModel
+from ttsc.runtime.engines.paged.weight_cache import PagedWeights
+from ttsc.runtime.engines.registry import PAGED_CAPABILITIES
+from ttsc.runtime.models import LoadedModel, resolve_device
 
 
 
 class PagedEngine(Engine):
     name = "paged"
 
-    def __init__(self, loaded: LoadedModel, *, kv_memory_bytes: int | None = None,
+    def __init__(self, loaded: LoadedModel | PagedWeights, *, kv_memory_bytes: int | None = None,
                  block_size: int = 16, max_batch_tokens: int = 2048, max_num_seqs: int = 256,
                  dtype: torch.dtype | str | None = None, seed: int = 0,
                  use_kernels: bool | None = None, cpu_kernels: bool | None = None,
                  prefix_cache: bool = True):
         if block_size < 1 or max_batch_tokens < 1 or max_num_seqs < 1:
             raise UserError("block_size, max_batch_tokens and max_num_seqs must be at least 1")
-        self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
-        self.device = loaded.device
-        cfg = ModelConfig.from_hf(loaded.model.config)  # unsupported models fail here, first
-        self.dtype = resolve_dtype(dtype, self.device, cfg)
-        self.model = LlamaModel.from_hf(loaded.model, self.device, self.dtype)
-        self.max_length = min(loaded.max_length, self.model.cfg.max_position)
+        if isinstance(loaded, PagedWeights):  # from the weight cache: already in its dtype
+            weights = loaded
+            if dtype is not None and resolve_dtype(dtype, weights.device) != weights.dtype:
+                raise ValueError(f"these weights are {weights.dtype}, not {dtype}")
+        else:
+            weights = PagedWeights.from_loaded(loaded, resolve_dtype(dtype, loaded.device))
+        self.spec = weights.spec
+        self.tokenizer = weights.tokenizer
+        self.device = weights.device
+        self.dtype = weights.dtype
+        self.model = LlamaModel.from_state(weights.config, weights.state)
+        self.max_length = min(weights.max_length, self.model.cfg.max_position)
         self.block_size = block_size
         block_bytes = kv_block_bytes(self.model, block_size)
         cap = kv_memory_bytes if kv_memory_bytes is not None else default_kv_bytes(self.device)
@@ -89,9 +95,10 @@ class PagedEngine(Engine):
         self.use_kernels = use_kernels
         self.cpu_kernels = self._cpu_kernels(cpu_kernels)
         self.runner = ModelRunner(self.model, num_blocks, block_size, use_kernel=use_kernels)
-        self._eos_ids = loaded.eos_token_ids
+        self._eos_ids = weights.eos_token_ids
         self._seeds = random.Random(seed)
-        self.capabilities = Capabilities(max_concurrency=max_num_seqs, prefix_cache=prefix_cache)
+        self.capabilities = dataclasses.replace(PAGED_CAPABILITIES, max_concurrency=max_num_seqs,
+                                                prefix_cache=prefix_cache)
         self._prompt_tokens_requested = 0
         self._fork_shared_tokens = 0
         self._busy_seconds = 0.0
@@ -105,6 +112,24 @@ class PagedEngine(Engine):
         self._pending: list[Sequence] = []
         self._stepping = False
         self._tokenizer_lock = threading.RLock()  # fast tokenizers refuse concurrent use
+
+    @classmethod
+    def from_spec(cls, spec: str, *, device: str | None = None, dtype: torch.dtype | str | None = None,
+                  **options: Any) -> "PagedEngine":
+        """The engine for a model spec, its weights from the weight cache when they
+        are there (weight_cache.py), else loaded through transformers and stored."""
+        from ttsc.runtime.engines.paged import weight_cache
+        from ttsc.runtime.models import load_model
+
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        entry = weight_cache.entry_dir(spec, dt)
+        weights = weight_cache.load(entry, spec, dev) if entry is not None else None
+        if weights is None:
+            weights = PagedWeights.from_loaded(load_model(spec, device=device), dt)
+            if entry is not None:
+                weight_cache.store(entry, weights)
+        return cls(weights, **options)
 
     def _cpu_kernels(self, wanted: bool | None) -> bool:
         """The C++ kernels on CPU, in bf16 and fp32 alike: faster than the torch
@@ -127,7 +152,7 @@ class PagedEngine(Engine):
     def prompt_text(self, prompt: Prompt) -> str:
         """The prompt as text: chat template applied, assistant prefix appended."""
         with self._tokenizer_lock:
-            return prompting.prompt_text(self.tokenizer, self.loaded.spec, prompt)
+            return prompting.prompt_text(self.tokenizer, self.spec, prompt)
 
     def _encode(self, prompt: Prompt, text: str) -> list[int]:
         with self._tokenizer_lock:
@@ -226,7 +251,7 @@ class PagedEngine(Engine):
             return []
         ids = self.tokenize(req.prompt)
         if len(ids) >= self.max_length:
-            raise UserError(f"prompt is {len(ids)} tokens; model `{self.loaded.spec}` "
+            raise UserError(f"prompt is {len(ids)} tokens; model `{self.spec}` "
                             f"accepts at most {self.max_length} in all")
         max_new = min(params.max_tokens, self.max_length - len(ids))
         self._check_fits(len(ids) + max_new)
@@ -303,7 +328,7 @@ class PagedEngine(Engine):
 
     def _score_sequence(self, ids: list[int], start: int, targets: list[list[int]]) -> Sequence:
         if len(ids) > self.max_length:
-            raise UserError(f"scored text is {len(ids)} tokens; model `{self.loaded.spec}` "
+            raise UserError(f"scored text is {len(ids)} tokens; model `{self.spec}` "
                             f"accepts at most {self.max_length}")
         self._check_fits(len(ids))
         return Sequence(ids, SamplingParams(max_tokens=0), 0, kind=SequenceKind.SCORE,

@@ -1,4 +1,4 @@
-// CPU kernels for the paged engine's decode step (see cpu_ops.py).
+// CPU kernels for the paged engine's forward pass (see cpu_ops.py).
 //
 // A decode step at batch 64 on a small model spends as long outside the matrix
 // products as inside them: each eager op is a parallel region plus a pass over
@@ -6,6 +6,11 @@
 // copy. These kernels read the paged pool in place and fuse the element-wise
 // chains of a layer into single passes. Arithmetic is fp32 throughout; inputs
 // and outputs are bf16 or fp32 (the model dtype).
+//
+// Every kernel computes a row (a token) with the same operations in the same
+// order whatever else is in the call: element-wise kernels go row by row, and
+// attention reads a token's keys in chunks of 16 starting at position 0, in
+// decode and prefill alike. That is what makes the engine batch-invariant.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>

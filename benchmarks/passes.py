@@ -22,7 +22,7 @@
    samples for every item. Two methods, both fitted on a disjoint dev set
    (tiers_dev.jsonl) alone, with their settings chosen by cross-validation
    on the dev set (fit on one half, try on the other):
-   - "rounds" (the headline; runtime/sequential_allocation.py): every item
+   - "rounds" (the headline; runtime/allocation/rounds.py): every item
      starts with one sample; each round CP-SAT plans every open item's final
      total from a dev-fitted table of P(vote right at t' | vote state at t),
      the state being the sample count, the top two answers' counts and how
@@ -137,14 +137,14 @@ def timed_run(plan, engine, question: str, seed: int = 0) -> tuple[float, Any]:
 def bench_prefix() -> dict[str, Any]:
     import torch
 
-    from ttsc.compiler import cost
-    from ttsc.compiler.passes.prefix_sharing import analyze
+    from ttsc.compiler import model_facts
+    from ttsc.compiler.prefix.predict import analyze
     from ttsc.runtime.engines.base import Prompt, SampleRequest, SamplingParams
     from ttsc.runtime.engines.paged.engine import PagedEngine
     from ttsc.runtime.models import load_model
 
     loaded = load_model(MODEL)
-    cost.cache_model_facts(MODEL, loaded)  # token-exact compile-time analysis
+    model_facts.cache_model_facts(MODEL, loaded)  # token-exact compile-time analysis
     shots = fewshot(loaded.tokenizer)
     source = prefix_source(shots)
     with_pass, without_pass, prog_with, prog_without = compile_plans(source)
@@ -197,20 +197,25 @@ def bench_prefix() -> dict[str, Any]:
 POOL = 32  # samples per item (held-out and dev), drawn once; every arm subsamples them
 PILOTS = (1, 2)  # pilot sizes tried (samples per item, kept as votes, tokens charged)
 ROUND_ORDERS = 12  # sample orders per item the rounds arm is averaged over
-SELECT_ORDERS = 6  # the same, in the dev cross-validation that picks the confidence threshold
-SELECT_BISECT = 8
 BISECT = 10  # halvings of the budget range when finding the least budget that matches uniform
 SPLITS = 3  # dev-set cross-validation: stratified halves, each fitted on one, tried on the other
 UNIFORM = (1, 2, 4, 8, 16, 32)
 COMPARE = (8, 16)  # uniform n's the token ratio is reported against; 16 is the headline
 HELD, DEV = "tiers.jsonl", "tiers_dev.jsonl"
-SOLVE = {"user": "{question}\nAnswer with the number only.\n", "system": None, "raw": False}
-MAX_TOKENS = 16
-TEMPERATURE = 0.5
+# The strategy whose samples every arm shares (examples/adaptive_budget.tts's generate).
+STRATEGY = '''model policy = "smollm2-135m"
+prompt solve = """
+{question}
+Answer with the number only.
+"""
+strategy pool(question) {
+    return vote(extract(generate(policy, solve, n=32, temperature=0.5, max_tokens=16), number))
+}
+'''
 
 
 def load_pools(path: str) -> dict[str, Any]:
-    from ttsc.runtime.calibrate import PilotSamples
+    from ttsc.runtime.calibrate.pool import PilotSamples
 
     return {k: PilotSamples(**v) for k, v in json.loads(Path(path).read_text()).items()}
 
@@ -218,9 +223,12 @@ def load_pools(path: str) -> dict[str, Any]:
 def draw_pools(dev: list[dict], held: list[dict], pools_file: str | None,
                draw: int = 0) -> dict[str, Any]:
     """POOL samples of every dev and held-out item (read from `pools_file` when
-    it holds pools of these sets, else drawn and written there); `draw`
-    shifts the sampling seeds, for a second independent draw."""
-    from ttsc.runtime.calibrate import draw_samples
+    it holds pools of these sets, else drawn and written there), through the
+    executor as `ttsc calibrate` draws them; `draw` shifts the run seed, for a
+    second independent draw."""
+    from ttsc.compiler.pipeline import compile_source
+    from ttsc.runtime.calibrate import calibration_target
+    from ttsc.runtime.calibrate.pool import draw_pool
     from ttsc.runtime.engines.paged.engine import PagedEngine
     from ttsc.runtime.models import load_model
     from ttsc.runtime.scorers import score_number
@@ -232,15 +240,15 @@ def draw_pools(dev: list[dict], held: list[dict], pools_file: str | None,
             log(f"pools read from {pools_file}")
             return pools
         log(f"{pools_file} holds pools of other data: drawing new ones")
+    plan = compile_source(STRATEGY, "allocation.tts").plan
+    gen, how, _ = calibration_target(plan)
     pools = {}
     engine = PagedEngine(load_model(MODEL))
     for name, rows, seed in (("dev", dev, 11), ("held-out", held, 23)):
         start = time.perf_counter()
-        pools[name] = draw_samples(engine, SOLVE, rows, ["question"], samples=POOL,
-                                   max_tokens=MAX_TOKENS, temperature=TEMPERATURE,
-                                   how={"how": "number"}, gold=lambda r: r["answer"],
-                                   is_right=score_number, seed=seed + 1000 * draw, model="policy",
-                                   spec=MODEL)
+        pools[name] = draw_pool(plan, {"policy": engine}, rows, gen, samples=POOL, how=how,
+                                gold=lambda r: r["answer"], is_right=score_number,
+                                seed=seed + 1000 * draw, concurrency=16)
         log(f"{name}: {len(rows)} items x {POOL} samples in {time.perf_counter() - start:.0f} s")
     engine.close()
     if pools_file:
@@ -249,7 +257,7 @@ def draw_pools(dev: list[dict], held: list[dict], pools_file: str | None,
 
 
 def _subpool(pool: Any, idx: list[int]) -> Any:
-    from ttsc.runtime.calibrate import PilotSamples
+    from ttsc.runtime.calibrate.pool import PilotSamples
 
     pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
     return PilotSamples(pool.model, pool.spec, pick(pool.answers), pick(pool.correct),
@@ -258,7 +266,7 @@ def _subpool(pool: Any, idx: list[int]) -> Any:
 
 
 def _fit(pool: Any, rows: list[dict], pilot: int, feature: str) -> Any:
-    from ttsc.runtime.calibrate import fit_model
+    from ttsc.runtime.calibrate.fit import fit_model
     from ttsc.runtime.scorers import score_number
 
     return fit_model(pool, rows, lambda r: r["answer"], score_number, "difficulty", pilot,
@@ -269,7 +277,7 @@ def _pilot_arm(bench: "_AllocationBench", calib: Any, pool: Any, name: str,
                quiet: bool = False) -> dict[str, Any]:
     """The method: the first `pilot_samples` of each item's pool are its pilot;
     the library's pilot_allocation gives each item's options (CP-SAT picks)."""
-    from ttsc.runtime.calibrate import pilot_allocation
+    from ttsc.runtime.allocation.pilot import pilot_allocation
 
     k = calib.pilot_samples
     prompt = sum(pool.prompt_tokens) / len(pool.prompt_tokens)  # one figure: items of a bin stay alike
@@ -282,20 +290,18 @@ def _pilot_arm(bench: "_AllocationBench", calib: Any, pool: Any, name: str,
 def _samples(pool: Any) -> list[list[Any]]:
     """The pool as Sample records, each costing its item's mean completion
     length (the accounting every arm shares)."""
-    from ttsc.runtime.sequential_allocation import Sample
+    from ttsc.runtime.calibrate.fit import pool_samples
 
-    gen = [sum(ls) / len(ls) for ls in pool.lengths]
-    return [[Sample(a, gen[i], lp) for a, lp in zip(pool.answers[i], pool.mean_logprobs[i])]
-            for i in range(len(pool.answers))]
+    return pool_samples(pool)
 
 
 def _rounds_arm(bench: "_AllocationBench", values: Any) -> dict[str, Any]:
-    """The method in rounds (runtime.sequential_allocation): every item starts
+    """The method in rounds (runtime/allocation/rounds.py): every item starts
     with one sample; each round CP-SAT plans every open item's final total
     from its vote so far, and the items planned past their count draw up to
     their next checkpoint. Samples come from the item's pool in random
     orders; figures are means over ROUND_ORDERS orders."""
-    from ttsc.runtime.sequential_allocation import simulate_on_pools
+    from ttsc.runtime.allocation.rounds import simulate_on_pools
 
     samples = _samples(bench.pool)
 
@@ -330,18 +336,9 @@ def _rounds_arm(bench: "_AllocationBench", values: Any) -> dict[str, Any]:
 
 def _least_tokens(run: Callable[[float], tuple[float, float, float]], target: float,
                   lo: float, hi: float, steps: int) -> tuple[float, float, float] | None:
-    """run(budget) at the least budget in [lo, hi] (to within (hi-lo)/2^steps)
-    whose accuracy reaches `target`, by bisection: accuracy grows with the
-    budget, the sample orders being the same at every budget."""
-    best = None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        got = run(mid)
-        if got[0] >= target:
-            hi, best = mid, got
-        else:
-            lo = mid
-    return best
+    from ttsc.runtime.allocation.threshold import least_tokens
+
+    return least_tokens(run, target, lo, hi, steps)
 
 
 def _dev_splits(dev: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -360,51 +357,20 @@ def _dev_splits(dev: list[dict]) -> list[tuple[list[int], list[int]]]:
 
 
 def select_confidence(pool: Any, dev: list[dict]) -> tuple[float | None, list[dict[str, Any]]]:
-    """The rounds method's confidence threshold, chosen on the dev set alone,
-    as select_pilot chooses the pilot: no threshold, or a quintile of the dev
-    samples' mean log-probabilities, whichever needs the fewest tokens to
-    match uniform n=16 (then n=8), on average over fits on half the dev set
-    tried on the other half."""
-    from ttsc.runtime.sequential_allocation import fit_vote_values, simulate_on_pools
+    """The rounds method's confidence threshold, chosen on the dev set alone by
+    the product's own cross-validation (runtime/allocation/threshold.py, what
+    `ttsc calibrate` runs), halves stratified by tier."""
+    from ttsc.runtime.allocation.threshold import choose_confidence
 
-    logprobs = sorted(lp for lps in pool.mean_logprobs for lp in lps)
-    candidates = [None] + [round(logprobs[len(logprobs) * q // 5], 3) for q in (1, 2, 3, 4)]
-    samples = _samples(pool)
-    splits = _dev_splits(dev)
-    halves = {tuple(b): _AllocationBench(_subpool(pool, b), [dev[i] for i in b]) for _, b in splits}
-    table = []
-    for confident in candidates:
-        ratios: dict[int, list[float]] = {n: [] for n in COMPARE}
-        for a, b in splits:
-            values = fit_vote_values([samples[i] for i in a], [pool.correct[i] for i in a],
-                                     confident, orders=SELECT_ORDERS)
-            half = halves[tuple(b)]
-            mine = [samples[i] for i in b]
-
-            def run(budget: float) -> tuple[float, float, float]:
-                return simulate_on_pools(values, mine, half.pool.correct, half.pool.prompt_tokens,
-                                         budget, SELECT_ORDERS)
-
-            for n in COMPARE:
-                got = _least_tokens(run, half.uniform[n]["accuracy"],
-                                    sum(half.pool.prompt_tokens), half.uniform[POOL]["tokens"],
-                                    SELECT_BISECT)
-                ratios[n].append(half.uniform[n]["tokens"] / got[1] if got else 0.0)  # never: 0
-        row = {"confident_logprob": confident,
-               **{f"ratio_vs_uniform{n}": round(sum(r) / len(r), 2) for n, r in ratios.items()}}
-        log(f"dev cross-validation: rounds, confident at mean logprob >= {confident}: mean token "
-            f"ratio vs uniform n=8 {row['ratio_vs_uniform8']:.2f}, "
-            f"n=16 {row['ratio_vs_uniform16']:.2f}")
-        table.append(row)
-    best = max(table, key=lambda r: (r["ratio_vs_uniform16"], r["ratio_vs_uniform8"]))
-    return best["confident_logprob"], table
+    return choose_confidence(_samples(pool), pool.correct, pool.prompt_tokens,
+                             [r["difficulty"] for r in dev], log=log)
 
 
 def select_pilot(pool: Any, dev: list[dict]) -> tuple[int, str, list[dict[str, Any]]]:
     """The pilot size and score with the best mean token ratio against uniform
     n=16 (then n=8) over SPLITS x 2 fits on half the dev set, tried on the other
     half (halves stratified by tier). Only dev data is read."""
-    from ttsc.runtime.calibrate import PILOT_FEATURES
+    from ttsc.runtime.allocation.pilot import PILOT_FEATURES
 
     splits = _dev_splits(dev)
     benches = {tuple(b): _AllocationBench(_subpool(pool, b), [dev[i] for i in b]) for _, b in splits}
@@ -427,9 +393,9 @@ def select_pilot(pool: Any, dev: list[dict]) -> tuple[int, str, list[dict[str, A
 
 
 def bench_allocation(pools_file: str | None = None, draw: int = 0) -> dict[str, Any]:
-    from ttsc.runtime.calibrate import PILOT_TOTALS, pool_scores
+    from ttsc.runtime.allocation.pilot import PILOT_TOTALS, pool_scores
     from ttsc.runtime.data import load_jsonl
-    from ttsc.runtime.sequential_allocation import fit_vote_values
+    from ttsc.runtime.allocation.rounds import fit_vote_values
 
     dev, held = list(load_jsonl(DATA / DEV)), list(load_jsonl(DATA / HELD))
     assert not {r["question"] for r in dev} & {r["question"] for r in held}
@@ -521,7 +487,8 @@ class _AllocationBench:
 
     def table(self, keep: int) -> dict[int, list[float]]:
         """Per total n (>= keep): each item's vote accuracy."""
-        from ttsc.runtime.calibrate import PILOT_TOTALS, conditional_vote_accuracy
+        from ttsc.runtime.allocation.pilot import PILOT_TOTALS
+        from ttsc.runtime.allocation.votes import conditional_vote_accuracy
 
         if keep not in self._tables:
             rng = random.Random(5 + keep)

@@ -11,8 +11,9 @@ is a value still to be decided:
 
 The builder makes knobs, the allocator and the defaults pass decide them, and
 search assigns them (`compile_program(program, assignment)`); by the time a
-Plan is lowered every knob is a plain value. `to_json`/`from_json` give the
-form plans and search records store.
+Plan is lowered every knob is a plain value (the plan's `knob_values` fact
+records what each knob site got). `to_json`/`knob_from_json` give the form
+search records store.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Choice:
 class Range:
     lo: float
     hi: float
-    integer: bool = False
+    integer: bool = False  # the setting takes whole numbers: every integer in [lo, hi]
 
     def default(self) -> Any:
         mid = (self.lo + self.hi) / 2
@@ -57,6 +58,9 @@ class Auto:
     options: tuple[Any, ...] | None = None  # model names for `model=auto`; None: the allocator's grid
 
     def default(self) -> Any:
+        """The first model of `model=auto`; any other auto needs a budget to decide it."""
+        if self.options:
+            return self.options[0]
         raise ValueError("auto has no default: a budget decides it")
 
     def size(self) -> int | None:
@@ -64,7 +68,6 @@ class Auto:
 
     def to_json(self) -> dict[str, Any]:
         return {"auto": True, **({"choice": list(self.options)} if self.options is not None else {})}
-
 
 
 Knob = Union[Choice, Range, Auto]
@@ -87,8 +90,4 @@ def knob_from_json(value: Any) -> Any:
         lo, hi = value["range"]
         return Range(lo, hi, bool(value.get("integer", False)))
     return value
-
-
-def knob_to_json(value: Any) -> Any:
-    return value.to_json() if is_knob(value) else value
 

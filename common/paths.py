@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 ENV = "TTSC_CACHE_DIR"
+CALL_CACHE_ENV = "TTSC_CALL_CACHE"
 OFF = "off"
 
 
@@ -59,6 +60,10 @@ def _scratch() -> Path:
 
 
 def default_call_cache() -> Path | None:
-    """Where `ttsc run` and `ttsc eval` keep the call cache by default."""
+    """Where `ttsc run` and `ttsc eval` keep the call cache by default:
+    $TTSC_CALL_CACHE if set (`off`: none), else calls.db under the root."""
+    env = os.environ.get(CALL_CACHE_ENV, "").strip()
+    if env:
+        return None if env.lower() == OFF else Path(env).expanduser()
     root = cache_root()
     return None if root is None else root / "calls.db"

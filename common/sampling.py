@@ -1,10 +1,11 @@
 """Sampling settings: their names, types, defaults and bounds, defined once.
 
 `SETTINGS` is the table every layer reads: the builder checks constants in a
-.tts file against it, the defaults pass and the runtime fill what a strategy
-leaves open from it, and engines validate requests with the same rule
-(`SamplingParams.check`). `SamplingParams` is the typed form that travels from
-the runtime's ops to the engines (the engine contract's request settings).
+.tts file against it (and which settings may be `auto`), the op table takes
+its defaults from it, the allocator its grid for `auto`, the runtime fills
+what a plan leaves unset from it, and engines validate requests with the same
+rule (`SamplingParams.check`). `SamplingParams` is the typed form that travels
+from the runtime's ops to the engines (the engine contract's request settings).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Setting:
     lo_open: bool = False
     empty_ok: bool = False  # 0 is accepted in an engine request (asks for nothing)
     auto_ok: bool = False  # `auto` may stand for it (the allocator decides)
+    auto_grid: tuple[int, ...] = ()  # the values the allocator weighs for `auto` (none: no cost)
     doc: str = ""
 
     def problem(self, value: Any, *, in_request: bool = False) -> str | None:
@@ -50,23 +52,26 @@ class Setting:
 
 
 SETTINGS: dict[str, Setting] = {s.name: s for s in [
-    Setting("n", True, 1, lo=1, empty_ok=True, auto_ok=True, doc="samples per request"),
+    Setting("n", True, 1, lo=1, empty_ok=True, auto_ok=True, auto_grid=(1, 2, 4, 8, 16, 32, 64),
+            doc="samples per request"),
+    # `temperature=auto` costs nothing: the default when sampling several, 0 for one.
     Setting("temperature", False, 0.7, lo=0, hi=5, auto_ok=True,
             doc="softmax temperature; 0 is greedy"),
     Setting("max_tokens", True, 256, lo=1, empty_ok=True, auto_ok=True,
-            doc="most tokens generated per sample"),
+            auto_grid=(16, 32, 64, 128, 256, 512, 1024), doc="most tokens generated per sample"),
     Setting("top_p", False, 1.0, lo=0, hi=1, lo_open=True, doc="nucleus sampling mass"),
     Setting("top_k", True, 0, lo=0, doc="keep the k likeliest tokens; 0 keeps all"),
     Setting("seed", True, None, lo=0, doc="sample i of a request uses seed + i"),
-    Setting("k", True, None, lo=1, auto_ok=True, doc="how many candidates top/rank keep"),
+    Setting("k", True, None, lo=1, auto_ok=True, auto_grid=(1, 2, 4, 8, 16),
+            doc="how many candidates top/rank keep"),
 ]}
 SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
-# Settings a search space may leave open (choice/range/auto) besides the model.
-KNOB_KEYS = ("n", "temperature", "max_tokens", "k", "top_p", "top_k")
+AUTO_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.auto_ok)
 
 
-def default(name: str) -> Any:
-    return SETTINGS[name].default
+def auto_temperature(n: int) -> float:
+    """What `temperature=auto` becomes: the default when sampling several, greedy for one."""
+    return SETTINGS["temperature"].default if n > 1 else 0.0
 
 
 @dataclass(frozen=True)

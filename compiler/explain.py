@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from ttsc.compiler.plan import Plan, Region, Stage
+from ttsc.compiler.space import Dimension, space_size
 
 
 def _fmt(v: Any) -> str:
@@ -54,22 +56,52 @@ def plan_summary(plan: Plan) -> str:
             f"models: {models}\n"
             f"{plan.facts.get('stages', 0)} stages, {plan.facts.get('llm_stages', 0)} LLM stages")
     extra = []
-    for key, label in (("predicted_tokens_per_input", "predicted tokens/input"),
-                       ("prefill_tokens_saved", "prefill tokens saved by sharing"),
+    f = plan.facts
+    if "predicted_tokens_per_input" in f:
+        extra.append(f"predicted tokens/input: {f['predicted_tokens_per_input']} computed, "
+                     f"{f.get('predicted_tokens_requested_per_input')} requested, "
+                     f"{f.get('predicted_generated_tokens_per_input')} generated "
+                     f"(lengths from {f.get('predicted_lengths')})")
+    for key, label in (("prefill_tokens_saved", "prefill tokens saved by sharing"),
                        ("kv_peak_bytes", "KV peak bytes"), ("predicted_latency_s", "predicted latency s")):
-        if key in plan.facts:
-            extra.append(f"{label}: {plan.facts[key]}")
+        if key in f:
+            extra.append(f"{label}: {f[key]}")
     return "\n".join([head, *extra, "stages:", stages_text(plan)])
+
+
+def space_text(dims: list[Dimension]) -> str:
+    """The knobs of a search space, one a line, and how many programs it holds."""
+    if not dims:
+        return "search space: none (every setting is fixed)"
+    size = space_size(dims)
+    sizes = " x ".join(str(d.size) if d.size is not None else "continuous" for d in dims)
+    total = f"{size:,} programs" if size is not None else (
+        f"continuous; {math.prod(d.size for d in dims if d.size is not None):,} combinations "
+        "of its discrete knobs")
+    lines = [f"search space: {len(dims)} knob{'s' if len(dims) != 1 else ''}, {sizes} = {total}"]
+    width = max(len(d.id) for d in dims)
+    for d in dims:
+        where = f"{d.span.file}:{d.span.line}:{d.span.column}" if d.span else "?"
+        count = f"{d.size} values" if d.size is not None else "[{:g}, {:g}]".format(*d.bounds())
+        lines.append(f"  {d.id:<{width}}  {d.setting:<11} {d.written():<28} {count:<12} {where}")
+    return "\n".join(lines)
 
 
 def explain(compiled: Any) -> str:
     plan = compiled.plan
     lines = ["passes:"]
+    width = max((len(r.name) for r in compiled.report), default=0)
     for r in compiled.report:
         status = "changed" if r.changed else "no change"
-        lines.append(f"  {r.name:<16} {status}")
+        lines.append(f"  {r.name:<{width}} {status}")
         for note in r.notes:
             lines.append(f"      - {note}")
+    dims = compiled.program.meta.get("space") or []
+    if dims:
+        lines.append(space_text(dims))
+        decided = plan.facts.get("knob_values", {})
+        lines += [f"  compiled with {sid} = {decided[sid]!r}" for sid in (d.id for d in dims)
+                  if sid in decided]
     if plan.allocation:
         lines.append("allocation:")
         for k, v in plan.allocation.items():

@@ -2,7 +2,10 @@
 
 A `Node` names its inputs by role (`{"candidates": "n3", "by": "n5"}`) and
 keeps compile-time constants in `attrs` (model name, prompt name, n,
-temperature, ...). `meta` is open: passes record what they learn there.
+temperature, ...); a setting a search space leaves open is a `common.knobs`
+value there until the allocator, an assignment or the defaults decide it.
+`meta` is open: passes record what they learn there (`knob_sites` names the
+source knob behind each open attribute).
 Edges mirror the inputs so networkx answers topology questions.
 
 A `repeat` loop is one LOOP node holding two sub-graphs (`cond`, `body`) whose
@@ -246,4 +249,5 @@ class Program:
     models: dict[str, str]  # model name -> spec (aliases resolved)
     prompts: dict[str, dict[str, Any]]  # name -> {user, system, raw, holes}
     budget: dict[str, Any] | None = None  # resource -> {value, per_input}
+    knob_sites: dict[str, Any] = field(default_factory=dict)  # id -> build.KnobSite, as written
     meta: dict[str, Any] = field(default_factory=dict)

@@ -4,16 +4,15 @@ Nodes are scheduled as soon as their inputs are ready (by dependency level).
 At each level, the LLM nodes of one model form one LLM stage: the executor
 sends all their requests, for every input of a batch, to the engine at once.
 Static facts (requests and samples per input) are computed here from the
-candidate counts the IR implies.
+candidate counts the IR implies (`ir_analysis`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-
+from ttsc.compiler import ir_analysis
 from ttsc.compiler.ir import Graph, Node, Op, Program
-from ttsc.compiler.ops import T
 from ttsc.compiler.plan import Plan, PlanNode, Region, Stage
 
 
@@ -36,58 +35,10 @@ def lower(program: Program, passes: list[dict[str, Any]] | None = None) -> Plan:
     return plan
 
 
-def candidate_counts(graph: Graph, outer: dict[str, int | None]) -> dict[str, int | None]:
-    """How many candidates (or answers/scores) each node holds per input, where
-    fixed at compile time; None where it depends on run time."""
-    counts: dict[str, int | None] = {}
-    for node in graph.nodes():
-        c = lambda role: counts.get(node.inputs.get(role, ""))  # noqa: E731
-        a = node.attrs
-        n = a.get("n") if isinstance(a.get("n"), int) else None
-        if node.op is Op.INPUT:
-            counts[node.id] = outer.get(a.get("name", ""))
-        elif node.op in (Op.GENERATE, Op.FUSE, Op.UNIT_TESTS):
-            counts[node.id] = n
-        elif node.op is Op.EXTEND:
-            counts[node.id] = c("candidates") * n if c("candidates") is not None and n else None
-        elif node.op in (Op.EXTRACT, Op.VERIFY, Op.SCORE, Op.CRITIQUE, Op.REFINE, Op.RUN_TESTS):
-            counts[node.id] = c("candidates")
-        elif node.op is Op.TOP:
-            k, m = a.get("k"), c("candidates")
-            counts[node.id] = min(k, m) if isinstance(k, int) and m is not None else (
-                k if isinstance(k, int) else None)
-        elif node.op is Op.RANK:
-            k, m = a.get("k"), c("candidates")
-            counts[node.id] = (min(k, m) if isinstance(k, int) and m is not None
-                               else (m if k is None else None))
-        elif node.op is Op.SLICE:
-            counts[node.id] = a["stop"] - a["start"]
-        elif node.op is Op.CONCAT and node.type in (T.CANDIDATES, T.ANSWERS, T.SCORES):
-            parts = [counts.get(s) for s in node.inputs.values()]
-            counts[node.id] = None if None in parts else sum(parts)
-        elif node.op is Op.CHOICE:
-            parts = {counts.get(s) for s in node.inputs.values()}
-            counts[node.id] = parts.pop() if len(parts) == 1 else None
-        elif node.op is Op.LOOP:
-            carried_in = {v: counts.get(node.inputs[f"carry:{v}"]) for v in a["carried"]}
-            body_counts = candidate_counts(a["body"], carried_in)
-            out = a["body"][a["body"].output]
-            stable = all(body_counts.get(out.inputs[v]) == carried_in[v] for v in a["carried"])
-            counts[node.id] = None
-            node.meta["stable_counts"] = stable
-        elif node.op is Op.LOOP_OUT:
-            loop = graph[node.inputs["loop"]]
-            init = counts.get(loop.inputs[f"carry:{a['var']}"])
-            counts[node.id] = init if loop.meta.get("stable_counts") else None
-        else:
-            counts[node.id] = None
-    return counts
-
-
 def _requests(node: Node, counts: dict[str, int | None]) -> tuple[int | None, int | None]:
     """(requests, samples) per input that an LLM node sends to its engine."""
     m = counts.get(node.inputs.get("candidates", ""))
-    n = node.attrs.get("n") if isinstance(node.attrs.get("n"), int) else None
+    n = ir_analysis.fixed_int(node.attrs, "n")
     if node.op in (Op.GENERATE, Op.UNIT_TESTS, Op.FUSE):
         return 1, n
     if node.op is Op.EXTEND:
@@ -103,21 +54,13 @@ def _requests(node: Node, counts: dict[str, int | None]) -> tuple[int | None, in
 
 def _lower_graph(graph: Graph, prefix: str, counts: dict[str, int | None],
                  models: dict[str, str]) -> Region:
-    counts = candidate_counts(graph, counts)
-    level: dict[str, int] = {}
-    for node in graph.nodes():
-        preds = [level[p] for p in graph.g.predecessors(node.id)]
-        level[node.id] = 1 + max(preds) if preds else 0
+    counts = ir_analysis.candidate_counts(graph, counts)
     nodes = {n.id: _plan_node(n, counts) for n in graph.nodes()}
     stages: list[Stage] = []
     owner: dict[str, str] = {}
-    by_level: dict[int, list[Node]] = {}
-    for node in graph.nodes():
-        if node.op not in (Op.INPUT, Op.OUTPUT):
-            by_level.setdefault(level[node.id], []).append(node)
-    for lv in sorted(by_level):
+    for _, level in ir_analysis.by_level(graph, lambda n: n.op not in (Op.INPUT, Op.OUTPUT)):
         groups: dict[tuple, list[Node]] = {}
-        for node in by_level[lv]:
+        for node in level:
             if node.op is Op.LOOP:
                 key: tuple = ("loop", node.id)
             elif node.is_llm:
@@ -140,13 +83,13 @@ def _lower_graph(graph: Graph, prefix: str, counts: dict[str, int | None],
                 stage.facts = {"kernel": members[0].meta["kernel"]}
             elif key[0] == "loop":
                 loop = members[0]
-                carried_in = {v: counts.get(loop.inputs[f"carry:{v}"]) for v in loop.attrs["carried"]}
+                inner, _ = ir_analysis.loop_inputs(loop, counts)
                 count = loop.attrs["count"]
                 stage.count = count if isinstance(count, int) else None
                 stage.carried = list(loop.attrs["carried"])
                 if loop.attrs.get("cond") is not None:
-                    stage.cond = _lower_graph(loop.attrs["cond"], f"{sid}c", carried_in, models)
-                stage.body = _lower_graph(loop.attrs["body"], f"{sid}b", carried_in, models)
+                    stage.cond = _lower_graph(loop.attrs["cond"], f"{sid}c", inner, models)
+                stage.body = _lower_graph(loop.attrs["body"], f"{sid}b", inner, models)
                 stage.facts = {"max_rounds": stage.count, "stops_early": stage.cond is not None}
             for m in members:
                 owner[m.id] = sid

@@ -1,8 +1,11 @@
 """The op vocabulary of ttsc: value types, and the signature of every op.
 
 One table says, for each op a strategy can call, which arguments it takes
-(positional order, kinds, types, defaults) and what it returns. The builder
-checks calls against it; the executor and the docs read it too.
+(positional order, kinds, types, defaults) and what it returns. Sampling
+settings take their defaults from `common.sampling.SETTINGS`; the op rules
+that differ (critique and rank read at temperature 0, with their own token
+limits) are written here, once. The builder checks calls against the table
+and fills unset settings from it, so every plan node carries its settings.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from ttsc.common.sampling import SETTINGS
 
 
 class T(str, Enum):
@@ -61,16 +66,22 @@ class OpSig:
         return tuple(a for a in self.args if a.positional)
 
 
+def setting(name: str, default: Any = None) -> Arg:
+    """A keyword-only sampling setting; its default is the table's
+    (common/sampling.py) unless an op rule gives its own."""
+    return Arg(name, Kind.CONST, (T.NUMBER,), False,
+               SETTINGS[name].default if default is None else default, False)
+
+
 CANDS = (T.CANDIDATES,)
 SAMPLING = (
-    Arg("temperature", Kind.CONST, (T.NUMBER,), False, 0.7, False),
-    Arg("max_tokens", Kind.CONST, (T.NUMBER,), False, 256, False),
-    Arg("top_p", Kind.CONST, (T.NUMBER,), False, 1.0, False),
-    Arg("top_k", Kind.CONST, (T.NUMBER,), False, 0, False),
-    Arg("stop", Kind.CONST, (T.TEXT,), False, None, False),
-    Arg("seed", Kind.CONST, (T.NUMBER,), False, None, False),
+    setting("temperature"), setting("max_tokens"), setting("top_p"), setting("top_k"),
+    Arg("stop", Kind.CONST, (T.TEXT,), False, None, False), setting("seed"),
 )
-N = Arg("n", Kind.CONST, (T.NUMBER,), False, 1, False)
+N = setting("n")
+# Op rules: judges read deterministically and briefly.
+CRITIQUE_SAMPLING = (setting("temperature", 0.0), setting("max_tokens", 128))
+RANK_SAMPLING = (setting("temperature", 0.0), setting("max_tokens", 64))
 MODEL = Arg("model", Kind.MODEL)
 OPT_PROMPT = Arg("prompt", Kind.PROMPT, required=False)
 
@@ -95,13 +106,11 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
     OpSig("top", (Arg("candidates", Kind.VALUE, CANDS), Arg("by", Kind.VALUE, (T.SCORES,), True, None, False),
                   Arg("k", Kind.CONST, (T.NUMBER,), True, None, False)), T.CANDIDATES, False,
           "the k highest-scoring candidates, best first"),
-    OpSig("rank", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT,
-                   Arg("k", Kind.CONST, (T.NUMBER,), False, None, False)), T.CANDIDATES, True,
+    OpSig("rank", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT, setting("k"),
+                   *RANK_SAMPLING), T.CANDIDATES, True,
           "listwise LLM ranking; keeps the top k if given"),
-    OpSig("critique", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT,
-                       Arg("temperature", Kind.CONST, (T.NUMBER,), False, 0.0, False),
-                       Arg("max_tokens", Kind.CONST, (T.NUMBER,), False, 128, False)), T.CANDIDATES, True,
-          "one critique per candidate (strengths and weaknesses)"),
+    OpSig("critique", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT, *CRITIQUE_SAMPLING),
+          T.CANDIDATES, True, "one critique per candidate (strengths and weaknesses)"),
     OpSig("fuse", (MODEL, Arg("candidates", Kind.VALUE, CANDS),
                    Arg("critiques", Kind.VALUE, CANDS, False, None, False), OPT_PROMPT, N, *SAMPLING),
           T.CANDIDATES, True, "synthesize n new answers from the candidates (and their critiques)"),
@@ -120,9 +129,3 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
 
 EXTRACTORS = ("number", "choice", "code", "regex")
 AGGS = ("min", "last", "prod")
-# Names usable as values or in special positions that are not ops.
-SPACE_FUNCS = ("choice", "range")
-
-
-def sampling_defaults(sig: OpSig) -> dict[str, Any]:
-    return {a.name: a.default for a in sig.args if a.kind is Kind.CONST and a.default is not None}

@@ -16,18 +16,21 @@ From that:
 
 `ttsc calibrate` fits a, b, the wrong-answer concentration, the verifier
 reliability and the completion-length distribution from pilot samples on a
-dev set and stores them beside the strategy (`FILE.calibration.json`).
+dev set and stores them where `calibration_path` says (the ttsc cache directory).
 Without one, the documented priors below are used.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+from ttsc.common import paths
 
 if TYPE_CHECKING:
     import numpy as np
@@ -218,6 +221,24 @@ class AccuracyModel:
         return self.pass_at_1(max_tokens)
 
 
+def expected_completion_tokens(max_tokens: int, calibration: "ModelCalibration | None" = None) -> float:
+    """Mean tokens a sample generates when cut at `max_tokens`.
+
+    Calibrated: the pilot's completions, finished ones at their length (cut
+    at max_tokens) and unfinished ones at max_tokens. Prior: lengths are
+    exponential with mean PRIOR_MEAN_COMPLETION_TOKENS, so the mean of
+    min(length, max_tokens) is mean x (1 - exp(-max_tokens / mean)).
+    """
+    if max_tokens <= 0:
+        return 0.0
+    if calibration is not None and calibration.finished_lengths:
+        share = calibration.finished_share
+        finished = sum(min(n, max_tokens) for n in calibration.finished_lengths) / len(calibration.finished_lengths)
+        return share * finished + (1 - share) * max_tokens
+    mean = PRIOR_MEAN_COMPLETION_TOKENS
+    return mean * (1 - math.exp(-max_tokens / mean))
+
+
 def prior_model(num_params: float | None) -> AccuracyModel:
     return AccuracyModel(BetaPrior.from_mean(prior_mean_accuracy(num_params)))
 
@@ -366,6 +387,10 @@ class ModelCalibration:
     pilot_feature: str = ""
     pilot_samples: int = 0
     pilot_bins: list[dict[str, Any]] = field(default_factory=list)
+    # The rounds allocation's vote-state table (runtime/allocation/rounds.py:
+    # VoteValues.to_json), with the dev cross-validation that chose its
+    # confidence threshold; empty when not fitted.
+    vote_values: dict[str, Any] = field(default_factory=dict)
 
     def model(self, group: str | None = None) -> AccuracyModel:
         a, b = self.a, self.b
@@ -442,13 +467,17 @@ class Calibration:
 
 
 def calibration_path(strategy_file: str | Path) -> Path:
-    """FILE.calibration.json beside the strategy file."""
-    p = Path(strategy_file)
-    return p.with_name(p.name + ".calibration.json")
+    """Where `ttsc calibrate` keeps a strategy file's calibration and the
+    compiler finds it: the calibrations room of the ttsc cache directory,
+    one file per strategy file (by its resolved path); never beside the
+    source, which may be a read-only checkout."""
+    p = Path(strategy_file).expanduser().resolve()
+    digest = hashlib.sha256(str(p).encode()).hexdigest()[:10]
+    return paths.room("calibrations") / f"{p.stem}-{digest}.json"
 
 
 def load_calibration(strategy_file: str | Path) -> Calibration | None:
-    """The calibration stored beside a strategy file, or None (also when unreadable)."""
+    """The calibration stored for a strategy file, or None (also when unreadable)."""
     path = calibration_path(strategy_file)
     if not path.is_file():
         return None

@@ -7,8 +7,9 @@ types: names like `generate` are plain calls until the compiler resolves them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 from ttsc.common.errors import Span
 
@@ -189,6 +190,7 @@ class BudgetItem:
     value: float
     per_input: bool
     span: Span
+    total: bool = False  # `tokens <= T total`: one budget for a whole data set, spent at run time
 
 
 @dataclass(frozen=True)
@@ -217,3 +219,39 @@ class Module:
 
     def budgets(self) -> list[BudgetDef]:
         return [d for d in self.definitions if isinstance(d, BudgetDef)]
+
+
+def children(node: object) -> tuple:
+    """The statements and expressions directly inside a statement or expression."""
+    if isinstance(node, (Assign, Return)):
+        return (node.value,)
+    if isinstance(node, Repeat):
+        return (node.count, *((node.until,) if node.until is not None else ()), *node.body)
+    if isinstance(node, ListExpr):
+        return node.items
+    if isinstance(node, Call):
+        return (*node.args, *(k.value for k in node.kwargs))
+    if isinstance(node, (BinOp, Compare, BoolOp)):
+        return (node.left, node.right)
+    if isinstance(node, Not):
+        return (node.operand,)
+    return ()
+
+
+def replace_exprs(module: Module, new: dict[Span, Callable[[Expr], Expr]]) -> Module:
+    """The module with each `choice(...)`, `range(...)` or `auto` expression
+    whose span is a key of `new` replaced by what its function makes of it."""
+
+    def rebuild(node):
+        if isinstance(node, tuple):
+            return tuple(rebuild(n) for n in node)
+        if isinstance(node, (Auto, Call)) and node.span in new:
+            return new[node.span](node)
+        if isinstance(node, (ListExpr, Keyword, Call, BinOp, Compare, BoolOp, Not,
+                             Assign, Repeat, Return, StrategyDef)):
+            return dataclasses.replace(node, **{f.name: rebuild(getattr(node, f.name))
+                                                for f in dataclasses.fields(node)
+                                                if not f.name.endswith("span")})
+        return node
+
+    return dataclasses.replace(module, definitions=rebuild(module.definitions))

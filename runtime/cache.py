@@ -14,14 +14,16 @@ deterministic and always cached.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from ttsc.common.errors import UserError
 from ttsc.runtime.engines.base import (Completion, ContinuationOutput, ContinuationRequest, Engine,
                                        NextTokenRequest, Prompt, SampleOutput, SampleRequest,
                                        SamplingParams, ScoreOutput, Usage)
@@ -37,18 +39,53 @@ def call_key(model: str, kind: str, request: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class CallCache:
-    """Key -> JSON value store in one SQLite file (WAL mode; threads of one process may share it)."""
+APPLICATION_ID = 0x74747363  # "ttsc": marks an SQLite file as a ttsc call cache
+MEMORY = ":memory:"
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+class CallCache:
+    """Key -> JSON value store in one SQLite file (WAL mode; threads of one process may share it).
+
+    Any problem with the file (not SQLite, another program's database,
+    damaged, locked by another process for longer than `timeout`) is a
+    UserError naming the file and what to do, never a traceback and never a
+    wrong answer. `CallCache(MEMORY)` keeps the cache in memory.
+    """
+
+    def __init__(self, path: str | Path, timeout: float = 30.0):
+        self.path = Path(path) if str(path) != MEMORY else None
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.commit()
+        where = str(self.path) if self.path else MEMORY
+        with self._guard():
+            if self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(where, check_same_thread=False, timeout=timeout)
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if app_id != APPLICATION_ID and tables:
+                raise UserError(f"{where} is an SQLite database but not a ttsc call cache",
+                                hint="point --cache at another file, or run with --no-cache")
+            if self.path is not None:
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.commit()
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """SQLite's errors as UserErrors that name the file."""
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise UserError(f"the call cache {self.path} is locked by another process",
+                                hint="wait for it, use another --cache file, or --no-cache") from None
+            raise UserError(f"cannot use the call cache {self.path}: {e}",
+                            hint="delete the file (it is only a cache), or run with --no-cache") from None
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path} is not a usable ttsc call cache ({e})",
+                            hint="delete the file (it is only a cache), or run with --no-cache") from None
 
     def get(self, key: str) -> Any | None:
         return self.get_many([key]).get(key)
@@ -57,7 +94,7 @@ class CallCache:
         """The values present for `keys` (absent keys are left out)."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        with self._lock:
+        with self._lock, self._guard():
             for start in range(0, len(keys), 500):  # SQLite caps bound parameters
                 chunk = keys[start:start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -72,11 +109,11 @@ class CallCache:
     def put_many(self, items: dict[str, Any]) -> None:
         """Store all items in one transaction."""
         rows = [(key, json.dumps(value)) for key, value in items.items()]
-        with self._lock, self._db:
+        with self._lock, self._guard(), self._db:
             self._db.executemany("INSERT OR REPLACE INTO calls (key, value) VALUES (?, ?)", rows)
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._lock, self._guard():
             return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
 
     def close(self) -> None:
@@ -92,18 +129,27 @@ def _sample_key(model: str, prompt: Prompt, params: SamplingParams, index: int) 
 
 def _split_usage(output: SampleOutput) -> list[Usage]:
     """One request's usage shared out over its samples, so that any subset of
-    them replayed from the cache adds up to what computing them cost: the
-    call and the prompt computation go to the first sample, tokens to each."""
+    them replayed from the cache adds up to what computing them cost, and all
+    of them to the request's usage: the call goes to the first sample, the
+    prompt computation to the first samples (each at most its own prompt, as
+    an engine computing every sample's prompt in part reports), generated
+    tokens to each by its length."""
     n = len(output.completions)
     u = output.usage
+    lengths = [len(c.token_ids) or len(c.logprobs) for c in output.completions]
+    if sum(lengths) != u.generated_tokens:  # an engine that reports no tokens
+        lengths = [u.generated_tokens // n + (1 if j < u.generated_tokens % n else 0)
+                   for j in range(n)]
     per = []
-    for j, c in enumerate(output.completions):
+    left = u.prompt_tokens_computed
+    for j in range(n):
         prompt = u.prompt_tokens // n + (1 if j < u.prompt_tokens % n else 0)
-        computed = u.prompt_tokens_computed if j == 0 else 0
+        computed = left if j == n - 1 else min(left, prompt)
+        left -= computed
         per.append(Usage(calls=u.calls if j == 0 else 0, prompt_tokens=prompt,
                          prompt_tokens_computed=computed,
                          prompt_tokens_reused=max(0, prompt - computed),
-                         generated_tokens=len(c.token_ids)))
+                         generated_tokens=lengths[j]))
     return per
 
 
@@ -175,18 +221,15 @@ class CachedEngine(Engine):
             rows.append(row)
         hits = [sum(c is not None for c in row) for row in rows]
         if missing:
-            outputs = run_inner([m[0] for m in missing], [m[2] for m in missing])
-            fresh: dict[str, Any] = {}
-            for (ri, lo, run), output in zip(missing, outputs):
-                for offset, (completion, usage) in enumerate(zip(output.completions,
-                                                                 _split_usage(output))):
-                    rows[ri][lo + offset] = (completion, usage)
-                    if run.params.seed is not None:
-                        key = _sample_key(self.model, run.prompt, run.params, offset)
-                        fresh[key] = {"completion": dataclasses.asdict(completion),
-                                      "usage": usage.as_dict()}
-            if fresh:
-                self.cache.put_many(fresh)
+            try:
+                outputs = run_inner([m[0] for m in missing], [m[2] for m in missing])
+            except Exception as exc:
+                # An engine that failed part of a batch (a server that died) hands
+                # back what did finish: keep it, so a rerun computes only the rest.
+                finished = getattr(exc, "finished", None) or {}
+                self._store([(missing[i], o) for i, o in sorted(finished.items())])
+                raise
+            self._store(list(zip(missing, outputs)), rows)
         self._count(sum(hits), sum(len(row) for row in rows) - sum(hits))
         results = []
         for row, hit in zip(rows, hits):
@@ -195,6 +238,22 @@ class CachedEngine(Engine):
                 usage = usage + u
             results.append(SampleOutput([c for c, _ in row], usage))  # type: ignore[misc]
         return results
+
+    def _store(self, done: list[tuple[tuple[int, int, SampleRequest], SampleOutput]],
+               rows: list[list[tuple[Completion, Usage] | None]] | None = None) -> None:
+        """Put fresh samples in the cache (and in `rows`, when given)."""
+        fresh: dict[str, Any] = {}
+        for (ri, lo, run), output in done:
+            for offset, (completion, usage) in enumerate(zip(output.completions,
+                                                             _split_usage(output))):
+                if rows is not None:
+                    rows[ri][lo + offset] = (completion, usage)
+                if run.params.seed is not None:
+                    key = _sample_key(self.model, run.prompt, run.params, offset)
+                    fresh[key] = {"completion": dataclasses.asdict(completion),
+                                  "usage": usage.as_dict()}
+        if fresh:
+            self.cache.put_many(fresh)
 
     # --- scoring ------------------------------------------------------------
 

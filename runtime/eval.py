@@ -1,24 +1,39 @@
 """Evaluate a compiled strategy over a JSONL data set.
 
-Inputs run in batches through the executor (one engine call per LLM stage for
-the whole batch). Each finished item is appended to the results file at once,
-so an interrupted run loses nothing done, and a rerun with the same results
-file skips what is there.
+Inputs run through the executor each at its own pace, `batch_size` of them in
+flight at once. Each finished item is appended to the results file at once,
+with what it cost and what produced it (plan hash, strategy, model specs,
+seed), so an interrupted run loses nothing done and a rerun skips what is
+there; a results file written by another strategy, plan, model or seed is an
+error, not a silent resume.
+
+Token figures (per item and in the summary), from each call's own usage:
+- tokens computed: prompt tokens the engines computed plus generated tokens,
+  the headline (a prompt shared by 16 samples counts once);
+- tokens requested: the prompt once per sample, plus generated tokens;
+- generated tokens.
+Calls answered from the call cache count with the usage recorded when they
+were computed, so a rerun prints the same figures; the cache line says what
+was really computed this time.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from ttsc.compiler.plan import Plan
 from ttsc.common.errors import UserError
-from ttsc.runtime.data import ResultsWriter, check_fields, load_done, load_jsonl, row_id
-from ttsc.runtime.engines.base import Engine
-from ttsc.runtime.executor import Executor
-from ttsc.runtime.scorers import get_scorer
+from ttsc.compiler.plan import Plan
+from ttsc.runtime.data import (ResultsWriter, check_fields, check_unique_ids, load_done, load_jsonl,
+                               row_id)
+from ttsc.runtime.engines.base import Engine, Usage
+from ttsc.runtime.executor import Executor, InputResult
+from ttsc.runtime.scorers import Scorer, get_scorer
 
 
 @dataclass
@@ -26,80 +41,191 @@ class EvalSummary:
     items: int
     correct: int
     sample_accuracy: float | None  # mean share of correct single samples, when the output is a vote
-    tokens: int  # prompt + generated tokens over the items run now
-    generated_tokens: int
     run_items: int  # items computed in this run (the rest were resumed)
     seconds: float
     per_item: list[dict[str, Any]] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)  # this run's engine calls (cache counts included)
+    budget: float | None = None  # a data-set token budget, when the run allocated one
 
     @property
     def accuracy(self) -> float:
         return self.correct / self.items if self.items else 0.0
 
+    def _per_item(self, key: str) -> float:
+        known = [r["tokens"][key] for r in self.per_item if "tokens" in r]
+        return sum(known) / len(known) if known else 0.0
+
     @property
     def tokens_per_input(self) -> float:
-        return self.tokens / self.run_items if self.run_items else 0.0
+        """Tokens computed per item (prompt computed + generated): the headline."""
+        return self._per_item("computed")
+
+    @property
+    def requested_per_input(self) -> float:
+        return self._per_item("requested")
+
+    @property
+    def generated_per_input(self) -> float:
+        return self._per_item("generated")
+
+    @property
+    def tokens(self) -> int:
+        """Tokens computed over every item."""
+        return sum(r["tokens"]["computed"] for r in self.per_item if "tokens" in r)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"items": self.items, "accuracy": self.accuracy, "sample_accuracy": self.sample_accuracy,
-                "tokens_per_input": self.tokens_per_input, "seconds": self.seconds,
-                "run_items": self.run_items}
+        out = {"items": self.items, "accuracy": self.accuracy, "sample_accuracy": self.sample_accuracy,
+               "tokens_per_input": self.tokens_per_input,
+               "requested_tokens_per_input": self.requested_per_input,
+               "generated_tokens_per_input": self.generated_per_input,
+               "tokens": self.tokens, "seconds": self.seconds, "run_items": self.run_items,
+               "cache_hits": self.usage.cache_hits, "cache_misses": self.usage.cache_misses}
+        if self.budget is not None:
+            out["budget_tokens"] = self.budget
+        return out
 
 
-def load_dataset(path: str | Path, params: list[str], answer_field: str = "answer",
+# ------------------------------------------------------------------ data
+
+
+def load_dataset(path: str | Path, params: Sequence[str], answer_field: str = "answer",
                  limit: int | None = None) -> list[dict[str, Any]]:
+    """The rows of a JSONL data set, checked: required fields, unique ids."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {limit})")
     rows = load_jsonl(path)
     if limit is not None:
-        rows = rows[:limit]
+        rows = type(rows)(rows[:limit], rows.line_numbers[:limit])
     if not rows:
         raise UserError(f"{path}: no data rows")
     check_fields(rows, path, [*params, answer_field])
-    return list(rows)
+    check_unique_ids(rows, path)
+    return rows
 
 
-def evaluate(plan: Plan, engines: dict[str, Engine], rows: list[dict[str, Any]], *,
-             scorer: str = "number", answer_field: str = "answer", seed: int = 0,
-             batch_size: int = 8, out: str | Path | None = None,
-             on_item: Callable[[int, int], None] | None = None) -> EvalSummary:
-    """Run `plan` on every row, score against `answer_field`, write per-item lines."""
-    score = get_scorer(scorer)
-    start = time.perf_counter()
-    done = load_done(out) if out is not None and Path(out).exists() else {}
+# ------------------------------------------------------------------ provenance
+
+
+def run_signature(plan: Plan, seed: int) -> dict[str, Any]:
+    """What produced a results file: another plan, model or seed gives other answers."""
+    computed = {k: v for k, v in plan.to_dict().items() if k not in ("file", "passes", "facts")}
+    digest = hashlib.sha256(json.dumps(computed, sort_keys=True, default=str).encode()).hexdigest()
+    return {"plan": digest[:16], "strategy": plan.strategy, "models": dict(plan.models),
+            "seed": seed}
+
+
+def load_results(out: str | Path, signature: dict[str, Any], force: bool = False
+                 ) -> dict[str, dict[str, Any]]:
+    """Finished items of a results file written by this same run; with `force`,
+    an existing file is set aside (FILE.old) and the run starts over."""
+    path = Path(out)
+    if not path.exists():
+        return {}
+    if force:
+        os.replace(path, path.with_name(path.name + ".old"))
+        return {}
+    done = load_done(path)
+    for record in done.values():
+        if record.get("produced_by") != signature:
+            theirs = record.get("produced_by")
+            what = (f"strategy `{theirs.get('strategy')}`, plan {theirs.get('plan')}, "
+                    f"models {theirs.get('models')}, seed {theirs.get('seed')}"
+                    if isinstance(theirs, dict) else "an unknown run (no record of what produced it)")
+            raise UserError(
+                f"{path}: these results were produced by {what}; this run is strategy "
+                f"`{signature['strategy']}`, plan {signature['plan']}, models {signature['models']}, "
+                f"seed {signature['seed']}",
+                hint="use another --out file, or --force to start over (the old file is kept as "
+                     f"{path.name}.old)")
+    return done
+
+
+# ------------------------------------------------------------------ running
+
+
+@dataclass
+class Resumed:
+    """Where an evaluation stands: each row's id, the rows still to run (by
+    index), and the finished items read back from the results file."""
+
+    ids: list[str]
+    todo: list[int]
+    results: dict[str, dict[str, Any]]
+
+
+def resume(rows: Sequence[dict[str, Any]], out: str | Path | None, signature: dict[str, Any],
+           force: bool = False) -> Resumed:
+    done = load_results(out, signature, force) if out is not None else {}
     ids = [row_id(r, i) for i, r in enumerate(rows)]
-    todo = [i for i, k in enumerate(ids) if k not in done]
-    results: dict[str, dict[str, Any]] = {k: v for k, v in done.items() if k in set(ids)}
-    writer = ResultsWriter(out) if out is not None else None
-    executor = Executor(plan, engines, seed=seed)
-    tokens = generated = 0
-    if on_item:
-        on_item(len(results), len(rows))
-    try:
-        for b in range(0, len(todo), batch_size):
-            chunk = todo[b:b + batch_size]
-            run = executor.run([{p: rows[i][p] for p in plan.params} for i in chunk])
-            usage = run.total_usage
-            tokens += usage.prompt_tokens + usage.generated_tokens
-            generated += usage.generated_tokens
-            for j, i in enumerate(chunk):
-                gold = str(rows[i][answer_field])
-                pred = run.outputs[j]
-                item: dict[str, Any] = {"id": ids[i], "prediction": pred, "answer": gold,
-                                        "correct": bool(score(pred, gold))}
-                if run.sample_answers is not None:
-                    samples = run.sample_answers[j]
-                    item["samples"] = samples
-                    item["sample_correct"] = sum(bool(score(a, gold)) for a in samples)
-                results[ids[i]] = item
-                if writer:
-                    writer.write(item)
-            if on_item:
-                on_item(len(results), len(rows))
-    finally:
-        if writer:
-            writer.close()
+    wanted = set(ids)
+    return Resumed(ids, [i for i, k in enumerate(ids) if k not in done],
+                   {k: v for k, v in done.items() if k in wanted})
+
+
+def item_record(item_id: str, row: dict[str, Any], result: InputResult, score: Scorer,
+                answer_field: str, signature: dict[str, Any]) -> dict[str, Any]:
+    """One results line: the prediction, its score, the samples, what it cost."""
+    gold = str(row[answer_field])
+    pred = result.output
+    usage = result.total_usage
+    item: dict[str, Any] = {"id": item_id, "prediction": pred, "answer": gold,
+                            "correct": bool(score(pred, gold))}
+    if result.sample_answers is not None:
+        item["samples"] = result.sample_answers
+        item["sample_correct"] = sum(bool(score(a, gold)) for a in result.sample_answers)
+    item["tokens"] = {"computed": usage.tokens_computed,
+                      "requested": usage.prompt_tokens + usage.generated_tokens,
+                      "generated": usage.generated_tokens}
+    item["seconds"] = round(result.seconds, 3)
+    item["produced_by"] = signature
+    return item
+
+
+def summarize(rows: Sequence[dict[str, Any]], results: dict[str, dict[str, Any]], run_items: int,
+              seconds: float, usage: Usage, budget: float | None = None) -> EvalSummary:
+    ids = [row_id(r, i) for i, r in enumerate(rows)]
     per_item = [results[k] for k in ids if k in results]
     with_samples = [r for r in per_item if r.get("samples")]
     sample_acc = (sum(r["sample_correct"] / len(r["samples"]) for r in with_samples) / len(with_samples)
                   if with_samples else None)
-    return EvalSummary(len(per_item), sum(r["correct"] for r in per_item), sample_acc, tokens,
-                       generated, len(todo), time.perf_counter() - start, per_item)
+    return EvalSummary(len(per_item), sum(r["correct"] for r in per_item), sample_acc, run_items,
+                       seconds, per_item, usage, budget)
+
+
+def evaluate(plan: Plan, engines: dict[str, Engine], rows: Sequence[dict[str, Any]], *,
+             scorer: str = "number", answer_field: str = "answer", seed: int = 0,
+             batch_size: int = 8, out: str | Path | None = None, force: bool = False,
+             on_item: Callable[[int, int], None] | None = None) -> EvalSummary:
+    """Run `plan` on every row, score against `answer_field`, write per-item lines.
+    `batch_size` inputs are in flight at once."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+    score = get_scorer(scorer)
+    signature = run_signature(plan, seed)
+    start = time.perf_counter()
+    state = resume(rows, out, signature, force)
+    ids, todo, results = state.ids, state.todo, state.results
+    usage = Usage()
+    if on_item:
+        on_item(len(results), len(rows))
+    writer = ResultsWriter(out) if out is not None else None
+
+    def finished(j: int, result: InputResult) -> None:
+        nonlocal usage
+        i = todo[j]
+        item = item_record(ids[i], rows[i], result, score, answer_field, signature)
+        results[ids[i]] = item
+        usage = usage + result.total_usage
+        if writer:
+            writer.write(item)
+        if on_item:
+            on_item(len(results), len(rows))
+
+    try:
+        Executor(plan, engines, seed=seed).run(
+            [{p: rows[i][p] for p in plan.params} for i in todo], concurrency=batch_size,
+            on_result=finished)
+    finally:
+        if writer:
+            writer.close()
+    return summarize(rows, results, len(todo), time.perf_counter() - start, usage)

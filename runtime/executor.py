@@ -1,29 +1,43 @@
-"""The executor: runs a Plan over a batch of inputs.
+"""The executor: runs a Plan, each input at its own pace.
 
-A plain loop over the plan's stages. Host stages evaluate their nodes input by
-input. An LLM stage gathers the requests of all its nodes for all inputs and
-makes one engine call of each kind (sample, score): that is where batching
-across nodes and across a data set's inputs happens. Loop stages run their
-`cond` and `body` regions for the inputs still looping.
+`run_one` walks the plan for one input: a plain dispatch loop over its stages.
+A host stage evaluates its nodes; an LLM stage makes one engine call per kind
+(sample, score) holding every request its nodes need for this input; a loop
+stage runs its `until` and body regions until the input's condition holds or
+the rounds run out.
+
+`run` runs many inputs at once, each in its own worker thread, keeping at
+most `concurrency` in flight and starting the next input as soon as one
+finishes. Batching across inputs happens in the engine: concurrent calls from
+the workers join the same engine batches (continuous batching), so an input
+that stops early never waits for the slowest one, and the engine's batch
+stays full. `serve` and `search` call `run_one` from their own threads the
+same way.
 
 Seeds are derived from (run seed, node, input content, round), so an input's
-answer does not depend on which other inputs share its batch.
+answer does not depend on which other inputs run beside it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from ttsc.compiler.plan import Plan, Region, Stage
 from ttsc.common.errors import UserError
+from ttsc.common.sampling import SAMPLING_KEYS
+from ttsc.compiler.plan import Plan, Region, Stage
 from ttsc.runtime.engines.base import Engine, Usage, total_usage
 from ttsc.runtime.ops import LLM_OPS, OpContext, host_op
 
-Values = dict[str, list[Any]]  # node id -> one value per input of the batch
+Env = dict[str, Any]  # node id -> value, for one input
+# Per-input overrides of sampling settings: node path -> {setting: value}.
+# A node's path is its id, prefixed by its loop stages' ids ("s3/n7").
+Settings = dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -39,25 +53,75 @@ class StageTrace:
 
 
 @dataclass
-class RunResult:
-    outputs: list[Any]
-    trace: list[StageTrace]
+class InputResult:
+    """What one input's run made and cost."""
+
+    output: Any
     usage: dict[str, Usage]  # per model name
+    trace: list[StageTrace]
     seconds: float
-    sample_answers: list[list[Any]] | None = None  # per input, when the output is a vote
+    sample_answers: list[Any] | None = None  # when the output is a vote over one extract
+    samples: list[Any] | None = None  # the candidates those answers were extracted from
+    values: dict[str, Any] = field(default_factory=dict)  # nodes asked for with `keep`
 
     @property
     def total_usage(self) -> Usage:
-        total = Usage()
-        for u in self.usage.values():
-            total = total + u
-        return total
+        return _sum(self.usage.values())
+
+
+@dataclass
+class RunResult:
+    """The results of several inputs, in input order."""
+
+    results: list[InputResult]
+    seconds: float
+
+    @property
+    def outputs(self) -> list[Any]:
+        return [r.output for r in self.results]
+
+    @property
+    def sample_answers(self) -> list[list[Any]] | None:
+        if any(r.sample_answers is None for r in self.results):
+            return None
+        return [r.sample_answers for r in self.results]  # type: ignore[misc]
+
+    @property
+    def trace(self) -> list[StageTrace]:
+        return [t for r in self.results for t in r.trace]
+
+    @property
+    def usage(self) -> dict[str, Usage]:
+        out: dict[str, Usage] = {}
+        for r in self.results:
+            for model, u in r.usage.items():
+                out[model] = out.get(model, Usage()) + u
+        return out
+
+    @property
+    def total_usage(self) -> Usage:
+        return _sum(r.total_usage for r in self.results)
 
     def summary(self) -> str:
-        u = self.total_usage
-        return (f"{u.calls} calls, {u.prompt_tokens} prompt tokens "
-                f"({u.prompt_tokens_reused} reused), {u.generated_tokens} generated tokens, "
-                f"{self.seconds:.1f} s")
+        return usage_summary(self.total_usage, self.seconds)
+
+
+def usage_summary(u: Usage, seconds: float) -> str:
+    """One line: the headline token figures of the engine calls behind a run."""
+    line = (f"{u.calls} calls, {u.tokens_computed} tokens computed "
+            f"({u.prompt_tokens_computed} prompt + {u.generated_tokens} generated tokens; "
+            f"{u.prompt_tokens + u.generated_tokens} requested, "
+            f"{u.prompt_tokens_reused} prompt tokens reused), {seconds:.1f} s")
+    if u.cache_hits or u.cache_misses:
+        line += f"; call cache: {u.cache_hits} hits, {u.cache_misses} misses"
+    return line
+
+
+def _sum(usages: Any) -> Usage:
+    total = Usage()
+    for u in usages:
+        total = total + u
+    return total
 
 
 def input_key(inputs: dict[str, Any]) -> str:
@@ -75,151 +139,217 @@ class Executor:
         self.plan = plan
         self.engines = engines
         self.seed = seed
-        self.on_stage = on_stage
-        missing = [m for m in plan.models if m not in engines and self._uses(m)]
+        self.on_stage = on_stage  # called from worker threads
+        used = {s.model for s in plan.llm_stages()}
+        missing = [m for m in plan.models if m in used and m not in engines]
         if missing:
             raise ValueError(f"no engine for model(s) {missing}")
 
-    def _uses(self, model: str) -> bool:
-        return any(s.model == model for s in self.plan.llm_stages())
+    # ------------------------------------------------------------ many inputs
 
-    def run(self, inputs: list[dict[str, Any]]) -> RunResult:
-        """Run the plan on each input (a dict of the strategy's parameters)."""
+    def run(self, inputs: Sequence[dict[str, Any]], *, concurrency: int = 8,
+            settings: Sequence[Settings | None] | None = None, keep: Sequence[str] = (),
+            on_result: Callable[[int, InputResult], None] | None = None) -> RunResult:
+        """Run every input, at most `concurrency` at once, each at its own pace.
+
+        `on_result(i, result)` is called in the calling thread as each input
+        finishes, in finishing order; if an input fails, the error is raised
+        once the inputs already running have finished, and every input that
+        finished has been reported.
+        """
         for i, row in enumerate(inputs):
-            missing = [p for p in self.plan.params if p not in row]
-            if missing:
-                raise UserError(f"input {i + 1} lacks `{missing[0]}` (strategy `{self.plan.strategy}` "
-                                f"takes {', '.join(self.plan.params)})",
-                                hint=f"pass it with --input {missing[0]}=...")
+            self._check_inputs(row, i)
+        if concurrency < 1:
+            raise UserError(f"concurrency must be at least 1 (got {concurrency})")
         start = time.perf_counter()
+        results: list[InputResult | None] = [None] * len(inputs)
+        pending = iter(range(len(inputs)))
+        take = threading.Lock()
+        finished: queue.Queue[tuple[int, InputResult | None, BaseException | None]] = queue.Queue()
+        stop = threading.Event()
+
+        def worker() -> None:
+            while not stop.is_set():
+                with take:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                try:
+                    result = self.run_one(inputs[i], settings=settings[i] if settings else None,
+                                          keep=keep)
+                    finished.put((i, result, None))
+                except BaseException as exc:  # reported to the caller's thread
+                    stop.set()
+                    finished.put((i, None, exc))
+                    return
+
+        workers = [threading.Thread(target=worker, daemon=True, name=f"ttsc-input-{k}")
+                   for k in range(min(concurrency, len(inputs)))]
+        for w in workers:
+            w.start()
+        error: BaseException | None = None
+        received = 0
+        try:
+            while received < len(inputs):
+                try:
+                    i, result, exc = finished.get(timeout=0.2)
+                except queue.Empty:
+                    if not any(w.is_alive() for w in workers) and finished.empty():
+                        break  # an input failed and the others have stopped
+                    continue
+                received += 1
+                if exc is not None:
+                    error = error or exc
+                    continue
+                results[i] = result
+                if on_result:
+                    on_result(i, result)
+        except BaseException:
+            stop.set()  # e.g. Ctrl-C: running inputs finish their current call, then stop
+            raise
+        if error is not None:
+            raise error
+        return RunResult([r for r in results if r is not None], time.perf_counter() - start)
+
+    # --------------------------------------------------------------- one input
+
+    def run_one(self, inputs: dict[str, Any], *, settings: Settings | None = None,
+                keep: Sequence[str] = ()) -> InputResult:
+        """Run the plan on one input (a dict of the strategy's parameters).
+        Thread-safe: call it from as many threads as there are inputs in flight.
+        `keep` names top-level nodes whose values come back in `values`."""
+        self._check_inputs(inputs)
+        run = _InputRun(self, inputs, settings or {})
+        start = time.perf_counter()
+        region = self.plan.region
+        env: Env = {nid: str(inputs[node.attrs["name"]])
+                    for nid, node in region.nodes.items() if node.op == "input"}
+        run.region(region, env, path="", round_=None)
+        out = region.nodes[region.output].inputs["value"]
+        answers, samples = _sample_answers(region, env, out)
+        return InputResult(env[out], run.usage, run.trace, time.perf_counter() - start,
+                           answers, samples, {nid: env[nid] for nid in keep})
+
+    def _check_inputs(self, row: dict[str, Any], index: int = 0) -> None:
+        missing = [p for p in self.plan.params if p not in row]
+        if missing:
+            raise UserError(f"input {index + 1} lacks `{missing[0]}` (strategy `{self.plan.strategy}` "
+                            f"takes {', '.join(self.plan.params)})",
+                            hint=f"pass it with --input {missing[0]}=...")
+
+
+def _sample_answers(region: Region, env: Env, out: str) -> tuple[list[Any] | None, list[Any] | None]:
+    """The per-sample answers the output was voted from, and their candidates,
+    when the output is a vote over one extract: what single-sample accuracy
+    and the data-set allocation read."""
+    node = region.nodes[out]
+    if node.op != "vote":
+        return None, None
+    src = region.nodes[node.inputs["answers"]]
+    if src.op != "extract":
+        return None, None
+    return env[src.id], env[src.inputs["candidates"]]
+
+
+class _InputRun:
+    """The walk of one input through the plan: its values, usage and trace."""
+
+    def __init__(self, executor: Executor, inputs: dict[str, Any], settings: Settings):
+        self.ex = executor
+        self.key = input_key({p: inputs[p] for p in executor.plan.params})
+        self.settings = settings
         self.usage: dict[str, Usage] = {}
         self.trace: list[StageTrace] = []
-        self.keys = [input_key({p: row[p] for p in self.plan.params}) for row in inputs]
-        env: Values = {}
-        region = self.plan.region
-        for nid, node in region.nodes.items():
-            if node.op == "input":
-                env[nid] = [str(row[node.attrs["name"]]) for row in inputs]
-        self._region(region, env, list(range(len(inputs))), path="", round_=None)
-        out = region.nodes[region.output].inputs["value"]
-        samples = self._sample_answers(region, env, out)
-        return RunResult(env[out], self.trace, self.usage, time.perf_counter() - start, samples)
 
-    def _sample_answers(self, region: Region, env: Values, out: str) -> list[list[Any]] | None:
-        """The per-sample answers the output was voted or picked from, when the
-        output is a vote over one extract: what single-sample accuracy reads."""
-        node = region.nodes[out]
-        if node.op != "vote":
-            return None
-        src = region.nodes[node.inputs["answers"]]
-        return env[src.id] if src.op == "extract" else None
-
-    # -- regions
-    def _region(self, region: Region, env: Values, rows: list[int], path: str,
-                round_: int | None) -> None:
-        """Evaluate every stage of `region`; env lists are aligned with `rows`."""
+    def region(self, region: Region, env: Env, path: str, round_: int | None) -> None:
         for stage in region.stages:
             t0 = time.perf_counter()
             if stage.kind == "loop":
-                self._loop(stage, region, env, rows, path)
+                self.loop(stage, region, env, path)
                 continue
-            n, usage = 0, Usage()
+            requests, usage = 0, Usage()
             if stage.kind == "llm":
-                n, usage = self._llm_stage(stage, region, env, rows, path, round_)
+                requests, usage = self.llm_stage(stage, region, env, path, round_)
                 self.usage[stage.model] = self.usage.get(stage.model, Usage()) + usage
-            elif stage.kind == "kernel":
-                for nid in stage.nodes:
-                    self._kernel_node(region, nid, env, len(rows))
             else:
                 for nid in stage.nodes:
-                    self._host_node(region, nid, env, len(rows))
-            trace = StageTrace(path + stage.id, stage.kind, [region.nodes[n_].op for n_ in stage.nodes],
-                               stage.model, n, time.perf_counter() - t0,
+                    env[nid] = self.host_value(region, nid, env, stage.kind)
+            trace = StageTrace(path + stage.id, stage.kind, [region.nodes[n].op for n in stage.nodes],
+                               stage.model, requests, time.perf_counter() - t0,
                                usage.as_dict() if stage.kind == "llm" else {}, round_)
             self.trace.append(trace)
-            if self.on_stage:
-                self.on_stage(trace)
+            if self.ex.on_stage:
+                self.ex.on_stage(trace)
 
-    def _args(self, region: Region, nid: str, env: Values, i: int) -> dict[str, Any]:
-        return {role: env[src][i] for role, src in region.nodes[nid].inputs.items()}
-
-    def _host_node(self, region: Region, nid: str, env: Values, width: int) -> None:
+    def host_value(self, region: Region, nid: str, env: Env, kind: str) -> Any:
         node = region.nodes[nid]
-        env[nid] = [host_op(node.op, node.attrs, self._args(region, nid, env, i)) for i in range(width)]
+        args = {role: env[src] for role, src in node.inputs.items()}
+        if kind == "kernel":
+            from ttsc.runtime.aggregate import run_vote_kernel
 
-    def _kernel_node(self, region: Region, nid: str, env: Values, width: int) -> None:
-        """A vote over a whole batch in one generated-kernel call."""
-        from ttsc.runtime.aggregate import run_vote_kernel
+            weights = [args["weights"]] if "weights" in args else None
+            return run_vote_kernel(node.facts["kernel"], [args["answers"]], weights)[0]
+        return host_op(node.op, node.attrs, args)
 
-        node = region.nodes[nid]
-        answers = env[node.inputs["answers"]]
-        weights = env[node.inputs["weights"]] if "weights" in node.inputs else None
-        env[nid] = run_vote_kernel(node.facts["kernel"], answers, weights)
-
-    def _llm_stage(self, stage: Stage, region: Region, env: Values, rows: list[int], path: str,
-                   round_: int | None) -> tuple[int, Usage]:
-        engine = self.engines[stage.model]
+    def llm_stage(self, stage: Stage, region: Region, env: Env, path: str,
+                  round_: int | None) -> tuple[int, Usage]:
+        engine = self.ex.engines[stage.model]
         batches: dict[str, list] = {"sample": [], "score": []}
-        spans: list[tuple[str, int, str, int, int, dict, OpContext, list]] = []
+        spans = []
         for nid in stage.nodes:
             node = region.nodes[nid]
             op = LLM_OPS[node.op]
-            for i, row in enumerate(rows):
-                ctx = OpContext(self.plan.prompts, self._seed_fn(path + nid, row, round_))
-                args = self._args(region, nid, env, i)
-                reqs = op.requests(node.attrs, args, ctx)
-                batch = batches[op.kind]
-                spans.append((nid, i, op.kind, len(batch), len(reqs), args, ctx, reqs))
-                batch.extend(reqs)
+            attrs = self._attrs(node.attrs, path + nid)
+            ctx = OpContext(self.ex.plan.prompts, self._seed_fn(path + nid, round_))
+            args = {role: env[src] for role, src in node.inputs.items()}
+            reqs = op.requests(attrs, args, ctx)
+            batch = batches[op.kind]
+            spans.append((nid, op, attrs, args, reqs, op.kind, len(batch)))
+            batch.extend(reqs)
         outputs = {
             "sample": engine.sample(batches["sample"]) if batches["sample"] else [],
             "score": engine.score_next(batches["score"]) if batches["score"] else [],
         }
-        results = {"sample": [o.completions for o in outputs["sample"]],
-                   "score": [o.logprobs for o in outputs["score"]]}
-        for nid in stage.nodes:
-            env[nid] = [None] * len(rows)
-        for nid, i, kind, start, count, args, ctx, reqs in spans:
-            node = region.nodes[nid]
-            got = results[kind][start:start + count]
-            env[nid][i] = LLM_OPS[node.op].collect(node.attrs, args, reqs, got)
+        values = {"sample": [o.completions for o in outputs["sample"]],
+                  "score": [o.logprobs for o in outputs["score"]]}
+        for nid, op, attrs, args, reqs, kind, start in spans:
+            env[nid] = op.collect(attrs, args, reqs, values[kind][start:start + len(reqs)])
         usage = total_usage(outputs["sample"]) + total_usage(outputs["score"])
         return sum(len(b) for b in batches.values()), usage
 
-    def _seed_fn(self, node_path: str, row: int, round_: int | None) -> Callable[[int], int]:
-        key = self.keys[row]
-        return lambda salt: _seed(self.seed, node_path, key, round_, salt)
+    def _attrs(self, attrs: dict[str, Any], node_path: str) -> dict[str, Any]:
+        override = self.settings.get(node_path)
+        if not override:
+            return attrs
+        unknown = [k for k in override if k not in SAMPLING_KEYS]
+        if unknown:
+            raise ValueError(f"per-input settings of {node_path}: `{unknown[0]}` is not a sampling setting")
+        return {**attrs, **override}
 
-    def _loop(self, stage: Stage, region: Region, env: Values, rows: list[int], path: str) -> None:
+    def _seed_fn(self, node_path: str, round_: int | None) -> Callable[[int], int]:
+        seed, key = self.ex.seed, self.key
+        return lambda salt: _seed(seed, node_path, key, round_, salt)
+
+    def loop(self, stage: Stage, region: Region, env: Env, path: str) -> None:
         loop_id = stage.nodes[0]
         loop = region.nodes[loop_id]
-        carried = {v: list(env[loop.inputs[f"carry:{v}"]]) for v in stage.carried}
+        carried = {v: env[loop.inputs[f"carry:{v}"]] for v in stage.carried}
         captured = {r[8:]: env[s] for r, s in loop.inputs.items() if r.startswith("capture:")}
-        active = list(range(len(rows)))
-        rounds = stage.count if stage.count is not None else 0
-        for r in range(rounds):
+        for r in range(stage.count or 0):
             if stage.cond is not None:
-                done = self._subregion(stage.cond, carried, captured, active, rows,
-                                       f"{path}{stage.id}/until/", r)
-                active = [a for a, d in zip(active, done) if not d]
-            if not active:
-                break
-            out = self._subregion(stage.body, carried, captured, active, rows,
-                                  f"{path}{stage.id}/", r)
-            for v in stage.carried:
-                for a, value in zip(active, out[v]):
-                    carried[v][a] = value
-        # LOOP_OUT nodes read their variable from this bundle.
-        env[loop_id] = [{v: carried[v][r] for v in stage.carried} for r in range(len(rows))]
+                if self.subregion(stage.cond, carried, captured, f"{path}{stage.id}/until/", r):
+                    break
+            carried.update(self.subregion(stage.body, carried, captured, f"{path}{stage.id}/", r))
+        env[loop_id] = dict(carried)  # LOOP_OUT nodes read their variable from this bundle
 
-    def _subregion(self, sub: Region, carried: dict[str, list], captured: dict[str, list],
-                   active: list[int], rows: list[int], path: str, round_: int) -> Any:
-        env: Values = {}
+    def subregion(self, sub: Region, carried: dict[str, Any], captured: dict[str, Any], path: str,
+                  round_: int) -> Any:
+        env: Env = {}
         for nid, node in sub.nodes.items():
             if node.op == "input":
-                source = carried if node.attrs["name"] in carried else captured
-                env[nid] = [source[node.attrs["name"]][a] for a in active]
-        self._region(sub, env, [rows[a] for a in active], path, round_)
+                name = node.attrs["name"]
+                env[nid] = carried[name] if name in carried else captured[name]
+        self.region(sub, env, path, round_)
         out = sub.nodes[sub.output]
         if out.type == "bool":  # an `until` region
             return env[out.inputs["value"]]

@@ -177,12 +177,12 @@ def model_files(spec: str) -> list[Path] | None:
 def _remember_facts(spec: str, loaded: LoadedModel) -> None:
     """Leave the tokenizer and config where the compiler looks, so later
     compiles count prompt tokens exactly without loading the model."""
-    from ttsc.compiler import cost
+    from ttsc.compiler import model_facts
 
-    if (cost.model_cache_path(spec) / "config.json").exists():
+    if (model_facts.model_cache_path(spec) / "config.json").exists():
         return
     try:
-        cost.cache_model_facts(spec, loaded)
+        model_facts.cache_model_facts(spec, loaded)
     except OSError:
         pass  # an unwritable cache only costs compile-time precision
 

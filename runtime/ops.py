@@ -300,8 +300,7 @@ class Rank(LLMOp):
     def requests(self, attrs, args, ctx):
         holes = {**_holes(args), "candidates": args["candidates"]}
         prompt = render_prompt(_prompt_def("rank", attrs, ctx), holes)
-        return [SampleRequest(prompt, _params(attrs, 1, _explicit_seed(attrs, ctx, 0),
-                                              temperature=0.0, max_tokens=64))]
+        return [SampleRequest(prompt, _params(attrs, 1, _explicit_seed(attrs, ctx, 0)))]
 
     def collect(self, attrs, args, reqs, results):
         cands = args["candidates"]

@@ -10,19 +10,18 @@ shares a prompt among its samples is costed as doing so.
 Profiles are JSON files under $TTSC_CACHE_DIR/profiles (default
 ~/.cache/ttsc/profiles), one per model, engine and device. Profiling also
 caches the model's tokenizer and chat template for token-exact compile-time
-prompt analysis (`cost.cache_model_facts`).
+prompt analysis (`model_facts.cache_model_facts`).
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ttsc.common.errors import UserError
-from ttsc.compiler import cost
+from ttsc.compiler import cost, model_facts, profiles
 from ttsc.runtime.engines.base import (Engine, NextTokenRequest, Prompt, SampleRequest,
                                        SamplingParams, total_usage)
 
@@ -63,7 +62,7 @@ def _prompt_of(engine: Engine, tokens: int, rng: random.Random) -> Prompt:
     return Prompt(raw=" ".join(words[:lo]))
 
 
-def measure(engine: Engine, shape: cost.ModelShape, dtype_bytes: int, *,
+def measure(engine: Engine, shape: model_facts.ModelShape, dtype_bytes: int, *,
             batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
             prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
             decode_tokens: int = DEFAULT_DECODE_TOKENS, seed: int = 0,
@@ -115,7 +114,7 @@ def profile_model(spec: str, engine_kind: str = "auto", device: str | None = Non
                   batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                   prompt_tokens: Sequence[int] = DEFAULT_PROMPT_TOKENS,
                   decode_tokens: int = DEFAULT_DECODE_TOKENS, save: bool = True,
-                  on_timing: Any = None) -> cost.EngineProfile:
+                  on_timing: Any = None) -> profiles.EngineProfile:
     """Measure, fit and (by default) store the profile of `spec` on an engine."""
     from ttsc.runtime.engines.registry import make_engine
     from ttsc.runtime.models import load_model
@@ -123,18 +122,18 @@ def profile_model(spec: str, engine_kind: str = "auto", device: str | None = Non
     engine = make_engine(spec, engine=engine_kind, device=device)
     try:
         loaded = getattr(engine, "loaded", None) or load_model(spec, device=device)
-        cost.cache_model_facts(spec, loaded)
-        shape = cost.ModelShape.from_config(loaded.model.config)
+        model_facts.cache_model_facts(spec, loaded)
+        shape = model_facts.ModelShape.from_config(loaded.model.config)
         dtype_bytes = _dtype_bytes(engine, loaded)
         timings = measure(engine, shape, dtype_bytes, batch_sizes=batch_sizes,
                           prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
                           on_timing=on_timing)
     finally:
         engine.close()
-    profile = cost.new_profile(spec, getattr(engine, "name", engine_kind), loaded.device.type,
+    profile = profiles.new_profile(spec, getattr(engine, "name", engine_kind), loaded.device.type,
                                dtype_bytes, [t.as_dict() for t in timings])
     if save:
-        cost.save_profile(profile)
+        profiles.save_profile(profile)
     return profile
 
 
@@ -143,64 +142,3 @@ def _dtype_bytes(engine: Engine, loaded: Any) -> int:
     if dtype is None:
         dtype = next(loaded.model.parameters()).dtype
     return int(getattr(dtype, "itemsize", 4))
-
-
-# ------------------------------------------------------------------ CLI
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"expected comma-separated whole numbers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise UserError(f"expected positive whole numbers, got {text!r}")
-    return values
-
-
-def cmd_profile(args: argparse.Namespace) -> int:
-    def show(t: Timing) -> None:
-        rate = (t.batch * t.prompt_tokens if t.kind == "prefill" else t.batch * t.decode_tokens)
-        print(f"  {t.kind:<8} batch={t.batch:<3} prompt={t.prompt_tokens:<5} "
-              f"decode={t.decode_tokens:<3} {t.seconds:7.3f} s  ({rate / t.seconds:8.1f} tok/s)")
-
-    print(f"profiling {args.model} on engine {args.engine} ...")
-    profile = profile_model(args.model, args.engine, args.device,
-                            batch_sizes=_ints(args.batch_sizes), prompt_tokens=_ints(args.prompt_tokens),
-                            decode_tokens=args.decode_tokens, save=not args.dry_run, on_timing=show)
-    print(f"effective roofline: {profile.peak_flops / 1e9:.1f} GFLOP/s, "
-          f"{profile.bandwidth / 1e9:.2f} GB/s, {profile.overhead_s * 1e3:.2f} ms per forward pass "
-          f"({profile.engine}, {profile.device}, {profile.dtype_bytes}-byte weights)")
-    if profile.path:
-        print(f"saved {profile.path}")
-    if args.json:
-        print(profile.to_json())
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add `ttsc profile` to the CLI's subparsers."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    c = subparsers.add_parser(
-        "profile", formatter_class=fmt, help="measure a model's speed for the cost model",
-        description="Time prefill and decode of MODEL on an engine at a few batch sizes and "
-                    "prompt lengths, fit an effective roofline (FLOP/s, bytes/s, overhead per "
-                    "forward pass) and store it as JSON under $TTSC_CACHE_DIR/profiles "
-                    "(default ~/.cache/ttsc/profiles). `ttsc compile` predicts latency from it; "
-                    "without one it uses documented defaults. Also caches the model's tokenizer "
-                    "so compile-time token counts are exact.",
-        epilog="examples:\n  ttsc profile smollm2-135m\n"
-               "  ttsc profile smollm2-135m --engine paged --batch-sizes 1,16,64\n"
-               "  ttsc profile hf:HuggingFaceTB/SmolLM2-360M-Instruct --device cuda")
-    c.add_argument("model", metavar="MODEL", help="a model spec, e.g. smollm2-135m")
-    c.add_argument("--engine", default="auto", help="engine to time (default: auto)")
-    c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    c.add_argument("--batch-sizes", default=",".join(map(str, DEFAULT_BATCH_SIZES)),
-                   metavar="B,B,...", help="rows per call (default %(default)s)")
-    c.add_argument("--prompt-tokens", default=",".join(map(str, DEFAULT_PROMPT_TOKENS)),
-                   metavar="P,P,...", help="prompt lengths (default %(default)s)")
-    c.add_argument("--decode-tokens", type=int, default=DEFAULT_DECODE_TOKENS, metavar="N",
-                   help="tokens generated per row (default %(default)s)")
-    c.add_argument("--dry-run", action="store_true", help="measure and print, store nothing")
-    c.add_argument("--json", action="store_true", help="also print the profile as JSON")
-    c.set_defaults(func=cmd_profile)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from ttsc.compiler import cost
+from ttsc.compiler import model_facts
 from ttsc.compiler.allocator import (ONE, Const, Decision, Infeasible, Picked, Problem, Table, Task,
                                      add, allocate_across_inputs, brute_force,
                                      brute_force_across_inputs, gate, maximum, minimum, mul, solve)
@@ -185,7 +185,7 @@ def test_vote_accuracy_may_peak_so_n_auto_spends_only_what_helps():
     # questions: the allocator stops at the best n, not at the budget.
     c = compiled(sc(budget="tokens <= 20000 per input"))
     n = node(c, Op.GENERATE).attrs["n"]
-    m = prior_model(cost.model_shape("smollm2-135m").num_params)
+    m = prior_model(model_facts.model_shape("smollm2-135m").num_params)
     assert m.vote_accuracy(n) == max(m.vote_accuracy(k) for k in (1, 2, 4, 8, 16, 32, 64))
 
 
@@ -199,7 +199,7 @@ def test_model_choice_follows_the_memory_budget():
 
 def test_value_choice_is_decided_by_utility_within_budget():
     ret = "choice(vote(extract(samples, number)), best(samples, by=verify(policy, samples, check)))"
-    m = prior_model(cost.model_shape("smollm2-135m").num_params)
+    m = prior_model(model_facts.model_shape("smollm2-135m").num_params)
     best_wins = m.best_of(8) > m.vote_accuracy(8)
     roomy = compiled(sc(n="8", ret=ret, budget="tokens <= 5000 per input"))
     assert chosen_option(roomy) == (1 if best_wins else 0)

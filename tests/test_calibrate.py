@@ -1,5 +1,6 @@
-"""The pilot predictor for per-input allocation (runtime/calibrate.py) and the
-utility it gives (compiler/utility.py: ModelCalibration.pilot_curve)."""
+"""The pilot predictor for per-input allocation (runtime/allocation/pilot.py),
+the utility it gives (compiler/utility.py: ModelCalibration.pilot_curve), and
+the pilot pool calibration draws (runtime/calibrate/pool.py)."""
 
 import math
 import random
@@ -8,9 +9,11 @@ import pytest
 
 from ttsc.compiler.allocator import Infeasible
 from ttsc.compiler.utility import ModelCalibration
-from ttsc.runtime.calibrate import (PilotSamples, allocate_by_pilot, conditional_vote_accuracy,
-                                    draw_samples, fit_model, isotonic, pilot_allocation,
-                                    pilot_bins, pilot_score, pool_scores, vote_is_right)
+from ttsc.runtime.allocation.pilot import (allocate_by_pilot, pilot_allocation, pilot_bins,
+                                           pilot_score, pool_scores)
+from ttsc.runtime.allocation.votes import conditional_vote_accuracy, isotonic, vote_is_right
+from ttsc.runtime.calibrate.fit import fit_model
+from ttsc.runtime.calibrate.pool import PilotSamples, draw_pool
 
 
 def pool(answers, golds, logprobs=None, length=3):
@@ -137,17 +140,34 @@ def test_pool_scores_use_the_first_samples():
     assert scores[0] == pytest.approx(0.5) and scores[4] == pytest.approx(0.25)
 
 
-def test_draw_samples_keeps_each_samples_mean_logprob():
+def test_draw_pool_keeps_each_samples_mean_logprob_and_verdicts():
     from scripted_engine import ScriptedEngine
 
-    engine = ScriptedEngine({"2 + 2": ["Answer: 4", "it is 5"]})
+    from ttsc.compiler.pipeline import compile_source
+    from ttsc.runtime.calibrate import calibration_target
+
+    plan = compile_source('''model policy = "tiny-random"
+model judge = policy
+prompt solve = "{question}"
+prompt check = "Q: {question} A: {candidate}"
+strategy s(question) {
+    c = generate(policy, solve, n=4, max_tokens=8)
+    return best(c, by=verify(judge, c, check))
+}
+''', "t.tts").plan
+    engine = ScriptedEngine({"2 + 2": ["Answer: 4", "it is 5"]}, yes={"A: Answer: 4": 0.9})
     rows = [{"question": "What is 2 + 2?", "answer": "4"}]
-    out = draw_samples(engine, {"user": "{question}", "system": None, "raw": False}, rows,
-                       ["question"], samples=2, max_tokens=8, temperature=0.8,
-                       how={"how": "number"}, gold=lambda r: r["answer"],
-                       is_right=lambda a, g: a == g)
-    assert out.answers == [["4", "5"]] and out.correct == [[True, False]]
+    gen, how, verifiers = calibration_target(plan)
+    assert gen.op == "generate" and how == {"how": "number"} and [v.op for v in verifiers] == ["verify"]
+    out = draw_pool(plan, {"policy": engine, "judge": engine}, rows, gen, samples=2, how=how,
+                    gold=lambda r: r["answer"], is_right=lambda a, g: a == g, verifiers=verifiers)
+    assert sorted(out.answers[0]) == ["4", "5"]
+    assert out.correct[0] == [a == "4" for a in out.answers[0]]
     assert out.mean_logprobs == [[pytest.approx(-0.1), pytest.approx(-0.1)]]
+    verdicts = out.verdicts[verifiers[0].id][0]
+    assert verdicts == [pytest.approx(0.9 if a == "4" else 0.5) for a in out.answers[0]]
+    # Drawn by the executor with the generate's own node and seeds.
+    assert len(engine.requests) == 1 and engine.requests[0].params.n == 2
 
 
 def test_pilot_bin_curves_never_fall_with_more_samples():
@@ -159,3 +179,14 @@ def test_pilot_bin_curves_never_fall_with_more_samples():
     curve = [bins[0]["curve"][t] for t in ("2", "3", "4", "6", "8")]
     assert curve == sorted(curve)
     assert 0.0 < curve[0] < 1.0  # pooled: neither the pilot's 1 nor the longest vote's 0
+
+
+def test_summary_prints_an_aliased_model_once():
+    from ttsc.compiler.utility import Calibration
+    from ttsc.runtime.calibrate import summary
+
+    m = fit_model(three_tiers(), [{"answer": "7"}] * 12, lambda r: r["answer"], lambda a, g: a == g,
+                  None, 2)
+    twin = ModelCalibration(**{**m.__dict__})  # what a calibration file read back holds
+    text = summary(Calibration("s", "s.tts", "dev.jsonl", {}, {"policy": m, "judge": twin}))
+    assert text.count("per-sample accuracy") == 1 and "policy, judge (tiny-random)" in text

@@ -4,11 +4,12 @@ import json
 
 import pytest
 
-from ttsc.compiler import cost
-from ttsc.compiler.cost import (ModelShape, decode_flops, decode_step_bytes, generation_cost,
+from ttsc.compiler import cost, model_facts, profiles
+from ttsc.compiler.model_facts import ModelShape
+from ttsc.compiler.cost import (decode_flops, decode_step_bytes, generation_cost,
                                 kinetics_cost, prefill_bytes, prefill_flops)
 
-SMOL = cost.BUILTIN_SHAPES["smollm2-135m"]
+SMOL = model_facts.BUILTIN_SHAPES["smollm2-135m"]
 # Hand-computed for SmolLM2-135M: hidden 576, 30 layers, 9 heads of 64, 3 KV heads, MLP 1536.
 ATTN = 2 * 576 * 576 + 2 * 576 * 192  # q, o; k, v per layer = 884,736
 MLP = 3 * 576 * 1536  # 2,654,208
@@ -78,14 +79,14 @@ def test_shape_from_config_dict():
 
 
 def test_model_shape_sources(tmp_path):
-    assert cost.model_shape("smollm2-135m").source == "builtin"
-    assert cost.model_shape("openai:http://x/v1#m").source == "default"
+    assert model_facts.model_shape("smollm2-135m").source == "builtin"
+    assert model_facts.model_shape("openai:http://x/v1#m").source == "default"
     d = tmp_path / "model"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(
         {"hidden_size": 128, "num_attention_heads": 4, "num_hidden_layers": 3, "vocab_size": 1000,
          "intermediate_size": 256}))
-    shape = cost.model_shape(str(d))
+    shape = model_facts.model_shape(str(d))
     assert (shape.num_layers, shape.hidden_size, shape.num_kv_heads, shape.source) == (3, 128, 4, "config")
 
 
@@ -95,22 +96,22 @@ def test_fit_roofline_recovers_a_known_device():
     for flops, moved, passes in [(1e11, 5e8, 1), (4e11, 6e8, 1), (2e10, 9e9, 17), (5e10, 2e10, 33),
                                  (8e11, 1e9, 2), (1e9, 3e9, 9)]:
         points.append((flops, moved, passes, flops / peak + moved / bw + passes * overhead))
-    got = cost.fit_roofline(points)
+    got = profiles.fit_roofline(points)
     assert got == pytest.approx((peak, bw, overhead), rel=1e-6)
 
 
 def test_profiles_round_trip_and_defaults():
-    default = cost.load_profile("smollm2-135m")
-    assert not default.measured and default.device == cost.DEFAULT_DEVICE
-    d = cost.DEFAULT_DEVICES["cpu"]
+    default = profiles.load_profile("smollm2-135m")
+    assert not default.measured and default.device == profiles.DEFAULT_DEVICE
+    d = profiles.DEFAULT_DEVICES["cpu"]
     assert (default.peak_flops, default.bandwidth, default.overhead_s) == (d.peak_flops, d.bandwidth,
                                                                            d.overhead_s)
     points = [{"flops": f, "bytes": b, "passes": p, "seconds": f / 1e11 + b / 1e10 + p * 0.01}
               for f, b, p in [(1e11, 1e9, 1), (3e11, 2e9, 1), (1e10, 1e10, 17), (2e10, 3e10, 33)]]
-    prof = cost.new_profile("smollm2-135m", "hf", "cpu", 4, points)
-    path = cost.save_profile(prof)
-    assert path.parent == cost.profile_dir()
-    loaded = cost.load_profile("smollm2-135m")
+    prof = profiles.new_profile("smollm2-135m", "hf", "cpu", 4, points)
+    path = profiles.save_profile(prof)
+    assert path.parent == profiles.profile_dir()
+    loaded = profiles.load_profile("smollm2-135m")
     assert loaded.measured and loaded.engine == "hf"
     assert loaded.peak_flops == pytest.approx(1e11, rel=1e-6)
     assert loaded.intensity == pytest.approx(10.0, rel=1e-6)
@@ -119,7 +120,7 @@ def test_profiles_round_trip_and_defaults():
 
 
 def test_stage_seconds_grows_with_work():
-    prof = cost.default_profile("smollm2-135m")
+    prof = profiles.default_profile("smollm2-135m")
     small = cost.stage_seconds(SMOL, prof, prefills=[(100, 0)], rows=4, steps=8)
     more_rows = cost.stage_seconds(SMOL, prof, prefills=[(100, 0)], rows=16, steps=8)
     more_steps = cost.stage_seconds(SMOL, prof, prefills=[(100, 0)], rows=4, steps=32)
@@ -128,7 +129,7 @@ def test_stage_seconds_grows_with_work():
 
 
 def test_prompt_tokenizer_estimate_without_cache():
-    tok = cost.prompt_tokenizer("smollm2-135m")
+    tok = model_facts.prompt_tokenizer("smollm2-135m")
     assert not tok.exact and "estimated" in tok.how
     ids = tok.encode("abcdefgh" * 3)
     assert len(ids) == 6  # 4 characters per token
@@ -137,8 +138,8 @@ def test_prompt_tokenizer_estimate_without_cache():
 
 
 def test_prompt_tokenizer_is_exact_once_cached(tiny_model):
-    cost.cache_model_facts("tiny-random", tiny_model)
-    tok = cost.prompt_tokenizer("tiny-random")
+    model_facts.cache_model_facts("tiny-random", tiny_model)
+    tok = model_facts.prompt_tokenizer("tiny-random")
     assert tok.exact
     pre, post = tok.frame(system=False)
     text = tiny_model.tokenizer.apply_chat_template([{"role": "user", "content": "Say Yes or No."}],
@@ -146,23 +147,18 @@ def test_prompt_tokenizer_is_exact_once_cached(tiny_model):
     assert pre + "Say Yes or No." + post == text
     want = tiny_model.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tok.encode(text) == want
-    assert cost.model_shape("tiny-random").source == "cache"
+    assert model_facts.model_shape("tiny-random").source == "cache"
 
 
 def test_profile_measures_fits_and_stores(capsys):
-    import argparse
+    from ttsc.cli import main
 
-    from ttsc.runtime.profile import register_cli
-
-    parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
-    args = parser.parse_args(["profile", "tiny-random", "--engine", "hf", "--batch-sizes", "1,2",
-                              "--prompt-tokens", "8,32", "--decode-tokens", "2"])
-    assert args.func(args) == 0
+    assert main(["profile", "tiny-random", "--engine", "hf", "--batch-sizes", "1,2",
+                 "--prompt-tokens", "8,32", "--decode-tokens", "2"]) == 0
     out = capsys.readouterr().out
     assert "effective roofline" in out and "saved" in out
-    prof = cost.load_profile("tiny-random")
+    prof = profiles.load_profile("tiny-random")
     assert prof.measured and prof.engine == "hf" and len(prof.measurements) == 8
     assert prof.peak_flops > 0 and prof.bandwidth > 0 and prof.overhead_s >= 0
     # Profiling also cached what compile-time analysis needs.
-    assert cost.prompt_tokenizer("tiny-random").exact
+    assert model_facts.prompt_tokenizer("tiny-random").exact

@@ -50,8 +50,11 @@ def test_kinds_and_mistakes() -> None:
     with pytest.raises(UserError, match="unknown engine `pagd`") as err:
         engine_capabilities("smollm2-135m", "pagd")
     assert "paged" in (err.value.hint or "")
-    for spec in ("vllm:org/name", "openai:http://localhost:8000/v1#m"):
-        with pytest.raises(UserError, match="no engine in this build serves"):
-            engine_capabilities(spec)
+    with pytest.raises(UserError, match="no engine in this build serves"):
+        engine_capabilities("vllm:org/name")
+    # A server's capabilities are probed on first use; declared: what a capable one serves.
+    remote = engine_capabilities("openai:http://localhost:8000/v1#m")
+    assert engine_kind("openai:http://localhost:8000/v1#m") == "openai"
+    assert remote.next_token_scores and not remote.prefix_cache and remote.max_concurrency == 16
     with pytest.raises(UserError, match="unknown model spec"):
         engine_capabilities("no-such-model")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from ttsc.compiler.pipeline import compile_source
@@ -69,12 +71,99 @@ def test_best_of_n_picks_highest_verifier_score():
     assert result.outputs == ["Paris"]
 
 
-def test_inputs_are_batched_into_one_engine_call_per_stage():
-    engine = ScriptedEngine({"1 + 1": ["2"], "2 + 2": ["4"], "3 + 3": ["6"]})
-    result = run("strategy s(question) {\n return vote(extract(generate(policy, solve, n=4), number))\n}\n",
-                 [{"question": f"{k} + {k}"} for k in (1, 2, 3)], engine)
+def test_inputs_run_at_once_each_making_its_own_calls():
+    # Three inputs in flight at once: each sample() call waits until all three
+    # have called, which only happens if the executor runs them concurrently
+    # (the engine batches concurrent calls; the executor never waits for a batch).
+    barrier = threading.Barrier(3, timeout=10)
+
+    class Gathering(ScriptedEngine):
+        def sample(self, requests):
+            barrier.wait()
+            return super().sample(requests)
+
+    engine = Gathering({"1 + 1": ["2"], "2 + 2": ["4"], "3 + 3": ["6"]})
+    plan = plan_of("strategy s(question) {\n return vote(extract(generate(policy, solve, n=4), number))\n}\n")
+    result = Executor(plan, {"policy": engine, "judge": engine}).run(
+        [{"question": f"{k} + {k}"} for k in (1, 2, 3)], concurrency=3)
     assert result.outputs == ["2", "4", "6"]
-    assert engine.batches == [3]  # three inputs, one sample() call
+    assert engine.batches == [1, 1, 1]  # one request per input, each in its own call
+
+
+def test_an_input_that_stops_early_does_not_wait_for_a_slow_one():
+    # Two workers; "hard" loops, and its second round can only go ahead once
+    # the third easy input has finished: the easy inputs must start and end
+    # while "hard" is still running (lock step would deadlock here).
+    easy_done = threading.Event()
+
+    class Gated(ScriptedEngine):
+        def sample(self, requests):
+            if any("hard" in r.prompt.messages[-1][1] for r in requests) and self.hard_calls():
+                assert easy_done.wait(timeout=10), "the easy inputs never got to run"
+            return super().sample(requests)
+
+        def hard_calls(self):
+            return sum("hard" in r.prompt.messages[-1][1] for r in self.requests)
+
+    engine = Gated({"easy": ["7"], "hard": ["1", "2", "3", "4"]})
+    body = ("strategy s(question) {\n c = generate(policy, solve, n=4)\n"
+            " repeat 3 until agreement(extract(c, number)) >= 0.75 {\n"
+            "  c = c + generate(policy, solve, n=4)\n }\n return vote(extract(c, number))\n}\n")
+    order = []
+
+    def on_result(i, result):
+        order.append(i)
+        if i == 3:
+            easy_done.set()
+
+    inputs = [{"question": "hard"}] + [{"question": f"easy {k}"} for k in range(3)]
+    result = Executor(plan_of(body), {"policy": engine, "judge": engine}).run(
+        inputs, concurrency=2, on_result=on_result)
+    assert order == [1, 2, 3, 0]
+    assert result.outputs[1:] == ["7", "7", "7"]
+    assert [len(a) for a in result.sample_answers] == [16, 4, 4, 4]
+
+
+def test_results_do_not_depend_on_how_many_inputs_run_at_once(tiny_model):
+    engine = HFEngine(tiny_model)
+    body = "strategy s(question) {\n return vote(extract(generate(policy, solve, n=3, max_tokens=6), number))\n}\n"
+    inputs = [{"question": f"q{k}"} for k in range(5)]
+    plan = plan_of(body)
+    one = Executor(plan, {"policy": engine, "judge": engine}, seed=3).run(inputs, concurrency=1)
+    many = Executor(plan, {"policy": engine, "judge": engine}, seed=3).run(inputs, concurrency=5)
+    assert one.outputs == many.outputs
+    assert [[c.text for c in r.samples] for r in one.results] == \
+        [[c.text for c in r.samples] for r in many.results]
+
+
+def test_per_input_settings_override_sampling():
+    engine = ScriptedEngine({"2 + 2": ["Answer: 4"]})
+    plan = plan_of("strategy s(question) {\n return vote(extract(generate(policy, solve, n=6), number))\n}\n")
+    gen = next(n for n in plan.region.nodes.values() if n.op == "generate")
+    executor = Executor(plan, {"policy": engine, "judge": engine})
+    default = executor.run_one({"question": "2 + 2"})
+    fewer = executor.run_one({"question": "2 + 2"}, settings={gen.id: {"n": 2, "max_tokens": 5}})
+    assert len(default.sample_answers) == 6 and len(fewer.sample_answers) == 2
+    assert engine.requests[-1].params.max_tokens == 5
+    with pytest.raises(ValueError, match="not a sampling setting"):
+        executor.run_one({"question": "2 + 2"}, settings={gen.id: {"prompt": "x"}})
+
+
+def test_a_failing_input_reports_the_finished_ones_then_raises():
+    class Failing(ScriptedEngine):
+        def sample(self, requests):
+            if any("bad" in r.prompt.messages[-1][1] for r in requests):
+                raise UserError("this input cannot be served")
+            return super().sample(requests)
+
+    engine = Failing({"ok": ["1"]})
+    plan = plan_of("strategy s(question) {\n return vote(extract(generate(policy, solve, n=2), number))\n}\n")
+    seen = []
+    with pytest.raises(UserError, match="cannot be served"):
+        Executor(plan, {"policy": engine, "judge": engine}).run(
+            [{"question": "ok 1"}, {"question": "bad"}, {"question": "ok 2"}], concurrency=1,
+            on_result=lambda i, r: seen.append(i))
+    assert seen == [0]
 
 
 def test_adaptive_loop_stops_per_input():

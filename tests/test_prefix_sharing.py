@@ -2,12 +2,15 @@
 
 import pytest
 
-from ttsc.compiler import cost
+from ttsc.compiler import model_facts
 from ttsc.compiler.build import build
 from ttsc.compiler.ir import Op
 from ttsc.compiler.passes.inline import inline
-from ttsc.compiler.passes.prefix_sharing import (PrefixTrie, analyze, longest_prefix_first,
-                                                 node_layout, prefix_sharing, shared_first)
+from ttsc.compiler.passes.prefix_sharing import prefix_sharing
+from ttsc.compiler.prefix.layout import node_layout
+from ttsc.compiler.prefix.predict import analyze
+from ttsc.compiler.prefix.rewrite import shared_first
+from ttsc.compiler.prefix.trie import PrefixTrie, longest_prefix_first
 from ttsc.compiler.pipeline import compile_source, program_for
 from ttsc.dsl.parser import parse
 from ttsc.runtime.engines.base import Prompt
@@ -173,7 +176,7 @@ strategy beam(question) {
 def test_token_exact_with_a_cached_tokenizer(tiny_model):
     from ttsc.runtime.engines.hf import HFEngine
 
-    cost.cache_model_facts("tiny-random", tiny_model)
+    model_facts.cache_model_facts("tiny-random", tiny_model)
     source = '''model policy = "tiny-random"
 prompt hello = """Say Yes or No."""
 strategy s(question) {

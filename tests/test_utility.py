@@ -101,7 +101,8 @@ def test_priors_grow_with_model_size():
     assert prior_model(1e8).prior.a + prior_model(1e8).prior.b == pytest.approx(2.0)
 
 
-def test_calibration_file_round_trip(tmp_path):
+def test_calibration_file_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("TTSC_CACHE_DIR", str(tmp_path / "cache"))
     strategy = tmp_path / "s.tts"
     strategy.write_text("")
     cal = Calibration(strategy="s", file=str(strategy), data="dev.jsonl",
@@ -119,7 +120,10 @@ def test_calibration_file_round_trip(tmp_path):
                                                            "curve": {"2": 0.9, "4": 0.95}}])},
                       verifiers={"judge": 0.3}, input_tokens=9.5)
     path = calibration_path(strategy)
-    assert path.name == "s.tts.calibration.json"
+    # Kept in the ttsc cache directory, one file per strategy file, never beside the source.
+    assert path.parent != strategy.parent and path.name.startswith("s-")
+    assert calibration_path(strategy.parent / "other" / "s.tts") != path
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(cal.to_json())
     back = load_calibration(strategy)
     assert back == cal
@@ -147,7 +151,8 @@ def pilot(answers, golds):
 
 
 def test_agreement_bins_tile_the_unit_interval_and_keep_every_question():
-    from ttsc.runtime.calibrate import agreement, agreement_bins
+    from ttsc.runtime.allocation.votes import agreement
+    from ttsc.runtime.calibrate.fit import agreement_bins
 
     assert agreement(["4", "4", None, "5"]) == 0.5 and agreement([None, None]) == 0.0
     # 4 questions with unanimous pilots (right after), 4 scattered (wrong after), 1 in between.
@@ -163,7 +168,7 @@ def test_agreement_bins_tile_the_unit_interval_and_keep_every_question():
 
 
 def test_verifier_reliability_between_zero_and_one():
-    from ttsc.runtime.calibrate import verifier_reliability
+    from ttsc.runtime.calibrate.fit import verifier_reliability
 
     correct = [[True, False, False, False]] * 5 + [[False, True, False, False]] * 5
     perfect = [[1.0 if c else 0.0 for c in row] for row in correct]
@@ -175,7 +180,7 @@ def test_verifier_reliability_between_zero_and_one():
 
 def test_calibrate_writes_the_file_the_allocator_reads(tmp_path, monkeypatch):
     from ttsc.compiler.pipeline import compile_file
-    from ttsc.runtime.calibrate import calibrate, summary
+    from ttsc.runtime.calibrate import calibrate_file, summary
 
     monkeypatch.setenv("TTSC_CACHE_DIR", str(tmp_path / "cache"))
     strategy = tmp_path / "s.tts"
@@ -190,7 +195,7 @@ budget { tokens <= 500 per input }
     data.write_text("".join(f'{{"question": "What is {i} + 1?", "answer": "{i + 1}", '
                             f'"difficulty": "{"easy" if i < 2 else "hard"}"}}\n' for i in range(4)))
     lines: list[str] = []
-    cal = calibrate(strategy, data, samples=4, pilot=2, log=lines.append)
+    cal = calibrate_file(strategy, data, samples=4, pilot=2, log=lines.append, cache=None)
     assert calibration_path(strategy).is_file() and any("saved" in line for line in lines)
     m = cal.models["policy"]
     assert m.questions == 4 and m.samples_per_question == 4 and set(m.groups) == {"easy", "hard"}

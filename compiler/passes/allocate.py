@@ -1,13 +1,14 @@
 """Budget allocation: solve `auto` and `choice` knobs under the `budget {}` block.
 
 With a budget, every cost knob left open becomes a decision with one-hot
-options: `n` and `max_tokens` and `k` (`auto`: powers of two; `choice`: the
-listed values; `range`: the powers of two inside it and its ends), the model
-(`auto` or `choice`), which branch of a value `choice(...)` runs, and a
+options: `n` and `max_tokens` and `k` (`auto`: the setting's `auto_grid` in
+`common.sampling.SETTINGS`, powers of two; `choice`: the listed values;
+`range`: the grid values inside it and its ends), the model (`auto` or
+`choice`), which branch of a value `choice(...)` runs, and a
 `repeat auto` round count. Each option's tokens, KV bytes and latency come
 from the cost model (prompt tokens from the prompts as each model tokenizes
-them); the answer's accuracy from the utility model (calibrated beside the
-strategy, or priors). CP-SAT maximizes accuracy within the budget, then
+them); the answer's accuracy from the utility model (the strategy's
+calibration from `ttsc calibrate`, or priors). CP-SAT maximizes accuracy within the budget, then
 spends the fewest tokens.
 
 What the budget lines mean at compile time (documented in --explain):
@@ -17,9 +18,9 @@ What the budget lines mean at compile time (documented in --explain):
   input's largest stage; `memory <= Y per input` counts only the KV cache;
 - `latency <= Z`: one input alone, stages one after another.
 
-`temperature=auto` has no cost: it becomes 0.7 when sampling several, 0 for
-one sample. Knobs that cost nothing (temperature ranges) are left to
-`select_defaults`. An infeasible budget is an error at its line that states
+`temperature=auto` has no cost: it becomes the default temperature when
+sampling several, 0 for one sample (`common.sampling.auto_temperature`).
+Knobs that cost nothing (temperature ranges) are left to `select_defaults`. An infeasible budget is an error at its line that states
 the smallest feasible limit.
 """
 
@@ -29,26 +30,22 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ttsc.compiler import cost
+from ttsc.compiler import cost, model_facts, profiles
 from ttsc.compiler.allocator import (FALSE, ONE, TRUE, ZERO, Cond, Const, Decision, Expr,
                                      Infeasible, Picked, Problem, Solution, Table, Task, add,
                                      all_of, any_of, evaluate, gate, maximum, minimum, mul, solve)
 from ttsc.compiler.ir import Graph, Node, Op, Program
+from ttsc.compiler.ir_analysis import source_prompt
 from ttsc.compiler.passes.manager import PassResult
-from ttsc.compiler.passes.prefix_sharing import (DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS,
-                                                 RANK_MAX_TOKENS, node_layout)
+from ttsc.compiler.prefix.layout import DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, node_layout
 from ttsc.compiler.utility import (AccuracyModel, Calibration, load_calibration, pooled,
                                    prior_model, truncated)
 from ttsc.common.errors import Span, TTSError, error
+from ttsc.common.knobs import Auto, Choice, Range, is_knob
+from ttsc.common.sampling import SETTINGS, auto_temperature
 
-AUTO_OPTIONS: dict[str, tuple[int, ...]] = {
-    "n": (1, 2, 4, 8, 16, 32, 64),
-    "max_tokens": (16, 32, 64, 128, 256, 512, 1024),
-    "k": (1, 2, 4, 8, 16),
-}
-AUTO_ROUNDS = (1, 2, 3, 4, 6, 8)
+AUTO_ROUNDS = (1, 2, 3, 4, 6, 8)  # what `repeat auto` weighs
 COST_KNOBS = ("model", "n", "max_tokens", "k")
-AUTO_TEMPERATURE = 0.7
 MAX_JOINT_OPTIONS = 20_000  # beyond this the utility table is too big to build
 UTILITY_SCALE = 1_000_000
 NS = 1e9  # latency unit: nanoseconds
@@ -71,17 +68,15 @@ def allocate(program: Program) -> PassResult:
 
 
 def _options(key: str, value: Any) -> list[Any] | None:
-    """The options of one knob's value, or None when it is fixed."""
-    if not isinstance(value, dict):
-        return None
-    if "choice" in value:
-        return list(value["choice"])
-    if value.get("auto"):
-        return list(AUTO_OPTIONS[key]) if key in AUTO_OPTIONS else None
-    if "range" in value and key in AUTO_OPTIONS:
-        lo, hi = value["range"]
-        inside = [v for v in AUTO_OPTIONS[key] if lo <= v <= hi]
-        return sorted({int(lo), int(hi), *inside})
+    """The options of one knob, or None when it is fixed (or costs nothing)."""
+    grid = SETTINGS[key].auto_grid if key in SETTINGS else ()
+    if isinstance(value, Choice):
+        return list(value.options)
+    if isinstance(value, Auto):
+        return list(value.options) if value.options is not None else (list(grid) or None)
+    if isinstance(value, Range) and grid:
+        inside = [v for v in grid if value.lo <= v <= value.hi]
+        return sorted({int(value.lo), int(value.hi), *inside})
     return None
 
 
@@ -112,6 +107,7 @@ class _Builder:
         cal = self.calibration
         self.input_tokens = round(cal.input_tokens) if cal and cal.input_tokens else DEFAULT_INPUT_TOKENS
         self.decisions: list[Decision] = []
+        self.site_decisions: dict[tuple, str] = {}  # knob sites -> their decision
         self.infos: dict[str, _Info] = {}
         self.llm: list[_Info] = []
         self.tokens: list[Expr] = []
@@ -141,14 +137,22 @@ class _Builder:
         labels: list[dict[str, Any]] = []
         if node.op is Op.CHOICE and node.attrs.get("selected") is None:
             labels = [{"selected": i} for i in range(len(node.inputs))]
-        elif node.op is Op.LOOP and isinstance(node.attrs.get("count"), dict):
+        elif node.op is Op.LOOP and isinstance(node.attrs.get("count"), Auto):
             labels = [{"count": r} for r in AUTO_ROUNDS]
         elif knobs:
             keys = list(knobs)
             labels = [dict(zip(keys, combo)) for combo in itertools.product(*knobs.values())]
         if not labels:
             return None, [dict(node.attrs)]
-        self.decisions.append(Decision(name, labels))
+        # Copies of one knob site (a strategy inlined twice) share one decision:
+        # a knob is one place in the source, so one value.
+        site = tuple(sorted(node.meta.get("knob_sites", {}).items()))
+        if site and site in self.site_decisions:
+            name = self.site_decisions[site]
+        else:
+            self.decisions.append(Decision(name, labels))
+            if site:
+                self.site_decisions[site] = name
         return name, [{**node.attrs, **lab} for lab in labels]
 
     def _table(self, info: _Info, f: Callable[[dict[str, Any]], float]) -> Expr:
@@ -209,10 +213,10 @@ class _Builder:
             info.length = add(cands.length, self._table(info, lambda o: o["max_tokens"]))
         elif node.op in (Op.CRITIQUE, Op.REFINE):
             info.count = cands.count
-            info.length = self._table(info, lambda o: o.get("max_tokens", 256))
+            info.length = self._table(info, lambda o: o["max_tokens"])
         elif node.op in (Op.TOP, Op.RANK):
             k = a.get("k")
-            if isinstance(k, (int, dict)):
+            if isinstance(k, int) or is_knob(k):
                 info.count = minimum(self._table(info, lambda o: o["k"]), cands.count)
             else:
                 info.count = cands.count
@@ -297,7 +301,7 @@ class _Builder:
             prefill, gen, steps = add(F, listed), n_mt, mt
         elif op is Op.RANK:
             prefill = add(F, mul(m, add(length, Const(LIST_ITEM_TOKENS))))
-            gen, steps = Const(RANK_MAX_TOKENS), Const(RANK_MAX_TOKENS)
+            gen, steps = mt, mt
         elif op in (Op.VERIFY, Op.SCORE):
             prefill, gen, steps = add(S, mul(m, add(own, length))), ZERO, ZERO
         elif op in (Op.CRITIQUE, Op.REFINE):
@@ -310,10 +314,10 @@ class _Builder:
         kv_tokens = add(prefill, gen)
         self.tokens.append(gate(info.active, mul(info.rounds, add(prefill, gen))))
         model_of = lambda o: self._spec(o["model"])  # noqa: E731
-        kv_bytes = self._table(info, lambda o: cost.model_shape(model_of(o)).kv_bytes_per_token(
-            cost.load_profile(model_of(o)).dtype_bytes))
+        kv_bytes = self._table(info, lambda o: model_facts.model_shape(model_of(o)).kv_bytes_per_token(
+            profiles.load_profile(model_of(o)).dtype_bytes))
         coeff = lambda o: cost.latency_coefficients(  # noqa: E731
-            cost.model_shape(model_of(o)), cost.load_profile(model_of(o)),
+            model_facts.model_shape(model_of(o)), profiles.load_profile(model_of(o)),
             layout(o)[0] + o.get("max_tokens", 0) // 2)
         c_pre = self._table(info, lambda o: coeff(o).prefill_token_s * NS)
         c_pass = self._table(info, lambda o: coeff(o).pass_s * NS)
@@ -330,7 +334,7 @@ class _Builder:
         """Per option: (tokens of one call without its candidates, shared prefix)."""
         target = node
         if node.op is Op.EXTEND:
-            target = _source_node(graph, node) or node
+            target = source_prompt(graph, node.inputs["candidates"], {}) or node
 
         def counts(o: dict[str, Any]) -> tuple[int, int]:
             layout = node_layout(self.program, target, self._spec(o["model"]))
@@ -351,7 +355,7 @@ class _Builder:
                 uses.setdefault(spec, []).append(all_of(info.active, on))
         terms = []
         for spec, conds in uses.items():
-            w = cost.model_shape(spec).weight_bytes(cost.load_profile(spec).dtype_bytes)
+            w = model_facts.model_shape(spec).weight_bytes(profiles.load_profile(spec).dtype_bytes)
             terms.append(gate(any_of(*conds), Const(int(w))))
         return add(*terms)
 
@@ -367,8 +371,8 @@ class _Builder:
         if total > MAX_JOINT_OPTIONS:
             raise TTSError([error(f"the budget allocation would weigh {total:,} combinations of "
                                   f"options (at most {MAX_JOINT_OPTIONS:,})", None,
-                                  "fix some knobs (n, max_tokens, model), or explore them with "
-                                  "`ttsc search`")])
+                                  "fix some knobs (n, max_tokens, model), or give them fewer "
+                                  "options")])
         table: dict[tuple[int, ...], int] = {}
         for combo in itertools.product(*(range(s) for s in sizes)):
             pick = dict(zip(over, combo))
@@ -444,7 +448,7 @@ class _Builder:
         cal = self.calibration
         if cal and model_name in cal.models:
             return cal.models[model_name].model()
-        return prior_model(cost.model_shape(self._spec(model_name)).num_params)
+        return prior_model(model_facts.model_shape(self._spec(model_name)).num_params)
 
     def _pooled(self, sources: list[tuple[_Info, Expr]], pick: dict[str, int]) -> AccuracyModel:
         parts = []
@@ -482,35 +486,36 @@ class _Builder:
     def apply(self, solution: Solution) -> list[str]:
         notes: list[str] = []
         chosen: dict[str, Any] = {}
+        for info in self.infos.values():
+            if info.decision is not None:
+                info.node.attrs.update(self.decision(info.decision).options[solution.pick[info.decision]])
         for d in self.decisions:
             info = self.infos[d.name]
             label = d.options[solution.pick[d.name]]
             node = info.node
-            for key, value in label.items():
-                node.attrs[key] = value
             shown = ", ".join(f"{k}={v}" for k, v in label.items())
             chosen[f"{node.op.value} at {info.where()}"] = label
             notes.append(f"{node.op.value} at {info.where()}: {shown} (of {len(d.options)} options)")
         for info in self.infos.values():
             t = info.node.attrs.get("temperature")
-            if isinstance(t, dict) and t.get("auto") and info.node.is_llm:
+            if isinstance(t, Auto) and info.node.is_llm:
                 n = info.node.attrs.get("n", 1)
-                info.node.attrs["temperature"] = AUTO_TEMPERATURE if isinstance(n, int) and n > 1 else 0.0
+                info.node.attrs["temperature"] = auto_temperature(n if isinstance(n, int) else 1)
                 notes.append(f"{info.node.op.value} at {info.where()}: temperature="
-                             f"{info.node.attrs['temperature']} (auto: no cost; 0.7 when sampling "
-                             "several, 0 for one)")
+                             f"{info.node.attrs['temperature']} (auto: no cost; "
+                             f"{auto_temperature(2)} when sampling several, 0 for one)")
         usage = solution.usage
         used = [f"tokens {usage['tokens']:,}/input", f"memory {_fmt_bytes(usage['memory'])}",
                 f"latency {usage['latency'] / NS:.2f} s"]
         limits = [_fmt_limit(r, item) for r, item in self.budget.items()]
         accuracy = solution.utility / UTILITY_SCALE
         basis = (f"calibrated ({self.calibration.data})" if self.calibration
-                 else "priors (no FILE.calibration.json; run `ttsc calibrate`)")
+                 else "priors (no calibration for this file; run `ttsc calibrate`)")
         notes.append(f"predicted {', '.join(used)} within {'; '.join(limits)}; "
                      f"predicted accuracy {accuracy:.3f} from {basis}; "
                      f"CP-SAT {'optimal' if solution.optimal else 'feasible (time limit)'}")
         unknown = sorted({self._spec(o['model']) for i in self.llm for o in i.options
-                          if cost.model_shape(self._spec(o['model'])).source == "default"})
+                          if model_facts.model_shape(self._spec(o['model'])).source == "default"})
         if unknown:
             notes.append("no config known for " + ", ".join(unknown)
                          + ": costed as a Llama-3-8B-shaped model")
@@ -531,12 +536,6 @@ def _llm_ancestors(graph: Graph, node: Node) -> list[str]:
     import networkx as nx
 
     return sorted(a for a in nx.ancestors(graph.g, node.id) if graph[a].is_llm)
-
-
-def _source_node(graph: Graph, node: Node) -> Node | None:
-    from ttsc.compiler.passes.prefix_sharing import source_prompt
-
-    return source_prompt(graph, node.inputs["candidates"], {})
 
 
 def _decisions_in(e: Expr) -> set[str]:

@@ -6,7 +6,7 @@ reference runs where Triton cannot."""
 from __future__ import annotations
 
 from ttsc.compiler.ir import Op, Program
-from ttsc.compiler.lower import candidate_counts
+from ttsc.compiler.ir_analysis import candidate_counts
 from ttsc.compiler.passes.manager import PassResult
 from ttsc.compiler.passes.walk import graphs
 from ttsc.kernels.aggregate_codegen import AggregateSpec, write_source

@@ -7,6 +7,7 @@ where two requests would each prefill it (without a prefix cache).
 
 from __future__ import annotations
 
+from ttsc.common.knobs import is_knob
 from ttsc.compiler.ir import Node, Op, Program
 from ttsc.compiler.ops import T
 from ttsc.compiler.passes.manager import PassResult
@@ -16,7 +17,7 @@ from ttsc.compiler.passes.walk import graphs
 def _mergeable(node: Node) -> bool:
     return (node.op is Op.GENERATE and isinstance(node.attrs.get("n"), int)
             and node.attrs.get("seed") is None
-            and not any(isinstance(v, dict) for v in node.attrs.values()))
+            and not any(is_knob(v) for v in node.attrs.values()))
 
 
 def _group_key(node: Node) -> tuple:

@@ -11,15 +11,19 @@ picks.
            hf:ORG/NAME, a directory,
            gguf:PATH
     vllm:ORG/NAME                         none in this build yet
-    openai:URL#MODEL                      none in this build yet
+    openai:URL#MODEL                      openai (any OpenAI-compatible server)
 
 `engine_capabilities(spec, engine)` answers from the declarations alone, without
 loading the model or importing torch, so the compiler can check every op
 against the engine before anything loads; an engine built with default options
-has exactly those capabilities (tests/test_engine_registry.py).
+has exactly those capabilities (tests/test_engine_registry.py). The openai
+engine's real capabilities depend on the server and are probed on first use;
+its declaration is what it serves on a server with a tokenizer route and
+token ids in its log-probabilities (llama.cpp), and an op a weaker server
+cannot serve fails when it runs, naming what the server lacks.
 
-Engines arriving later (vLLM, the OpenAI-compatible client) call
-`register_engine` with their factory, capabilities and spec forms.
+Engines arriving later (vLLM) call `register_engine` with their factory,
+capabilities and spec forms.
 """
 
 from __future__ import annotations
@@ -126,12 +130,25 @@ def _make_paged(spec: str, *, device: str | None = None, **options: Any) -> Engi
     return PagedEngine.from_spec(spec, device=device, **options)
 
 
+def _make_openai(spec: str, *, device: str | None = None, **options: Any) -> Engine:
+    from ttsc.common.specs import parse_spec
+    from ttsc.runtime.engines.openai import OpenAIEngine
+
+    check_options("openai", OpenAIEngine, options, skip=("urls", "model"))
+    parsed = parse_spec(resolve_spec(spec))  # device: the server's business
+    return OpenAIEngine(parsed.openai_url, parsed.openai_model, **options)
+
+
 # The HF engine serves one call at a time (concurrent callers take turns; a call
 # batches its own rows), and has no prefix cache.
 HF_CAPABILITIES = Capabilities(max_concurrency=1, prefix_cache=False)
 # The paged engine batches every caller's requests together, up to max_num_seqs
 # sequences in flight (256 by default), sharing prompt prefixes.
 PAGED_CAPABILITIES = Capabilities(max_concurrency=256, prefix_cache=True)
+# An OpenAI-compatible server at its best (see above); 16 requests in flight per
+# URL by default (TTSC_OPENAI_CONCURRENCY); a server's prefix cache is its own.
+OPENAI_CAPABILITIES = Capabilities(max_concurrency=16, prefix_cache=False)
 
 register_engine("hf", _make_hf, HF_CAPABILITIES, ("torch",))
 register_engine("paged", _make_paged, PAGED_CAPABILITIES, ("torch",), preferred=True)  # the fast one
+register_engine("openai", _make_openai, OPENAI_CAPABILITIES, ("openai",))

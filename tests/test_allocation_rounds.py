@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from ttsc.runtime.calibrate import vote_is_right
-from ttsc.runtime.sequential_allocation import (CHECKPOINTS, Sample, VoteValues, allocate_in_rounds,
+from ttsc.runtime.allocation.votes import vote_is_right
+from ttsc.runtime.allocation.rounds import (CHECKPOINTS, Sample, VoteValues, allocate_in_rounds,
                                                 fit_vote_values, simulate_on_pools, vote_state)
 
 POOL = CHECKPOINTS[-1]

@@ -1,6 +1,6 @@
 """Difficulty-aware allocation across a data set, in rounds.
 
-A one-shot allocation (runtime.calibrate.allocate_by_pilot) must fix each
+A one-shot allocation (allocation/pilot.py: allocate_by_pilot) must fix each
 input's n from a pilot of one or two samples, which says little about how
 hard the input is. Here the decision is revisited after every round, as
 adaptive self-consistency (Aggarwal et al., 2023) and PETS's online setting
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
 from ttsc.compiler.allocator import allocate_across_inputs
-from ttsc.runtime.calibrate import vote_is_right
+from ttsc.runtime.allocation.votes import vote_is_right
 
 CHECKPOINTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 FIT_ORDERS = 40  # random orders of each dev input's samples the table is counted over
@@ -120,6 +120,11 @@ def fit_vote_values(samples: Sequence[Sequence[Sample]], correct: Sequence[Seque
     return values
 
 
+# draw([(input, count), ...]) -> each listed input's next `count` samples (one
+# engine batch per round).
+Draw = Callable[[list[tuple[int, int]]], list[list[Sample]]]
+
+
 @dataclass
 class RoundsResult:
     samples: list[list[Sample]]  # per input, every sample drawn, in order
@@ -130,9 +135,59 @@ class RoundsResult:
         return [[s.answer for s in ss] for ss in self.samples]
 
 
-# draw([(input, count), ...]) -> each listed input's next `count` samples (one
-# engine batch per round).
-Draw = Callable[[list[tuple[int, int]]], list[list[Sample]]]
+class Rounds:
+    """The state of an allocation in rounds over `m` inputs: what each input
+    drew, which checkpoint it reached, which inputs are still open.
+
+    `first()` is the first round's draws; after the draws are `add`ed,
+    `next(tokens_left)` plans the following round with CP-SAT (inputs planned
+    at "no more" close) until it returns no draws. Whoever draws (a simulation
+    over sample pools, or `ttsc eval` over a real engine) keeps the books of
+    what the draws cost.
+    """
+
+    def __init__(self, values: VoteValues, m: int, start: int = 1):
+        cps = values.checkpoints
+        if start not in cps:
+            raise ValueError(f"start must be a checkpoint ({', '.join(map(str, cps))}), not {start}")
+        self.values = values
+        self.samples: list[list[Sample]] = [[] for _ in range(m)]
+        self.start = start
+        self._k = [cps.index(start)] * m
+        self.open = [i for i in range(m) if self._k[i] < len(cps) - 1]
+
+    def first(self) -> list[tuple[int, int]]:
+        return [(i, self.start) for i in range(len(self.samples))]
+
+    def add(self, i: int, samples: Sequence[Sample]) -> None:
+        self.samples[i] += samples
+
+    def total(self, i: int) -> int:
+        """The samples input i has once its planned draws are in."""
+        return self.values.checkpoints[self._k[i]]
+
+    def next(self, tokens_left: float) -> list[tuple[int, int]]:
+        """The next round's draws: (input, how many more samples)."""
+        cps = self.values.checkpoints
+        if not self.open:
+            return []
+        utilities, costs = [], []
+        for i in self.open:
+            mine = self.samples[i]
+            # Whole tokens per sample: inputs with one state and one length
+            # form one class, which keeps each CP-SAT solve small.
+            per_sample = max(1, round(sum(s.tokens for s in mine) / len(mine))) if mine else 1
+            state = vote_state(mine, self.values.confident)
+            ahead = range(self._k[i], len(cps))
+            utilities.append([round(SCALE * self.values.value(state, cps[j])) for j in ahead])
+            costs.append([(cps[j] - cps[self._k[i]]) * per_sample for j in ahead])
+        picks = allocate_across_inputs(utilities, costs, max(0, int(tokens_left)), scale=1)
+        go = [i for i, p in zip(self.open, picks) if p > 0]
+        draws = [(i, cps[self._k[i] + 1] - cps[self._k[i]]) for i in go]
+        for i in go:
+            self._k[i] += 1
+        self.open = [i for i in go if self._k[i] < len(cps) - 1]
+        return draws
 
 
 def allocate_in_rounds(values: VoteValues, draw: Draw, prompt_tokens: Sequence[float],
@@ -145,41 +200,15 @@ def allocate_in_rounds(values: VoteValues, draw: Draw, prompt_tokens: Sequence[f
     drawn whatever the budget; after that, stopping is always feasible, so the
     spend stays within the budget up to the difference between planned and
     drawn lengths."""
-    cps = values.checkpoints
-    if start not in cps:
-        raise ValueError(f"start must be a checkpoint ({', '.join(map(str, cps))}), not {start}")
-    m = len(prompt_tokens)
-    result = RoundsResult([[] for _ in range(m)], float(sum(prompt_tokens)))
-
-    def take(requests: list[tuple[int, int]]) -> None:
+    rounds = Rounds(values, len(prompt_tokens), start)
+    tokens = float(sum(prompt_tokens))
+    requests = rounds.first()
+    while requests:
         for (i, _), got in zip(requests, draw(requests)):
-            result.samples[i] += got
-            result.tokens += sum(s.tokens for s in got)
-
-    take([(i, start) for i in range(m)])
-    k = [cps.index(start)] * m
-    open_ = [i for i in range(m) if k[i] < len(cps) - 1]
-    while open_:
-        utilities, costs = [], []
-        for i in open_:
-            mine = result.samples[i]
-            # Whole tokens per sample: inputs with one state and one length
-            # form one class, which keeps each CP-SAT solve small.
-            per_sample = max(1, round(sum(s.tokens for s in mine) / len(mine)))
-            state = vote_state(mine, values.confident)
-            ahead = range(k[i], len(cps))
-            utilities.append([round(SCALE * values.value(state, cps[j])) for j in ahead])
-            costs.append([(cps[j] - cps[k[i]]) * per_sample for j in ahead])
-        picks = allocate_across_inputs(utilities, costs, max(0, int(budget - result.tokens)),
-                                       scale=1)
-        go = [i for i, p in zip(open_, picks) if p > 0]
-        if not go:
-            break
-        take([(i, cps[k[i] + 1] - cps[k[i]]) for i in go])
-        for i in go:
-            k[i] += 1
-        open_ = [i for i in go if k[i] < len(cps) - 1]
-    return result
+            rounds.add(i, got)
+            tokens += sum(s.tokens for s in got)
+        requests = rounds.next(budget - tokens)
+    return RoundsResult(rounds.samples, tokens)
 
 
 def simulate_on_pools(values: VoteValues, samples: Sequence[Sequence[Sample]],

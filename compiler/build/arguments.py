@@ -1,0 +1,151 @@
+"""Compile-time arguments of ops: models, prompts, extractors, aggregations,
+and constants (sampling settings and the knobs of a search space)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from ttsc.common.errors import Span, did_you_mean
+from ttsc.common.knobs import Auto, Choice, Range, is_knob
+from ttsc.common.sampling import AUTO_SETTINGS, SETTINGS
+from ttsc.compiler.build.context import BAD, Context, span_of
+from ttsc.compiler.ops import AGGS, EXTRACTORS, Arg, Kind
+from ttsc.dsl import ast
+
+def static_arg(ctx: Context, arg: Arg, value: ast.Expr, func: str) -> Any:
+    """A compile-time argument: model, prompt, extractor, aggregation or constant."""
+    where = f"argument `{arg.name}` of `{func}`"
+    if arg.kind is Kind.MODEL:
+        return _model_arg(ctx, value, where)
+    if arg.kind is Kind.PROMPT:
+        if isinstance(value, ast.Name) and value.id in ctx.info.prompts:
+            return value.id
+        name = value.id if isinstance(value, ast.Name) else None
+        ctx.err(f"{where} must be a prompt name", span_of(value),
+                (did_you_mean(name, ctx.info.prompts) if name else None)
+                or (f"prompts in this file: {', '.join(ctx.info.prompts)}"
+                    if ctx.info.prompts else "define one with prompt NAME = \"\"\"...\"\"\""))
+        return BAD
+    if arg.kind is Kind.EXTRACTOR:
+        if isinstance(value, ast.Name) and value.id in EXTRACTORS and value.id != "regex":
+            return {"how": value.id}
+        if isinstance(value, ast.Call) and value.func == "regex":
+            if len(value.args) == 1 and not value.kwargs and isinstance(value.args[0], ast.String):
+                pattern = value.args[0].value
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    ctx.err(f"bad regular expression: {exc.msg}", value.args[0].span)
+                    return BAD
+                return {"how": "regex", "pattern": pattern}
+            ctx.err("regex takes one string, like regex(\"Answer: (\\d+)\")", value.span)
+            return BAD
+        name = value.id if isinstance(value, ast.Name) else ""
+        ctx.err(f"{where} must be number, choice, code or regex(\"...\")", span_of(value),
+                did_you_mean(name, EXTRACTORS) if name else None)
+        return BAD
+    if arg.kind is Kind.AGG:
+        if isinstance(value, ast.Name) and value.id in AGGS:
+            return value.id
+        ctx.err(f"{where} must be one of {', '.join(AGGS)}", span_of(value))
+        return BAD
+    return _const(ctx, arg, value, where)
+
+
+def _model_arg(ctx: Context, value: ast.Expr, where: str) -> Any:
+    if isinstance(value, ast.Name):
+        if value.id in ctx.info.models:
+            return value.id
+        ctx.err(f"unknown model `{value.id}`", value.span,
+                did_you_mean(value.id, ctx.info.models)
+                or (f"models in this file: {', '.join(ctx.info.models)}" if ctx.info.models
+                    else "define one with model NAME = \"smollm2-135m\""))
+        return BAD
+    if isinstance(value, ast.Call) and value.func == "choice" and not value.kwargs:
+        names = _options(ctx, value, lambda a: _model_arg(ctx, a, where))
+        return BAD if names is BAD else Choice(names)
+    if isinstance(value, ast.Auto):
+        if not ctx.info.models:
+            ctx.err("`auto` needs at least one model defined", value.span)
+            return BAD
+        return Auto(tuple(ctx.info.models))
+    ctx.err(f"{where} must be a model name, choice(...) of model names, or auto", span_of(value))
+    return BAD
+
+
+def _const(ctx: Context, arg: Arg, value: ast.Expr, where: str) -> Any:
+    """A constant setting, or a knob over its values, checked against the
+    settings table (common/sampling.py)."""
+    name = arg.name
+    setting = SETTINGS.get(name)
+    if name == "stop":
+        return _stop(ctx, value, where)
+    if isinstance(value, ast.Auto):
+        if setting.auto_ok:
+            return Auto()
+        ctx.err(f"`{name}` cannot be auto", value.span, f"auto works for {_listed(AUTO_SETTINGS)}")
+        return BAD
+    if isinstance(value, ast.Call) and value.func == "range":
+        if (len(value.args) == 2 and not value.kwargs
+                and all(isinstance(a, ast.Number) for a in value.args)):
+            lo, hi = value.args[0].value, value.args[1].value
+            if lo > hi:
+                ctx.err(f"range({lo}, {hi}) is empty: the low end is above the high end",
+                        value.span)
+                return BAD
+            if not all([_check_number(ctx, name, bound, value.span, where) for bound in (lo, hi)]):
+                return BAD
+            return Range(lo, hi, setting.integer)
+        ctx.err("range takes two numbers, like range(0.3, 1.1)", value.span)
+        return BAD
+    if isinstance(value, ast.Call) and value.func == "choice":
+        options = _options(ctx, value, lambda a: _const(ctx, arg, a, where))
+        return BAD if options is BAD else Choice(options)
+    if isinstance(value, ast.Number):
+        return value.value if _check_number(ctx, name, value.value, value.span, where) else BAD
+    ctx.err(f"{where} must be a constant number, auto, range(...) or choice(...)", span_of(value),
+            "values computed at run time cannot set sampling parameters")
+    return BAD
+
+
+def _stop(ctx: Context, value: ast.Expr, where: str) -> Any:
+    """`stop`: a string, a list of strings, or a choice of those."""
+    if isinstance(value, ast.String):
+        return [value.value]
+    if isinstance(value, ast.ListExpr) and all(isinstance(i, ast.String) for i in value.items):
+        return [i.value for i in value.items]
+    if isinstance(value, ast.Call) and value.func == "choice":
+        options = _options(ctx, value, lambda a: _stop(ctx, a, where))
+        return BAD if options is BAD else Choice(options)
+    ctx.err(f"{where} must be a string or a list of strings", span_of(value))
+    return BAD
+
+
+def _options(ctx: Context, value: ast.Call, read: Callable[[ast.Expr], Any]) -> Any:
+    """The options of a `choice(...)` of constants, each read by `read`."""
+    options = []
+    for a in value.args:
+        got = read(a)
+        if got is BAD:
+            return BAD
+        if is_knob(got):
+            ctx.err("choice options must be plain constants", span_of(a))
+            return BAD
+        options.append(got)
+    if not options:
+        ctx.err("choice(...) needs at least one option", value.span)
+        return BAD
+    return tuple(options)
+
+
+def _check_number(ctx: Context, name: str, v: float, span: Span, where: str) -> bool:
+    problem = SETTINGS[name].problem(v)
+    if problem:
+        ctx.err(f"{where} {problem}, got {v}", span)
+        return False
+    return True
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -44,10 +44,11 @@ log-probabilities (fp32: same tokens, all 32 with log-probabilities off by
 about 1e-5); now none differ, in either dtype.
 Outputs may still differ
 - on the torch path (no C++ compiler, `TTSC_CPU_KERNELS=0`, `cpu_kernels=
-  False`) and on CUDA: batched SDPA over padded keys, MKL or cuBLAS GEMMs and
-  the log-sum-exp cascade merge round differently for other batch shapes, so
-  log-probabilities move in the 5th to 7th digit and, in bf16, sampled tokens
-  change (about one sample in five above);
+  False`) and on CUDA: batched SDPA over padded keys, cuBLAS GEMMs and the
+  log-sum-exp cascade merge round differently for other batch shapes. On the
+  torch path, in the measurement above, 11 of the 32 bf16 samples drew other
+  tokens alone than together; in fp32 the tokens were the same but 29 of 32
+  samples had other log-probabilities (about 1e-5 apart). CUDA: not measured;
 - between machines, torch versions and thread counts: oneDNN picks its kernels
   by CPU and threads;
 - for requests without a seed: their seeds come from the engine's own stream,

@@ -113,7 +113,7 @@ def _load_or_build(source: Path) -> ModuleType:
 
 
 def _build(source: Path, folder: Path, name: str) -> ModuleType:
-    # The build compiles a copy kept next to it: builds.ninja then names the same
+    # The build compiles a copy kept next to it: build.ninja then names the same
     # file whichever install asked, so installs never rebuild each other's.
     copy = folder / f"{name}.cpp"
     shutil.copyfile(source, copy)

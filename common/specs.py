@@ -100,6 +100,19 @@ def check_model_spec(spec: str) -> str | None:
     return None
 
 
+def override_models(models: dict[str, str], overrides: dict[str, str]) -> dict[str, str]:
+    """`models` with some names pointed at other specs (`--model policy=hf:ORG/NAME`);
+    UserError for a name the file does not define or a malformed spec."""
+    for name, spec in overrides.items():
+        if name not in models:
+            raise UserError(f"--model {name}=...: the file defines no model `{name}`",
+                            hint=f"models: {', '.join(models) or 'none'}")
+        problem = check_model_spec(spec)
+        if problem:
+            raise UserError(f"--model {name}={spec}: {problem}")
+    return {**models, **overrides}
+
+
 def resolve_spec(spec: str) -> str:
     """The canonical form of a spec; UserError for a malformed one (run time)."""
     try:

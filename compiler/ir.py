@@ -19,10 +19,11 @@ import copy
 import itertools
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import networkx as nx
 
+from ttsc.common.capabilities import Capabilities
 from ttsc.compiler.ops import T
 from ttsc.common.errors import Span
 
@@ -237,6 +238,11 @@ def _id_order(nid: str) -> tuple:
     return (head, int(tail) if tail else -1, nid)
 
 
+# What compile_program is told of the engines: by model name, or a function
+# of a model's spec; None assumes everything.
+CapabilitiesGiven = Mapping[str, Capabilities] | Callable[[str], Capabilities] | None
+
+
 @dataclass
 class Program:
     """Everything the compiler knows about one .tts file, for one strategy."""
@@ -251,3 +257,16 @@ class Program:
     budget: dict[str, Any] | None = None  # resource -> {value, per_input}
     knob_sites: dict[str, Any] = field(default_factory=dict)  # id -> build.KnobSite, as written
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def capabilities(self, model: str) -> Capabilities | None:
+        """What the engine serving model `model` can do, as `compile_program`
+        was told (by model name, or as a function of the model's spec); None:
+        nothing was said, assume everything."""
+        given = self.meta.get("capabilities")
+        if callable(given):
+            known = self.meta.setdefault("capabilities_known", {})
+            spec = self.models.get(model)
+            if spec is not None and spec not in known:
+                known[spec] = given(spec)
+            return known.get(spec)
+        return (given or {}).get(model)

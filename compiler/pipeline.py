@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ttsc.common.capabilities import Capabilities
+from ttsc.common.specs import override_models
 from ttsc.compiler.build import Built, build
 from ttsc.compiler.passes.adaptive import defer_total_budget
 from ttsc.compiler.passes.allocate import allocate
 from ttsc.compiler.passes.capabilities import check_capabilities
-from ttsc.compiler.ir import Program
+from ttsc.compiler.ir import CapabilitiesGiven, Program
 from ttsc.compiler.passes.cse import cse
 from ttsc.compiler.passes.defaults import select_defaults
 from ttsc.compiler.passes.dce import dce
@@ -92,17 +92,18 @@ def program_for(built: Built, strategy: str) -> Program:
 
 
 def compile_program(program: Program, assignment: dict[str, Any] | None = None,
-                    capabilities: dict[str, Capabilities] | None = None) -> tuple[Plan, list[PassRecord]]:
+                    capabilities: CapabilitiesGiven = None) -> tuple[Plan, list[PassRecord]]:
     """Compile a built program to a Plan.
 
     `assignment` fixes knobs by their site id (`space.space_dimensions`)
     before the allocator and the defaults decide the rest. `capabilities`
-    maps model names to what their engines can do; None assumes everything.
+    says what each model's engine can do: a mapping by model name, or a
+    function of a model's spec; None assumes everything.
     The program is changed in place; `program.meta["space"]` keeps its
     dimensions as they were.
     """
     program.meta["space"] = space_dimensions(program)
-    program.meta["capabilities"] = dict(capabilities or {})
+    program.meta["capabilities"] = capabilities
     report = run_passes(program, PASSES)
     if assignment:
         report += run_passes(program, [assign_knobs(assignment)])
@@ -129,12 +130,16 @@ def load_program(source: str, file: str = "<string>", strategy: str | None = Non
 def compile_source(source: str, file: str = "<string>", strategy: str | None = None,
                    budget_tokens: float | None = None, *,
                    assignment: dict[str, Any] | None = None,
-                   capabilities: dict[str, Capabilities] | None = None) -> Compiled:
+                   models: dict[str, str] | None = None,
+                   capabilities: CapabilitiesGiven = None) -> Compiled:
     """Compile one strategy of a .tts source. Raises TTSError on any error.
     `budget_tokens` sets a total token budget for a data set (`--budget-tokens`),
-    in place of the file's own tokens line; `assignment` and `capabilities`
-    are `compile_program`'s."""
+    in place of the file's own tokens line; `models` points model names at
+    other specs (`--model NAME=SPEC`); `assignment` and `capabilities` are
+    `compile_program`'s."""
     program, warnings = load_program(source, file, strategy)
+    if models:
+        program.models = override_models(program.models, models)
     if budget_tokens is not None:
         if budget_tokens <= 0:
             raise UserError(f"--budget-tokens must be positive (got {budget_tokens:g})")
@@ -147,9 +152,10 @@ def compile_source(source: str, file: str = "<string>", strategy: str | None = N
 def compile_file(path: str | Path, strategy: str | None = None,
                  budget_tokens: float | None = None, *,
                  assignment: dict[str, Any] | None = None,
-                 capabilities: dict[str, Capabilities] | None = None) -> Compiled:
+                 models: dict[str, str] | None = None,
+                 capabilities: CapabilitiesGiven = None) -> Compiled:
     return compile_source(read_source(path), str(path), strategy, budget_tokens,
-                          assignment=assignment, capabilities=capabilities)
+                          assignment=assignment, models=models, capabilities=capabilities)
 
 
 def read_source(path: str | Path) -> str:

@@ -63,3 +63,20 @@ def test_no_tokenizer_means_estimated_prompt_tokens_and_explain_says_why(tiny_mo
     assert ("token counts tiny-random: estimated at 4 characters per token (the engine serving "
             "`policy` has no tokenizer)") in text
     assert "model `policy`: its engine has no tokenizer, so prompt tokens are estimated" in text
+
+
+def test_capabilities_by_spec_are_asked_for_the_models_used_after_overrides():
+    asked = []
+
+    def by_spec(spec: str) -> Capabilities:
+        asked.append(spec)
+        return HTTP if spec.startswith("openai:") else Capabilities()
+
+    unused = SOURCE.replace('model judge', 'model spare = "openai:http://127.0.0.1:9/v1#m"\nmodel judge')
+    compile_source(unused, "t.tts", capabilities=by_spec)
+    assert sorted(asked) == ["hf:example/judge", "tiny-random"]  # never `spare`
+    with pytest.raises(TTSError) as caught:
+        compile_source(SOURCE, "t.tts", models={"judge": "openai:http://127.0.0.1:9/v1#m"},
+                       capabilities=by_spec)
+    [diag] = caught.value.diagnostics
+    assert diag.message.startswith("`verify` cannot run on model `judge` (openai:http://127.0.0.1:9/v1#m)")

@@ -67,6 +67,18 @@ def test_compile_dot(tmp_path, capsys):
     assert text.startswith("digraph ttsc {") and "cluster_" in text and "extend" in text
 
 
+def test_compile_for_other_models_and_an_engine(tiny_file, capsys):
+    remote = "openai:http://127.0.0.1:9/v1#m"
+    assert main(["compile", str(tiny_file), "--model", f"policy={remote}", "--emit", "json"]) == 0
+    assert Plan.from_json(capsys.readouterr().out).models["policy"] == remote
+    # Checked against the engine's declared capabilities, before anything loads.
+    assert main(["compile", str(tiny_file), "--model", f"policy={remote}", "--engine", "hf"]) == 2
+    assert f"engine `hf` cannot serve `{remote}`" in capsys.readouterr().err
+    assert main(["run", str(tiny_file), "--input", "question=x", "--model", f"policy={remote}",
+                 "--engine", "paged"]) == 2
+    assert f"engine `paged` cannot serve `{remote}`" in capsys.readouterr().err
+
+
 def test_unknown_strategy_is_exit_2(capsys):
     assert main(["compile", str(ROOT / "examples/best_of_n.tts"), "--strategy", "best_of"]) == 2
     err = capsys.readouterr().err

@@ -316,23 +316,24 @@ def test_radix_hits_and_misses_are_exact(tiny_model: LoadedModel) -> None:
     u = output.usage
     assert (u.prompt_tokens, u.prompt_tokens_computed, u.prompt_tokens_reused) == (5 * n_tok, n_tok, 4 * n_tok)
 
-    # The same prompt again: its full blocks are cached, never the last token (its
-    # logits are needed); a cached block used in part is copied, not recomputed.
+    # The same prompt again: all of it is cached but the last token (its logits
+    # are needed), its partly filled last block too (stored completed by the
+    # first call's samples: a cached block used in part is copied, not shared).
     completions_of(engine.sample([SampleRequest(prompt, params)]))
     s2 = engine.stats()
-    hits = min(n_tok // bs * bs, n_tok - 1)
+    hits = n_tok - 1
     assert s2["radix_hits_tokens"] - s["radix_hits_tokens"] == hits
     assert s2["radix_miss_tokens"] - s["radix_miss_tokens"] == n_tok - hits
     assert s2["prefill_tokens_computed"] - s["prefill_tokens_computed"] == n_tok - hits
 
-    # A prompt sharing only a prefix: hits are exactly the shared full blocks.
+    # A prompt sharing only a prefix: hits are exactly the shared tokens.
     other = Prompt(raw="The quick brown fox jumps over the lazy dog. The end.")
     other_ids = engine.tokenize(other)
     common = next(i for i, (a, b) in enumerate(zip(ids, other_ids)) if a != b)
     logprobs_of(engine.score_next([NextTokenRequest(other, ("Yes", "No"))]))
     s3 = engine.stats()
-    assert s3["radix_hits_tokens"] - s2["radix_hits_tokens"] == common // bs * bs
-    assert s3["radix_miss_tokens"] - s2["radix_miss_tokens"] == len(other_ids) - common // bs * bs
+    assert s3["radix_hits_tokens"] - s2["radix_hits_tokens"] == common
+    assert s3["radix_miss_tokens"] - s2["radix_miss_tokens"] == len(other_ids) - common
     assert_clean(engine)
 
 
@@ -409,10 +410,10 @@ def test_lru_eviction_of_unreferenced_blocks() -> None:
     for b in range(4):
         blocks.decref(b)  # both sequences finished: all four blocks cached, idle
     assert blocks.num_free == 0 and blocks.num_allocatable == 4
-    assert [n.block_id for n in radix.match([1, 2, 3, 4])] == [0, 1]  # touch "a"
+    assert [n.block_id for n in radix.match([1, 2, 3, 4])[0]] == [0, 1]  # touch "a"
     new = blocks.allocate()  # evicts the least recently used leaf: the end of "b"
-    assert new == 3 and [n.block_id for n in radix.match([5, 6, 7, 8])] == [2]
-    held = [n.block_id for n in radix.match([1, 2, 3, 4])]
+    assert new == 3 and radix.match([5, 6, 7, 8]) == ([radix.node_of_block[2]], 2)
+    held = [n.block_id for n in radix.match([1, 2, 3, 4])[0]]
     for b in held:
         blocks.incref(b)  # referenced blocks are never evicted
     assert blocks.allocate() == 2

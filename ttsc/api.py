@@ -13,7 +13,7 @@ from typing import Any
 
 from ttsc.compiler.pipeline import Compiled, compile_file, compile_source
 from ttsc.compiler.plan import Plan
-from ttsc.runtime.engines.setup import apply_model_overrides, make_engines, open_cache
+from ttsc.runtime.engines.setup import capabilities_of, make_engines, open_cache
 from ttsc.runtime.eval import EvalSummary, evaluate as _evaluate, load_dataset
 from ttsc.runtime.executor import Executor, RunResult
 
@@ -29,8 +29,7 @@ def run(path: str | Path, inputs: dict[str, Any], *, strategy: str | None = None
         models: dict[str, str] | None = None, seed: int = 0, engine: str = "auto",
         cache: str | Path | None = None) -> RunResult:
     """Run one input; `cache` is a call-cache path ("default" for the usual one)."""
-    compiled = compile(path, strategy)
-    apply_model_overrides(compiled.plan, models or {})
+    compiled = compile_file(path, strategy, models=models, capabilities=capabilities_of(engine))
     engines = make_engines(compiled.plan, engine, cache=open_cache(cache))
     return Executor(compiled.plan, engines, seed=seed).run([inputs])
 
@@ -40,8 +39,7 @@ def evaluate(path: str | Path, data: str | Path, *, strategy: str | None = None,
              seed: int = 0, out: str | Path | None = None, engine: str = "auto",
              cache: str | Path | None = None) -> EvalSummary:
     """Evaluate over a JSONL data set; `cache` as for `run`."""
-    compiled = compile(path, strategy)
-    apply_model_overrides(compiled.plan, models or {})
+    compiled = compile_file(path, strategy, models=models, capabilities=capabilities_of(engine))
     rows = load_dataset(data, compiled.plan.params, limit=limit)
     engines = make_engines(compiled.plan, engine, cache=open_cache(cache))
     return _evaluate(compiled.plan, engines, rows, scorer=scorer, seed=seed, out=out)

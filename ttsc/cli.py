@@ -85,10 +85,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from ttsc.compiler.dot import to_dot
     from ttsc.compiler.explain import explain, plan_summary
-    from ttsc.compiler.pipeline import compile_file
-
-    compiled = compile_file(args.file, args.strategy)
-    _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
+    compiled = _compile(args)
     if args.dot is not None:
         dot = to_dot(compiled.program.graph, f"{compiled.plan.strategy} ({args.file})")
         if args.dot == "-":
@@ -105,15 +102,26 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from ttsc.api import apply_model_overrides, make_engines, open_cache
-    from ttsc.compiler.explain import trace_table
+def _compile(args: argparse.Namespace, budget_tokens: float | None = None) -> Any:
+    """The file compiled for the command's models (`--model`) and engine
+    (`--engine`: an op it cannot serve is an error here, before anything
+    loads); its warnings printed."""
     from ttsc.compiler.pipeline import compile_file
+    from ttsc.runtime.engines.setup import capabilities_of
+
+    compiled = compile_file(args.file, args.strategy, budget_tokens,
+                            models=_key_values(getattr(args, "model", []), "--model"),
+                            capabilities=capabilities_of(getattr(args, "engine", "auto")))
+    _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
+    return compiled
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ttsc.api import make_engines, open_cache
+    from ttsc.compiler.explain import trace_table
     from ttsc.runtime.executor import Executor
 
-    compiled = compile_file(args.file, args.strategy)
-    _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
-    plan = compiled.plan
+    plan = _compile(args).plan
     inputs = _key_values(args.input, "--input")
     unknown = [k for k in inputs if k not in plan.params]
     if unknown:
@@ -123,7 +131,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing:
         raise UserError(f"missing input `{missing[0]}` for strategy `{plan.strategy}`",
                         hint=f'pass it with --input {missing[0]}="..."')
-    apply_model_overrides(plan, _key_values(args.model, "--model"))
     if any(n.facts.get("adaptive") for n in plan.region.nodes.values()):
         raise UserError(f"strategy `{plan.strategy}` spends a total token budget across a data set",
                         hint="evaluate it with `ttsc eval --data ...`, or write the budget "
@@ -157,18 +164,14 @@ def _jsonable(value: Any) -> Any:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TextColumn
 
-    from ttsc.api import apply_model_overrides, make_engines, open_cache
+    from ttsc.api import make_engines, open_cache
     from ttsc.compiler.explain import plan_summary
-    from ttsc.compiler.pipeline import compile_file
     from ttsc.runtime.allocation.adaptive import (adaptive_target, check_budget, evaluate_adaptive,
                                                   vote_table)
     from ttsc.runtime.eval import evaluate, load_dataset, load_results, run_signature
     from ttsc.runtime.scorers import get_scorer
 
-    compiled = compile_file(args.file, args.strategy, budget_tokens=args.budget_tokens)
-    _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
-    plan = compiled.plan
-    apply_model_overrides(plan, _key_values(args.model, "--model"))
+    plan = _compile(args, budget_tokens=args.budget_tokens).plan
     # Everything that can be checked is checked before any model loads.
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})",
@@ -293,7 +296,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ttsc.compiler.build import build
     from ttsc.compiler.pipeline import compile_source, read_source
     from ttsc.dsl.parser import parse
-    from ttsc.runtime.engines.setup import apply_model_overrides, open_cache
+    from ttsc.runtime.engines.setup import capabilities_of, open_cache
     from ttsc.runtime.serve import Service, engines_for, serve
 
     source = read_source(args.file)
@@ -302,9 +305,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = _key_values(args.model, "--model")
     plans = {}
     for name in names:
-        compiled = compile_source(source, str(args.file), name)
+        compiled = compile_source(source, str(args.file), name, models=overrides,
+                                  capabilities=capabilities_of(args.engine))
         _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
-        apply_model_overrides(compiled.plan, overrides)
         plans[compiled.plan.strategy] = compiled.plan
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: expected a port number from 1 to 65535")
@@ -389,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--emit", choices=["json"], help="print the plan as JSON")
     c.add_argument("--dot", nargs="?", const="-", metavar="PATH",
                    help="write Graphviz DOT of the IR (to PATH, or stdout)")
+    c.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                   help="compile for another model for a model name (as `ttsc run` would run it)")
+    c.add_argument("--engine", default="auto", choices=["auto", "hf", "paged", "vllm"],
+                   help="check every op against this engine's capabilities (default: auto)")
     c.set_defaults(func=cmd_compile)
 
     def runtime_args(c: argparse.ArgumentParser) -> None:

@@ -1,8 +1,9 @@
 """Capabilities: can each model's engine serve the ops sent to it?
 
-`compile_program(..., capabilities={model name: Capabilities})` says what
-the engine behind each model can do (no mapping, or a model missing from it:
-everything is assumed). An LLM op whose engine lacks what the op needs
+`compile_program(..., capabilities=...)` says what the engine behind each
+model can do: a mapping by model name, or a function of a model's spec (the
+CLI's: the registry's declaration for `--engine`, asked only for the models
+the plan uses). No mapping, or a model missing from it: everything is assumed. An LLM op whose engine lacks what the op needs
 (`common.capabilities.OP_NEEDS`: `verify` needs next-token scores, `extend`
 an assistant prefix, ...) is an error at the op, naming the op, the model and
 what is missing. A capability that only sharpens a prediction is not an
@@ -20,12 +21,14 @@ from ttsc.compiler.passes.walk import graphs
 
 
 def check_capabilities(program: Program) -> PassResult:
-    capabilities: dict[str, Capabilities] = program.meta.get("capabilities") or {}
+    known: dict[str, Capabilities | None] = {}
     problems = []
     for graph in graphs(program.graph):
         for node in graph.nodes():
             model = node.attrs.get("model") if node.is_llm else None
-            caps = capabilities.get(model) if isinstance(model, str) else None
+            if not isinstance(model, str):
+                continue
+            caps = known[model] = program.capabilities(model)
             missing = caps.missing(op_needs(node.op.value, node.attrs)) if caps else []
             if missing:
                 needs = "; ".join(f"{m} ({MEANING[m]})" for m in missing)
@@ -37,5 +40,5 @@ def check_capabilities(program: Program) -> PassResult:
     if problems:
         raise TTSError(problems, {program.file: program.source})
     notes = [f"model `{name}`: its engine has no tokenizer, so prompt tokens are estimated"
-             for name, caps in capabilities.items() if not caps.tokenizer and name in program.models]
+             for name, caps in known.items() if caps is not None and not caps.tokenizer]
     return PassResult(False, notes)

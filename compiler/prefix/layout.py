@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from ttsc.common.capabilities import Capabilities
 from ttsc.common.prompts import HOLE, OP_HOLES, default_prompt
 from ttsc.compiler import model_facts
 from ttsc.compiler.ir import Node, Program
@@ -116,15 +117,15 @@ class Layout:
 
 
 _layouts: dict[tuple, Layout] = {}
+FULL = Capabilities()  # nothing said: assume everything
 
 
 def tokenizer_for(program: Program, spec: str) -> model_facts.PromptTokenizer:
     """How the compiler counts a model's prompt tokens: exactly where it can,
     estimated where the engine serving the model has no tokenizer (the
     capabilities `compile_program` was given)."""
-    capabilities = program.meta.get("capabilities") or {}
-    blind = sorted(name for name, caps in capabilities.items()
-                   if not caps.tokenizer and program.models.get(name, name) == spec)
+    blind = sorted(name for name in _models_of(program, spec)
+                   if not (program.capabilities(name) or FULL).tokenizer)
     reason = f"the engine serving `{blind[0]}` has no tokenizer" if blind else None
     return model_facts.prompt_tokenizer(spec, reason)
 
@@ -132,9 +133,12 @@ def tokenizer_for(program: Program, spec: str) -> model_facts.PromptTokenizer:
 def caches_prefixes(program: Program, spec: str) -> bool:
     """Whether the engine serving `spec` computes a shared prompt prefix once
     (True unless the capabilities given to the compiler say otherwise)."""
-    capabilities = program.meta.get("capabilities") or {}
-    return all(caps.prefix_cache for name, caps in capabilities.items()
-               if program.models.get(name, name) == spec)
+    return all((program.capabilities(name) or FULL).prefix_cache
+               for name in _models_of(program, spec))
+
+
+def _models_of(program: Program, spec: str) -> list[str]:
+    return [name for name, s in program.models.items() if s == spec]
 
 
 def node_layout(program: Program, node: Node, spec: str) -> Layout | None:

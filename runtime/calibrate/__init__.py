@@ -134,13 +134,11 @@ def calibrate_file(file: str | Path, data: str | Path, *, strategy: str | None =
     `max_tokens` replaces the generate's own; `models` points model names at
     other specs, as `--model` does."""
     from ttsc.compiler.pipeline import compile_file
-    from ttsc.runtime.engines.setup import (apply_model_overrides, close_engines, make_engines,
-                                            open_cache)
+    from ttsc.runtime.engines.setup import capabilities_of, close_engines, make_engines, open_cache
     from ttsc.runtime.eval import load_dataset
     from ttsc.runtime.scorers import get_scorer
 
-    plan = compile_file(file, strategy).plan
-    apply_model_overrides(plan, models or {})
+    plan = compile_file(file, strategy, models=models, capabilities=capabilities_of(engine)).plan
     rows = load_dataset(data, plan.params, answer_field, limit)
     is_right = get_scorer(scorer)
     gen, _, _ = calibration_target(plan)

@@ -4,28 +4,29 @@ behind the call cache when there is one; and `--model NAME=SPEC` overrides."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from ttsc.common import paths
-from ttsc.common.errors import UserError
-from ttsc.common.specs import check_model_spec
+from ttsc.common.capabilities import Capabilities
+from ttsc.common.specs import override_models
 from ttsc.compiler.plan import Plan
 from ttsc.runtime.cache import CachedEngine, CallCache
 from ttsc.runtime.engines.base import Engine
-from ttsc.runtime.engines.registry import make_engine
+from ttsc.runtime.engines.registry import engine_capabilities, make_engine
 
 DEFAULT = "default"
 
 
 def apply_model_overrides(plan: Plan, overrides: dict[str, str]) -> None:
-    """Point model names at other specs (`--model policy=hf:ORG/NAME`)."""
-    for name, spec in overrides.items():
-        if name not in plan.models:
-            raise UserError(f"--model {name}=...: the file defines no model `{name}`",
-                            hint=f"models: {', '.join(plan.models) or 'none'}")
-        problem = check_model_spec(spec)
-        if problem:
-            raise UserError(f"--model {name}={spec}: {problem}")
-        plan.models[name] = spec
+    """Point model names of a compiled plan at other specs (`--model policy=hf:ORG/NAME`).
+    Prefer `compile_file(..., models=overrides)`, which checks the new specs' ops too."""
+    plan.models.update(override_models(plan.models, overrides))
+
+
+def capabilities_of(engine: str = "auto") -> Callable[[str], Capabilities]:
+    """What `compile_file(..., capabilities=)` asks: a spec's engine's capabilities
+    under `--engine`, from the registry's declarations (nothing loads)."""
+    return lambda spec: engine_capabilities(spec, engine)
 
 
 def open_cache(path: str | Path | None = DEFAULT) -> CallCache | None:

@@ -48,23 +48,37 @@ class RadixCache:
 
     # -------------------------------------------------------------- lookup
 
-    def match(self, token_ids: Sequence[int], max_blocks: int | None = None) -> list[RadixNode]:
-        """The nodes of the longest stored prefix of `token_ids`, in full blocks."""
+    def match(self, token_ids: Sequence[int]) -> tuple[list[RadixNode], int]:
+        """The longest stored prefix of `token_ids`: its nodes and its length in tokens.
+
+        Whole blocks first; then, where no stored block matches whole, the child
+        sharing the longest head with the next tokens (the last node, used in
+        part: the caller copies it rather than sharing it). That tail is what a
+        repeated prompt usually differs in: its last, partly filled block was
+        stored completed by the first call's generated tokens.
+        """
         bs = self.block_size
-        limit = len(token_ids) // bs
-        if max_blocks is not None:
-            limit = min(limit, max_blocks)
         path: list[RadixNode] = []
         node = self.root
         now = next(self._clock)
-        for i in range(limit):
-            child = node.children.get(tuple(token_ids[i * bs:(i + 1) * bs]))
+        for i in range(len(token_ids) // bs + 1):
+            want = tuple(token_ids[i * bs:(i + 1) * bs])
+            child = node.children.get(want) if len(want) == bs else None
             if child is None:
-                break
+                best, best_len = None, 0
+                for key, candidate in node.children.items():
+                    same = _common_head(key, want)
+                    if same > best_len or (same == best_len and best is not None
+                                           and candidate.last_access > best.last_access):
+                        best, best_len = candidate, same
+                if best is None or best_len == 0:
+                    return path, len(path) * bs
+                self._touch(best, now)
+                return path + [best], len(path) * bs + best_len
             self._touch(child, now)
             path.append(child)
             node = child
-        return path
+        return path, len(path) * bs
 
     def insert(self, parent: RadixNode, key: tuple[int, ...], block_id: int) -> RadixNode:
         """Store a full block under `parent`; returns the node now holding `key`.
@@ -140,3 +154,12 @@ class RadixCache:
                     assert refs[node.block_id] > 0, "a referenced node has an idle parent"
                 stack.append(child)
         assert seen == len(self.node_of_block)
+
+
+def _common_head(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

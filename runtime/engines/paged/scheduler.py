@@ -158,8 +158,8 @@ class Scheduler:
     def _admit(self, seq: Sequence, copies: list[tuple[int, int]]) -> bool:
         """Reuse cached blocks, allocate the rest; False (nothing held) if it does not fit."""
         bs = self.block_size
-        path = self.radix.match(seq.token_ids) if self.prefix_cache else []
-        reuse = min(len(path) * bs, seq.logits_start)  # tokens served from the cache
+        path, stored = self.radix.match(seq.token_ids) if self.prefix_cache else ([], 0)
+        reuse = min(stored, seq.logits_start)  # tokens served from the cache
         num_shared = reuse // bs
         partial = reuse % bs  # a cached block used only in part is copied, not shared
         shared = [node.block_id for node in path[:num_shared]]

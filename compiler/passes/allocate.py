@@ -80,6 +80,15 @@ def _options(key: str, value: Any) -> list[Any] | None:
     return None
 
 
+def _rounds(count: Any) -> list[int]:
+    """The round counts a `repeat` knob may take."""
+    if isinstance(count, Choice):
+        return list(count.options)
+    if isinstance(count, Range):
+        return list(range(int(count.lo), int(count.hi) + 1))
+    return list(AUTO_ROUNDS)
+
+
 @dataclass
 class _Info:
     """What the builder knows of one node."""
@@ -137,8 +146,8 @@ class _Builder:
         labels: list[dict[str, Any]] = []
         if node.op is Op.CHOICE and node.attrs.get("selected") is None:
             labels = [{"selected": i} for i in range(len(node.inputs))]
-        elif node.op is Op.LOOP and isinstance(node.attrs.get("count"), Auto):
-            labels = [{"count": r} for r in AUTO_ROUNDS]
+        elif node.op is Op.LOOP and is_knob(node.attrs.get("count")):
+            labels = [{"count": r} for r in _rounds(node.attrs["count"])]
         elif knobs:
             keys = list(knobs)
             labels = [dict(zip(keys, combo)) for combo in itertools.product(*knobs.values())]

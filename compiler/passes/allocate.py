@@ -40,7 +40,7 @@ from ttsc.compiler.passes.manager import PassResult
 from ttsc.compiler.prefix.layout import DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, node_layout
 from ttsc.compiler.utility import (AccuracyModel, Calibration, load_calibration, pooled,
                                    prior_model, truncated)
-from ttsc.common.errors import Span, TTSError, error
+from ttsc.common.errors import BudgetInfeasible, Span, TTSError, error
 from ttsc.common.knobs import Auto, Choice, Range, is_knob
 from ttsc.common.sampling import SETTINGS, auto_temperature
 
@@ -609,7 +609,7 @@ def _budget_spans(program: Program) -> dict[str, Span]:
     return spans
 
 
-def _infeasible_error(program: Program, builder: _Builder, exc: Infeasible) -> TTSError:
+def _infeasible_error(program: Program, builder: _Builder, exc: Infeasible) -> BudgetInfeasible:
     spans = _budget_spans(program)
     budget = program.budget or {}
     diags = []
@@ -637,7 +637,8 @@ def _infeasible_error(program: Program, builder: _Builder, exc: Infeasible) -> T
                 f"the budget cannot be met as a whole; `{_fmt_limit(resource, item)}` is part of "
                 f"the conflict (the cheapest plan needs {parts})", spans.get(resource),
                 "raise several limits together"))
-    return TTSError(diags, {program.file: program.source})
+    return BudgetInfeasible(diags, {program.file: program.source},
+                            {r: real(r, v) for r, v in culprits.items()})
 
 
 def _limit(budget: dict[str, Any], resource: str) -> int:

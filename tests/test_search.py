@@ -111,6 +111,13 @@ def test_a_second_identical_search_costs_no_model_calls(space, tmp_path, capsys)
     assert b["calls"] == {"computed": 0, "cached": a["calls"]["computed"] + a["calls"]["cached"]}
     assert b["best"]["accuracy"] == a["best"]["accuracy"] and b["best"]["knobs"] == a["best"]["knobs"]
     assert "model calls (samples and scores): 0 computed" in second
+    # The winner, run from the file written for it, is its trial again: same
+    # samples (calls are seeded by what they compute), all from the cache.
+    assert main(["eval", str(tmp_path / "a" / "best.tts"), "--data", str(DEV), "--json",
+                 "--quiet"]) == 0
+    again = summary_of(capsys.readouterr().out)
+    assert again["accuracy"] == a["best"]["accuracy"] and again["cache_misses"] == 0
+    assert again["tokens_per_input"] == pytest.approx(a["best"]["tokens_per_input"])
 
 
 def test_a_rerun_adds_only_the_missing_trials(space, tmp_path, capsys):

@@ -65,6 +65,10 @@ def add_parser(sub: Any, runtime_flags: Any) -> None:
                    help="trials in flight at once; their calls share the engines' batches (default 1)")
     c.add_argument("--batch-size", type=int, default=8,
                    help="inputs in flight at once within a trial (default 8)")
+    c.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
+                   help="tpe (default; multi-objective TPE for two objectives) or random search")
+    c.add_argument("--sampler-seed", type=int, metavar="S",
+                   help="seed of the sampler alone (default: --seed, which also seeds the model calls)")
     c.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     runtime_flags(c)
@@ -90,7 +94,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         study=args.study, test=args.test, holdout=args.holdout, seed=args.seed,
         strategy=args.strategy, scorer=args.scorer, answer_field=args.answer_field,
         limit=args.limit, budget_tokens=args.budget_tokens, parallel=args.parallel,
-        batch_size=args.batch_size, engine=args.engine, device=args.device,
+        batch_size=args.batch_size, sampler=args.sampler, sampler_seed=args.sampler_seed,
+        engine=args.engine, device=args.device,
         cache=args.cache or "default", models=models)
     console = Console(file=sys.stderr)
     view = _Progress(console, quiet=args.quiet)

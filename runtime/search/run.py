@@ -39,7 +39,7 @@ from ttsc.runtime.search import report
 from ttsc.runtime.search.baseline import greedy_source
 from ttsc.runtime.search.engines import EnginePool
 from ttsc.runtime.search.space import Space, load_space
-from ttsc.runtime.search.study import (StudyLock, default_study_path, ensure_writable, finished,
+from ttsc.runtime.search.study import (SAMPLERS, StudyLock, default_study_path, ensure_writable, finished,
                                        open_study, parse_objectives, recover, run_trials)
 from ttsc.runtime.search.trial import Evaluator, OverBudget, Scores
 
@@ -67,6 +67,8 @@ class SearchOptions:
     budget_tokens: float | None = None
     parallel: int = 1
     batch_size: int = 8
+    sampler: str = "tpe"  # or "random": the baseline search
+    sampler_seed: int | None = None  # the sampler's own seed (default: `seed`, which also seeds the calls)
     engine: str = "auto"
     device: str | None = None
     cache: str | None = "default"
@@ -95,6 +97,8 @@ def prepare(o: SearchOptions) -> Prepared:
     if o.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {o.batch_size})")
     objectives = parse_objectives(o.objective)
+    if o.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {o.sampler!r}: expected {' or '.join(SAMPLERS)}")
     space = load_space(o.space, o.strategy, o.budget_tokens)
     for name in o.models:
         if name not in _model_names(space):
@@ -164,7 +168,9 @@ def search(o: SearchOptions, on_event: Event | None = None) -> dict[str, Any]:
     emit = on_event or (lambda kind, data: None)
     start = time.perf_counter()
     with StudyLock(p.study_path):
-        study = open_study(p.study_path, p.objectives, o.seed, signature(p), o.trials)
+        study = open_study(p.study_path, p.objectives,
+                           o.seed if o.sampler_seed is None else o.sampler_seed, signature(p),
+                           o.trials, o.sampler)
         rerun = recover(study)
         if rerun:
             emit("recovered", {"trials": rerun})

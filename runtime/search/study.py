@@ -92,14 +92,15 @@ def check_study_file(path: Path) -> None:
 
 
 def open_study(path: Path, objectives: list[str], seed: int, signature: dict[str, Any],
-               n_trials: int) -> optuna.Study:
+               n_trials: int, sampler: str = "tpe") -> optuna.Study:
     """The study in `path` (created if new), checked to be this search's."""
     check_study_file(path)
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}",
                                          engine_kwargs={"connect_args": {"timeout": 60}})
     directions = [OBJECTIVES[o] for o in objectives]
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
-                                directions=directions, sampler=make_sampler(objectives, seed, n_trials))
+                                directions=directions,
+                                sampler=make_sampler(objectives, seed, n_trials, sampler))
     theirs = study.user_attrs.get(SIGNATURE_ATTR)
     if theirs is None:
         if study.trials:
@@ -123,9 +124,18 @@ def _show(value: Any) -> str:
     return repr(value) if not isinstance(value, str) or len(value) < 60 else repr(value[:57] + "...")
 
 
-def make_sampler(objectives: list[str], seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
-    """TPE for one objective, MOTPE for two; random draws first, a quarter of
-    the trials (4 to 10)."""
+SAMPLERS = ("tpe", "random")
+
+
+def make_sampler(objectives: list[str], seed: int, n_trials: int,
+                 kind: str = "tpe") -> optuna.samplers.BaseSampler:
+    """TPE (MOTPE for two objectives), its first quarter of the trials (4 to
+    10) drawn at random; or random search, the baseline the benchmark
+    compares it with."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind != "tpe":
+        raise UserError(f"--sampler {kind!r}: expected {' or '.join(SAMPLERS)}")
     startup = min(10, max(4, n_trials // 4))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
                                       constant_liar=True)

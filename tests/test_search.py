@@ -134,6 +134,17 @@ def test_a_rerun_adds_only_the_missing_trials(space, tmp_path, capsys):
     assert code == 0 and len(load(tmp_path / "r" / "study.db").trials) == 4
 
 
+def test_parallel_trials_run_side_by_side_on_shared_engines(space, tmp_path, capsys):
+    out = tmp_path / "par"
+    code, text, err = run_search(str(space), "--data", str(DEV), "--trials", "4", "--parallel", "2",
+                                 "--out", str(out), "--json", "--quiet", capsys=capsys)
+    assert code == 0, err
+    trials = load(out / "study.db").trials
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    first, second = trials[0], trials[1]
+    assert second.datetime_start < first.datetime_complete  # in flight together
+
+
 def test_two_objectives_write_the_pareto_front_and_keep_the_budget(space, tmp_path, capsys):
     out = tmp_path / "mo"
     code, text, err = run_search(str(space), "--data", str(DEV), "--limit", "8", "--trials", "8",
@@ -158,6 +169,22 @@ def test_two_objectives_write_the_pareto_front_and_keep_the_budget(space, tmp_pa
         if t.state == optuna.trial.TrialState.COMPLETE:
             measured = t.user_attrs["scores"]["tokens_per_input"]
             assert t.constraints["tokens_over_budget"] == pytest.approx((measured - 60) / 60)
+
+
+def test_auto_knobs_are_solved_by_the_allocator_in_each_trial(tmp_path, capsys):
+    path = tmp_path / "auto.tts"
+    path.write_text(SPACE.replace("n=choice(1, 2, 4)", "n=auto") + "budget { tokens <= 400 per input }\n")
+    space = load_space(str(path))
+    assert [d.setting for d in space.dimensions] == ["branch", "temperature"]  # auto is not searched
+    assert [d.id for d in space.solved] == ["space.s.generate.n"]
+    out = tmp_path / "o"
+    code, text, err = run_search(str(path), "--data", str(DEV), "--limit", "5", "--trials", "3",
+                                 "--out", str(out), "--json", "--quiet", capsys=capsys)
+    assert code == 0, err
+    for record in map(json.loads, (out / "trials.jsonl").read_text().splitlines()):
+        program = Path(record["files"]["tts"]).read_text()
+        assert "auto" not in program and "n=" in program  # the allocator's n, written out
+        assert compile_file(record["files"]["tts"]).plan.facts["tokens_at_most_per_input"] <= 400
 
 
 # ------------------------------------------------------------------ resuming after kill -9

@@ -3,6 +3,7 @@ ops, strategies and value `choice(...)`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ttsc.common.errors import Span, did_you_mean
@@ -120,7 +121,6 @@ def _call(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
     bound = _bind_args(ctx, sig, e)
     if bound is None:
         return None
-    g = scope.graph
     inputs: dict[str, str] = {}
     attrs: dict[str, Any] = {}
     sites: dict[str, str] = {}
@@ -158,7 +158,7 @@ def _call(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
             if isinstance(got, Branches):
                 sid = ctx.site(f"{e.func}.{arg.name}", "branch", Choice(tuple(range(len(got.options)))),
                                got.span, got.labels)
-                branches.append(_Branch(sid, got.span, [("attr", arg.name, o) for o in got.options]))
+                branches.append(_Branch(sid, [("attr", arg.name, o) for o in got.options]))
                 continue
             attrs[arg.name] = got
             if is_knob(got):
@@ -168,12 +168,14 @@ def _call(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
     return _variants(ctx, e, sig, inputs, attrs, sites, branches, scope)
 
 
+@dataclass
 class _Branch:
-    """One argument choice that builds the op once per option: a site and,
-    per option, what it sets (an attribute, or an input; None leaves it out)."""
+    """One argument choice that builds the op once per option: its knob site
+    and, per option, what it sets: ("attr" | "input", argument, value), a
+    value of None leaving the argument out."""
 
-    def __init__(self, site: str, span: Span, options: list[tuple[str, str, Any]]):
-        self.site, self.span, self.options = site, span, options
+    site: str
+    options: list[tuple[str, str, Any]]
 
 
 def _variants(ctx: Context, e: ast.Call, sig: OpSig, inputs: dict[str, str], attrs: dict[str, Any],
@@ -262,7 +264,7 @@ def _optional_input(ctx: Context, e: ast.Call, arg: Any, value: ast.Call,
         if nid is None or not _fits(ctx, e, arg, nid, a, scope):
             return None
         options.append(("input", arg.name, nid))
-    return _Branch(sid, value.span, options)
+    return _Branch(sid, options)
 
 
 def _bind_args(ctx: Context, sig: OpSig, e: ast.Call) -> dict[str, ast.Expr] | None:

@@ -46,7 +46,7 @@ def greedy_source(source: str, file: str, plan: Plan, scorer: str) -> str:
     kept = tuple(d for d in module.definitions if isinstance(d, (ast.ModelDef, ast.PromptDef)))
     taken = {d.name for d in kept}
     name = next(n for n in ("greedy", "greedy_decoding", "greedy_baseline", "greedy_") if n not in taken)
-    settings = [f"n=1", "temperature=0", f"max_tokens={number(a['max_tokens'])}"]
+    settings = ["n=1", "temperature=0", f"max_tokens={number(a['max_tokens'])}"]
     if a.get("stop"):
         stops = [quote(s) for s in a["stop"]]
         settings.append(f"stop={stops[0] if len(stops) == 1 else '[' + ', '.join(stops) + ']'}")

@@ -129,18 +129,27 @@ def _sample_key(model: str, prompt: Prompt, params: SamplingParams, index: int) 
 
 def _split_usage(output: SampleOutput) -> list[Usage]:
     """One request's usage shared out over its samples, so that any subset of
-    them replayed from the cache adds up to what computing them cost: the
-    call and the prompt computation go to the first sample, tokens to each."""
+    them replayed from the cache adds up to what computing them cost, and all
+    of them to the request's usage: the call goes to the first sample, the
+    prompt computation to the first samples (each at most its own prompt, as
+    an engine computing every sample's prompt in part reports), generated
+    tokens to each by its length."""
     n = len(output.completions)
     u = output.usage
+    lengths = [len(c.token_ids) or len(c.logprobs) for c in output.completions]
+    if sum(lengths) != u.generated_tokens:  # an engine that reports no tokens
+        lengths = [u.generated_tokens // n + (1 if j < u.generated_tokens % n else 0)
+                   for j in range(n)]
     per = []
-    for j, c in enumerate(output.completions):
+    left = u.prompt_tokens_computed
+    for j in range(n):
         prompt = u.prompt_tokens // n + (1 if j < u.prompt_tokens % n else 0)
-        computed = u.prompt_tokens_computed if j == 0 else 0
+        computed = left if j == n - 1 else min(left, prompt)
+        left -= computed
         per.append(Usage(calls=u.calls if j == 0 else 0, prompt_tokens=prompt,
                          prompt_tokens_computed=computed,
                          prompt_tokens_reused=max(0, prompt - computed),
-                         generated_tokens=len(c.token_ids)))
+                         generated_tokens=lengths[j]))
     return per
 
 
@@ -212,18 +221,15 @@ class CachedEngine(Engine):
             rows.append(row)
         hits = [sum(c is not None for c in row) for row in rows]
         if missing:
-            outputs = run_inner([m[0] for m in missing], [m[2] for m in missing])
-            fresh: dict[str, Any] = {}
-            for (ri, lo, run), output in zip(missing, outputs):
-                for offset, (completion, usage) in enumerate(zip(output.completions,
-                                                                 _split_usage(output))):
-                    rows[ri][lo + offset] = (completion, usage)
-                    if run.params.seed is not None:
-                        key = _sample_key(self.model, run.prompt, run.params, offset)
-                        fresh[key] = {"completion": dataclasses.asdict(completion),
-                                      "usage": usage.as_dict()}
-            if fresh:
-                self.cache.put_many(fresh)
+            try:
+                outputs = run_inner([m[0] for m in missing], [m[2] for m in missing])
+            except Exception as exc:
+                # An engine that failed part of a batch (a server that died) hands
+                # back what did finish: keep it, so a rerun computes only the rest.
+                finished = getattr(exc, "finished", None) or {}
+                self._store([(missing[i], o) for i, o in sorted(finished.items())])
+                raise
+            self._store(list(zip(missing, outputs)), rows)
         self._count(sum(hits), sum(len(row) for row in rows) - sum(hits))
         results = []
         for row, hit in zip(rows, hits):
@@ -232,6 +238,22 @@ class CachedEngine(Engine):
                 usage = usage + u
             results.append(SampleOutput([c for c, _ in row], usage))  # type: ignore[misc]
         return results
+
+    def _store(self, done: list[tuple[tuple[int, int, SampleRequest], SampleOutput]],
+               rows: list[list[tuple[Completion, Usage] | None]] | None = None) -> None:
+        """Put fresh samples in the cache (and in `rows`, when given)."""
+        fresh: dict[str, Any] = {}
+        for (ri, lo, run), output in done:
+            for offset, (completion, usage) in enumerate(zip(output.completions,
+                                                             _split_usage(output))):
+                if rows is not None:
+                    rows[ri][lo + offset] = (completion, usage)
+                if run.params.seed is not None:
+                    key = _sample_key(self.model, run.prompt, run.params, offset)
+                    fresh[key] = {"completion": dataclasses.asdict(completion),
+                                  "usage": usage.as_dict()}
+        if fresh:
+            self.cache.put_many(fresh)
 
     # --- scoring ------------------------------------------------------------
 

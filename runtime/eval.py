@@ -163,6 +163,25 @@ def load_results(out: str | Path, signature: dict[str, Any], force: bool = False
 # ------------------------------------------------------------------ running
 
 
+@dataclass
+class Resumed:
+    """Where an evaluation stands: each row's id, the rows still to run (by
+    index), and the finished items read back from the results file."""
+
+    ids: list[str]
+    todo: list[int]
+    results: dict[str, dict[str, Any]]
+
+
+def resume(rows: Sequence[dict[str, Any]], out: str | Path | None, signature: dict[str, Any],
+           force: bool = False) -> Resumed:
+    done = load_results(out, signature, force) if out is not None else {}
+    ids = [row_id(r, i) for i, r in enumerate(rows)]
+    wanted = set(ids)
+    return Resumed(ids, [i for i, k in enumerate(ids) if k not in done],
+                   {k: v for k, v in done.items() if k in wanted})
+
+
 def item_record(item_id: str, row: dict[str, Any], result: InputResult, score: Scorer,
                 answer_field: str, signature: dict[str, Any]) -> dict[str, Any]:
     """One results line: the prediction, its score, the samples, what it cost."""
@@ -203,12 +222,9 @@ def evaluate(plan: Plan, engines: dict[str, Engine], rows: Sequence[dict[str, An
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
     score = get_scorer(scorer)
     signature = run_signature(plan, seed)
-    done = load_results(out, signature, force) if out is not None else {}
     start = time.perf_counter()
-    ids = [row_id(r, i) for i, r in enumerate(rows)]
-    todo = [i for i, k in enumerate(ids) if k not in done]
-    wanted = set(ids)
-    results: dict[str, dict[str, Any]] = {k: v for k, v in done.items() if k in wanted}
+    state = resume(rows, out, signature, force)
+    ids, todo, results = state.ids, state.todo, state.results
     usage = Usage()
     if on_item:
         on_item(len(results), len(rows))

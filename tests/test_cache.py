@@ -215,3 +215,19 @@ def test_repeated_score_requests_are_computed_once(cache):
     a, b = ContinuationRequest(Prompt.user("q"), "ab"), ContinuationRequest(Prompt.user("q"), "abc")
     assert [o.logprob for o in engine.score_continuations([a, b, a])] == [-1.0, -1.5, -1.0]
     assert inner.batches == [[a, b]]
+
+
+def test_split_usage_adds_up_when_every_sample_computed_part_of_its_prompt():
+    """A server with a per-slot prompt cache computes part of each sample's
+    prompt: the split still adds up to the request's usage, no sample's share
+    exceeds its prompt, and samples without token ids still count their tokens."""
+    from ttsc.runtime.cache import _split_usage
+
+    completions = [Completion("ab", [], [-0.1, -0.2], "eos"), Completion("abc", [], [-0.1] * 3, "length")]
+    usage = Usage(calls=1, prompt_tokens=100, prompt_tokens_computed=60, prompt_tokens_reused=40,
+                  generated_tokens=5)
+    parts = _split_usage(SampleOutput(completions, usage))
+    total = parts[0] + parts[1]
+    assert total == usage
+    assert all(p.prompt_tokens_computed <= p.prompt_tokens for p in parts)
+    assert [p.generated_tokens for p in parts] == [2, 3]

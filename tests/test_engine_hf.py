@@ -137,8 +137,12 @@ def test_registry(tiny_model: LoadedModel) -> None:
     with pytest.raises(UserError, match="no option `max_batch`") as err:
         make_engine("tiny-random", engine="hf", max_batch=4)
     assert "max_batch_size" in (err.value.hint or "")
-    for spec in ("vllm:org/name", "openai:http://localhost:8000/v1#m"):
-        with pytest.raises(UserError, match="no engine in this build serves"):
-            make_engine(spec)
+    with pytest.raises(UserError, match="no engine in this build serves"):
+        make_engine("vllm:org/name")
+    from ttsc.runtime.engines.openai import OpenAIEngine
+
+    remote = make_engine("openai:http://localhost:8000/v1#m")  # no request until first use
+    assert isinstance(remote, OpenAIEngine) and remote.urls == ["http://localhost:8000/v1"]
+    remote.close()
     with pytest.raises(UserError, match="unknown model spec"):
         make_engine("no-such-model")

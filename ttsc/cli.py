@@ -7,6 +7,7 @@
     ttsc profile MODEL                    measure an engine for the cost model
     ttsc calibrate FILE --data dev.jsonl  fit the utility model the allocator uses
     ttsc search SPACE --data dev.jsonl    search a space of strategies (ttsc/search_cli.py)
+    ttsc serve FILE [--port 8000]         serve strategies as an OpenAI-compatible API
 
 A user mistake prints `FILE:LINE:COL: error: ...` (or the data file's line)
 and exits with status 2; nothing a user can fix ends in a traceback.
@@ -279,6 +280,78 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve every strategy of the file (or --strategy) as an OpenAI-compatible API."""
+    import logging
+    import os
+
+    from ttsc.compiler.build import build
+    from ttsc.compiler.pipeline import compile_source, read_source
+    from ttsc.dsl.parser import parse
+    from ttsc.runtime.engines.setup import apply_model_overrides, open_cache
+    from ttsc.runtime.serve import Service, engines_for, serve
+
+    source = read_source(args.file)
+    names: list[str | None] = ([args.strategy] if args.strategy else
+                               list(build(parse(source, str(args.file))).info.strategies) or [None])
+    overrides = _key_values(args.model, "--model")
+    plans = {}
+    for name in names:
+        compiled = compile_source(source, str(args.file), name)
+        _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
+        apply_model_overrides(compiled.plan, overrides)
+        plans[compiled.plan.strategy] = compiled.plan
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: expected a port number from 1 to 65535")
+    api_key = args.api_key or os.environ.get("TTSC_SERVE_API_KEY") or None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream call
+    service = Service(plans, engines_for(plans, args.engine, args.device,
+                                         open_cache(args.cache) if args.cache else None))
+    models = sorted({f"{m}={spec}" for plan in plans.values() for m, spec in plan.models.items()})
+    _stderr(f"ttsc serve: {', '.join(plans)} on http://{args.host}:{args.port}/v1 "
+            f"(models: {', '.join(models)}; {'API key required' if api_key else 'no API key'}); "
+            "Ctrl-C stops")
+    serve(service, host=args.host, port=args.port, api_key=api_key,
+          shutdown_timeout=args.shutdown_timeout)
+    return 0
+
+
+def add_serve_parser(sub: Any, fmt: Any) -> None:
+    c = sub.add_parser(
+        "serve", formatter_class=fmt, help="serve strategies as an OpenAI-compatible API",
+        description="Serve every strategy of FILE (or only --strategy) as an OpenAI-compatible "
+                    "API: each strategy is a model of POST /v1/chat/completions and "
+                    "/v1/completions (the last user message, or the prompt, fills the "
+                    "strategy's first parameter; others come in the request's `inputs` object). "
+                    "A request's n, temperature and max_tokens override the plan's; `stream` "
+                    "works; usage counts every token the strategy spent. Concurrent requests "
+                    "batch together in the engines. SIGINT/SIGTERM stop it gracefully.",
+        epilog="examples:\n  ttsc serve examples/self_consistency.tts --port 8000\n"
+               "  ttsc serve examples/best_of_n.tts --model policy=openai:http://127.0.0.1:8080/v1#m\n"
+               "then, with the official client:\n"
+               "  OpenAI(base_url=\"http://127.0.0.1:8000/v1\", api_key=\"-\").chat.completions"
+               ".create(model=\"self_consistency\", messages=[...])")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--strategy", help="serve only this strategy (default: all of them)")
+    c.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    c.add_argument("--port", type=int, default=8000, help="port (default %(default)s)")
+    c.add_argument("--api-key", metavar="KEY",
+                   help="require `Authorization: Bearer KEY` (or set TTSC_SERVE_API_KEY)")
+    c.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                   help="use another model for a model name (repeatable)")
+    c.add_argument("--engine", default="auto", choices=["auto", "hf", "paged"],
+                   help="torch engine to run local models on (default: auto)")
+    c.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    c.add_argument("--cache", metavar="PATH",
+                   help="answer repeated calls of the same seed from this call cache (default: none)")
+    c.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="S",
+                   help="on SIGINT/SIGTERM, seconds in-flight requests get to finish "
+                        "(default %(default)s)")
+    c.set_defaults(func=cmd_serve)
+
+
 # --------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dry-run", action="store_true", help="fit and print, write nothing")
     runtime_args(c)
     c.set_defaults(func=cmd_calibrate)
+    add_serve_parser(sub, fmt)
 
     from ttsc import search_cli
 

@@ -28,9 +28,9 @@ from ttsc.compiler.plan import Plan, PlanNode
 from ttsc.compiler.utility import Calibration, calibration_path, load_calibration
 from ttsc.runtime.allocation.rounds import Rounds, Sample, VoteValues
 from ttsc.runtime.cache import MEMORY, CachedEngine, CallCache
-from ttsc.runtime.data import ResultsWriter, row_id
+from ttsc.runtime.data import ResultsWriter
 from ttsc.runtime.engines.base import Engine, Usage
-from ttsc.runtime.eval import EvalSummary, item_record, load_results, run_signature, summarize
+from ttsc.runtime.eval import EvalSummary, item_record, resume, run_signature, summarize
 from ttsc.runtime.executor import Executor, InputResult
 from ttsc.runtime.scorers import get_scorer
 
@@ -111,12 +111,9 @@ def evaluate_adaptive(plan: Plan, engines: dict[str, Engine], rows: Sequence[dic
     """Evaluate `plan`, allocating `target`'s n across `rows` within its budget."""
     score = get_scorer(scorer)
     signature = run_signature(plan, seed)
-    done = load_results(out, signature, force) if out is not None else {}
     start = time.perf_counter()
-    ids = [row_id(r, i) for i, r in enumerate(rows)]
-    todo = [i for i, k in enumerate(ids) if k not in done]
-    wanted = set(ids)
-    results: dict[str, dict[str, Any]] = {k: v for k, v in done.items() if k in wanted}
+    state = resume(rows, out, signature, force)
+    ids, todo, results = state.ids, state.todo, state.results
     spent_before = sum(r["tokens"]["computed"] for r in results.values())
     engines = _cached(plan, engines)
     executor = Executor(plan, engines, seed=seed)

@@ -9,7 +9,7 @@ kinds that serve it, the first being what `engine="auto"` picks.
     smollm2-135m, tiny-random,         hf (the first torch engine)
     hf:ORG/NAME, a directory, gguf:PATH
     vllm:ORG/NAME                      none in this build yet
-    openai:URL#MODEL                   none in this build yet
+    openai:URL#MODEL                   openai (any OpenAI-compatible server)
 
 Engines arriving later (the paged torch engine, vLLM, the OpenAI-compatible
 client) add a factory with `register_engine` and their kind to `SPEC_ENGINES`.
@@ -107,5 +107,15 @@ def _make_paged(spec: str, *, device: str | None = None, **options: Any) -> Engi
     return PagedEngine(load_model(spec, device=device), **options)
 
 
+def _make_openai(spec: str, *, device: str | None = None, **options: Any) -> Engine:
+    from ttsc.common.specs import parse_spec
+    from ttsc.runtime.engines.openai import OpenAIEngine
+
+    check_options("openai", OpenAIEngine, options, skip=("urls", "model"))
+    parsed = parse_spec(resolve_spec(spec))  # device: the server's business
+    return OpenAIEngine(parsed.openai_url, parsed.openai_model, **options)
+
+
 register_engine("hf", _make_hf, ("torch",))
 register_engine("paged", _make_paged, ("torch",), preferred=True)  # the fast one
+register_engine("openai", _make_openai, ("openai",))

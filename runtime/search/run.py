@@ -155,6 +155,12 @@ def signature(p: Prepared) -> dict[str, Any]:
             "budget": _token_budget(p.space), "models": dict(sorted(o.models.items()))}
 
 
+def about(p: Prepared) -> dict[str, str]:
+    """The signature's digests in words, for a message naming what differs."""
+    return {"space": f"`{p.space.strategy}` of {p.space.file}",
+            "data": f"{p.options.data} ({len(p.rows)} items)"}
+
+
 def _token_budget(space: Space) -> float | None:
     return ((space.budget or {}).get("tokens") or {}).get("value")
 
@@ -170,7 +176,7 @@ def search(o: SearchOptions, on_event: Event | None = None) -> dict[str, Any]:
     with StudyLock(p.study_path):
         study = open_study(p.study_path, p.objectives,
                            o.seed if o.sampler_seed is None else o.sampler_seed, signature(p),
-                           o.trials, o.sampler)
+                           o.trials, o.sampler, about(p))
         rerun = recover(study)
         if rerun:
             emit("recovered", {"trials": rerun})

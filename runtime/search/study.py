@@ -33,6 +33,7 @@ from ttsc.common.errors import UserError
 
 STUDY_NAME = "ttsc-search"
 SIGNATURE_ATTR = "ttsc_search"
+ABOUT_ATTR = "ttsc_search_about"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 OBJECTIVES = {"accuracy": "maximize", "tokens": "minimize", "latency": "minimize"}
 
@@ -92,8 +93,10 @@ def check_study_file(path: Path) -> None:
 
 
 def open_study(path: Path, objectives: list[str], seed: int, signature: dict[str, Any],
-               n_trials: int, sampler: str = "tpe") -> optuna.Study:
-    """The study in `path` (created if new), checked to be this search's."""
+               n_trials: int, sampler: str = "tpe", about: dict[str, str] | None = None) -> optuna.Study:
+    """The study in `path` (created if new), checked to be this search's.
+    `about` says in words what the signature's digests stand for (the space
+    and data files), for the message when they differ."""
     check_study_file(path)
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}",
                                          engine_kwargs={"connect_args": {"timeout": 60}})
@@ -106,11 +109,15 @@ def open_study(path: Path, objectives: list[str], seed: int, signature: dict[str
         if study.trials:
             raise UserError(f"--study {path}: a study not written by `ttsc search`")
         study.set_user_attr(SIGNATURE_ATTR, signature)
+        study.set_user_attr(ABOUT_ATTR, dict(about or {}))
     elif theirs != signature:
         key = next(k for k in signature if theirs.get(k) != signature[k])
+        there, here = study.user_attrs.get(ABOUT_ATTR, {}).get(key), (about or {}).get(key)
+        if there is None or here is None:
+            there, here = _show(theirs.get(key)), _show(signature[key])
         raise UserError(
             f"--study {path} holds a search of another {_WHAT.get(key, key)}: "
-            f"{_show(theirs.get(key))} there, {_show(signature[key])} here",
+            f"{there} there, {here} here",
             hint="use another --study (or --out), or delete that file to start over")
     return study
 

@@ -5,10 +5,10 @@ canonical form). The table below is the whole mapping: an engine kind names a
 factory `(spec, device, **options) -> Engine`, and every spec form lists the
 kinds that serve it, the first being what `engine="auto"` picks.
 
-    spec form                          engines
-    smollm2-135m, tiny-random,         hf (the first torch engine)
-    hf:ORG/NAME, a directory, gguf:PATH
-    vllm:ORG/NAME                      none in this build yet
+    spec form                          engines (`auto` first)
+    smollm2-135m, tiny-random,         paged, hf, vllm (vllm: hf:ORG/NAME
+    hf:ORG/NAME, a directory, gguf:PATH  and directories only)
+    vllm:ORG/NAME                      vllm (the optional extra `ttsc[vllm]`)
     openai:URL#MODEL                   openai (any OpenAI-compatible server)
 
 Engines arriving later (the paged torch engine, vLLM, the OpenAI-compatible
@@ -116,6 +116,13 @@ def _make_openai(spec: str, *, device: str | None = None, **options: Any) -> Eng
     return OpenAIEngine(parsed.openai_url, parsed.openai_model, **options)
 
 
+def _make_vllm(spec: str, **options: Any) -> Engine:
+    from ttsc.runtime.engines.vllm import make_vllm_engine
+
+    return make_vllm_engine(spec, **options)
+
+
 register_engine("hf", _make_hf, ("torch",))
 register_engine("paged", _make_paged, ("torch",), preferred=True)  # the fast one
 register_engine("openai", _make_openai, ("openai",))
+register_engine("vllm", _make_vllm, ("vllm", "torch"))  # `auto` for vllm: specs only

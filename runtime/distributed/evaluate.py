@@ -1,0 +1,146 @@
+"""`ttsc eval --ray`: the inputs of a data set spread over Ray actors.
+
+Each actor (`EvalWorker`) makes its engines once (runtime/engines/setup.py,
+one model load per actor) and runs inputs with the executor's `run_one`,
+`batch_size` of them at once so its engine batches their calls. The driver
+does everything else exactly as `runtime/eval.py` does, with its pieces:
+it resumes from the results file (`resume`, `run_signature`), hands out the
+inputs still to run, turns each result into its line (`item_record`) and
+appends it as it arrives, feeds the one progress bar, and adds up the
+summary (`summarize`). Seeds come from (run seed, node, input), never from
+which actor ran an input, so a seed gives the same predictions with or
+without Ray. An actor that dies has its inputs run again on the others
+(runtime/distributed/pool.py); the call cache is served by one actor on the
+driver's machine (runtime/distributed/cache.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ttsc.common.errors import UserError
+from ttsc.common.specs import spec_form
+from ttsc.compiler.plan import Plan
+from ttsc.runtime.cache import CallCache
+from ttsc.runtime.data import ResultsWriter
+from ttsc.runtime.distributed.cache import RemoteCallCache, start_cache_server
+from ttsc.runtime.distributed.cluster import actor_env, drop_driver_paths, import_ray, ray_session
+from ttsc.runtime.distributed.pool import DEFAULT_MAX_RESTARTS, WorkerEvent, WorkerPool
+from ttsc.runtime.engines.base import Usage
+from ttsc.runtime.engines.setup import make_engines
+from ttsc.runtime.eval import EvalSummary, item_record, resume, run_signature, summarize
+from ttsc.runtime.executor import Executor, InputResult
+from ttsc.runtime.scorers import get_scorer
+
+
+class EvalWorker:
+    """A Ray actor that runs inputs of one plan on its own engines."""
+
+    def __init__(self, plan: Plan, engine: str, device: str | None, cache_server: Any,
+                 seed: int):
+        drop_driver_paths()
+        self.plan, self.engine, self.device = plan, engine, device
+        self.cache_server, self.seed = cache_server, seed
+        self.executor: Executor | None = None
+
+    def load(self) -> int:
+        """Make the engines (the one model load of this actor); returns the process id."""
+        cache = RemoteCallCache(self.cache_server) if self.cache_server is not None else None
+        engines = make_engines(self.plan, self.engine, self.device, cache=cache)  # type: ignore[arg-type]
+        self.executor = Executor(self.plan, engines, seed=self.seed)
+        return os.getpid()
+
+    def run_one(self, inputs: dict[str, Any]) -> InputResult:
+        assert self.executor is not None, "load() runs first"
+        return self.executor.run_one(inputs)
+
+
+def needs_gpu(plan: Plan, engine: str, device: str | None) -> bool:
+    """Whether each actor should hold a GPU: vLLM always runs on one, the
+    torch engines when asked for CUDA."""
+    vllm = engine == "vllm" or any(spec_form(s) == "vllm" for s in plan.models.values())
+    return vllm or (device or "").startswith("cuda")
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide a Ray run is."""
+
+    address: str | None = None  # None: start or join a local instance
+    actors: int | None = None  # None: as many as the cluster's CPUs (GPUs) allow
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float | None = None  # None: 1 for a GPU engine (vLLM, --device cuda), else 0
+    max_restarts: int = DEFAULT_MAX_RESTARTS  # replacements per actor slot
+
+
+def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
+                    options: RayOptions = RayOptions(), engine: str = "auto",
+                    device: str | None = None, cache: CallCache | None = None,
+                    scorer: str = "number", answer_field: str = "answer", seed: int = 0,
+                    batch_size: int = 8, out: str | Path | None = None, force: bool = False,
+                    on_item: Callable[[int, int], None] | None = None,
+                    on_event: Callable[[WorkerEvent], None] | None = None,
+                    log: Callable[[str], None] | None = None) -> EvalSummary:
+    """`runtime.eval.evaluate` with the inputs run on Ray actors (a process
+    already connected to Ray stays on its cluster). `batch_size` inputs run at
+    once on each actor. `cache` (the driver's open call cache) is handed to a
+    cache server; None computes every call. `log` gets a line per event
+    (connected, worker ready, worker lost), `on_event` the events themselves."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+    if options.actors is not None and options.actors < 1:
+        raise UserError(f"--ray-actors must be at least 1 (got {options.actors})")
+    score = get_scorer(scorer)
+    signature = run_signature(plan, seed)
+    start = time.perf_counter()
+    state = resume(rows, out, signature, force)
+    ids, todo, results = state.ids, state.todo, state.results
+    usage = Usage()
+    if on_item:
+        on_item(len(results), len(rows))
+    if not todo:
+        return summarize(rows, results, 0, time.perf_counter() - start, usage)
+
+    def event(e: WorkerEvent) -> None:
+        if log:
+            log(e.describe())
+        if on_event:
+            on_event(e)
+
+    inputs = [{p: rows[i][p] for p in plan.params} for i in todo]
+    with ray_session(options.address, log=log) as cluster:
+        ray = import_ray()
+        gpus = options.gpus_per_actor
+        if gpus is None:
+            gpus = 1.0 if needs_gpu(plan, engine, device) else 0.0
+        size = min(len(todo), options.actors or cluster.actors(options.cpus_per_actor, gpus))
+        server = start_cache_server(cache) if cache is not None else None
+        worker = ray.remote(EvalWorker).options(
+            num_cpus=options.cpus_per_actor, num_gpus=gpus, max_concurrency=batch_size,
+            max_restarts=0, runtime_env={"env_vars": actor_env()})
+        pool = WorkerPool(lambda: worker.remote(plan, engine, device, server, seed), size,
+                          per_worker=batch_size, max_restarts=options.max_restarts,
+                          on_event=event)
+        writer = ResultsWriter(out) if out is not None else None
+        try:
+            for j, result in pool.run(range(len(todo)),
+                                      lambda actor, j: actor.run_one.remote(inputs[j])):
+                i = todo[j]
+                item = item_record(ids[i], rows[i], result, score, answer_field, signature)
+                results[ids[i]] = item
+                usage = usage + result.total_usage
+                if writer:
+                    writer.write(item)
+                if on_item:
+                    on_item(len(results), len(rows))
+        finally:
+            if writer:
+                writer.close()
+            pool.close()
+            if server is not None:
+                ray.kill(server, no_restart=True)
+    return summarize(rows, results, len(todo), time.perf_counter() - start, usage)

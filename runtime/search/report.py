@@ -92,9 +92,12 @@ def _dominates(a: Record, b: Record, cost: str) -> bool:
 # ------------------------------------------------------------------ the table
 
 
-def table(rows: list[tuple[str, Scores | None, str, str]], cost: str | None = None) -> str:
-    """Rows of (label, scores, status, knobs) as aligned text."""
-    head = (f"{'trial':>7}  {'accuracy':>8}  {'95% CI':>13}  {'tokens/in':>9}  {'latency':>8}  "
+def table(rows: list[tuple[str, Scores | None, str, str]]) -> str:
+    """Rows of (label, scores, status, knobs) as aligned text: accuracy and
+    its 95% bootstrap interval, tokens computed per input, the cost model's
+    latency per input, and samples and scores computed / answered from the
+    call cache."""
+    head = (f"{'trial':>7}  {'accuracy':>8}  {'95% CI':>13}  {'tokens/in':>9}  {'pred. s':>8}  "
             f"{'computed':>8}  {'cached':>7}  configuration")
     lines = [head]
     for label, s, status, knobs in rows:
@@ -110,8 +113,9 @@ def table(rows: list[tuple[str, Scores | None, str, str]], cost: str | None = No
     return "\n".join(lines)
 
 
-def trial_rows(records: list[Record], describe: Any, greedy: Scores | None,
+def trial_rows(describe: Any, greedy: Scores | None,
                shown: list[Record]) -> list[tuple[str, Scores | None, str, str]]:
+    """Greedy decoding first, then the trials shown."""
     rows: list[tuple[str, Scores | None, str, str]] = []
     if greedy is not None:
         rows.append(("greedy", greedy, "", "greedy decoding: n=1, temperature=0"))

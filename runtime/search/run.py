@@ -286,7 +286,7 @@ def _finish(p: Prepared, evaluator: Evaluator, records: list[report.Record], gre
     shown = (front if len(p.objectives) > 1 else
              sorted([r for r in records if r.scores], key=lambda r: (-r.scores.accuracy, r.number))
              [:SHOWN_TRIALS])
-    rows = report.trial_rows(records, describe, greedy, shown)
+    rows = report.trial_rows(describe, greedy, shown)
     emit("table", {"text": report.table(rows), "front": len(p.objectives) > 1})
     test: dict[str, Any] = {}
     if p.test_rows is not None:

@@ -1,4 +1,4 @@
-// CPU kernels for the paged engine's decode step (see cpu_ops.py).
+// CPU kernels for the paged engine's forward pass (see cpu_ops.py).
 //
 // A decode step at batch 64 on a small model spends as long outside the matrix
 // products as inside them: each eager op is a parallel region plus a pass over
@@ -6,6 +6,11 @@
 // copy. These kernels read the paged pool in place and fuse the element-wise
 // chains of a layer into single passes. Arithmetic is fp32 throughout; inputs
 // and outputs are bf16 or fp32 (the model dtype).
+//
+// Every kernel computes a row (a token) with the same operations in the same
+// order whatever else is in the call: element-wise kernels go row by row, and
+// attention reads a token's keys in chunks of 16 starting at position 0, in
+// decode and prefill alike. That is what makes the engine batch-invariant.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -148,13 +153,21 @@ inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int
 // queries of its head; the head's 16 values, widened once into `vb`, are
 // then summed into each query's output. While a chunk is scored, the next
 // one's tokens are prefetched, one token per key scored.
+//
+// Keys [from, len) are read, in chunks of 16 starting at `from`. A query's
+// result depends only on its own scores and on where the chunks start and end,
+// never on the other queries scored with it: keeping chunk boundaries at
+// multiples of 16 of the key position (callers pass such a `from`) makes
+// attention to a position the same bits whether it is computed in a decode
+// step, in a group's shared-prefix pass followed by the row's own keys, or in
+// any chunk of a prefill.
 template <typename T, int DC>
-void attend_keys(const T* pool, const int64_t* table, int64_t len, int64_t bs, int64_t hkv, int64_t nq,
-                 const v16* qv, v16* acc, float* m, float* l, v16* sv, v16* vb) {
+void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs, int64_t hkv,
+                 int64_t nq, const v16* qv, v16* acc, float* m, float* l, v16* sv, v16* vb) {
   constexpr int64_t dim = DC * 16;
   const int64_t tok_stride = 2 * hkv * dim;  // one token's K and V, all KV heads
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  for (int64_t start = 0; start < len; start += 16) {
+  for (int64_t start = from; start < len; start += 16) {
     const int64_t n = std::min<int64_t>(16, len - start);
     const T* tok[16];
     const char* ahead[16];  // the next chunk's tokens, asked for while this one is scored
@@ -216,12 +229,28 @@ void attend_keys(const T* pool, const int64_t* table, int64_t len, int64_t bs, i
   }
 }
 
+// The output of one query from its online-softmax state: acc / l (zeros
+// when it had no keys), in the output dtype.
+template <typename T, int DC>
+inline void finish_query(const v16* acc, float l, T* out) {
+  constexpr int64_t dim = DC * 16;
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  float y[dim];
+  for (int c = 0; c < DC; ++c) {
+    const v16 v = acc[c] * inv;
+    std::memcpy(y + c * 16, &v, sizeof v);
+  }
+  store_row(y, out, dim);
+}
+
 // Decode attention for rows of one new token each, cascade style (Hydragen,
-// FlashInfer): a row's keys are its own blocks (own_tables/own_lens) and,
-// when it belongs to a group, the group's shared prefix blocks
-// (group_tables/group_lens; group_rows lists the members, -1 pads). A
-// prefix is read once per chunk of up to 4 members, scored against all their
-// queries; the two parts merge by log-sum-exp. Output [R, H, D] in q's dtype.
+// FlashInfer): a row's keys are, when it belongs to a group, the group's
+// shared prefix blocks (group_tables/group_lens; group_rows lists the
+// members, -1 pads), then its own blocks (own_tables/own_lens). A prefix is
+// read once per chunk of up to 4 members, scored against all their queries;
+// each member's online-softmax state then carries on over its own keys. With
+// prefixes of a multiple of 16 tokens (the engine's groups are) a row's
+// output is the same bits in a group or alone. Output [R, H, D] in q's dtype.
 template <typename T, int DC>
 torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor& blocks,
                                     const torch::Tensor& own_tables, const torch::Tensor& own_lens,
@@ -246,36 +275,12 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
 
   auto out = torch::empty({rows, heads, dim}, q.options());
   T* op = out.data_ptr<T>();
-  // Own parts, normalized, with their log-sum-exp, for the prefix pass to merge into.
-  std::vector<float> own_o(rows * heads * dim), own_lse(rows * heads);
+  // Each grouped row's state after its prefix: running max, sum and output, per head.
   std::vector<char> grouped(rows, 0);
   for (int64_t i = 0; i < groups * gmax; ++i)
     if (grp[i] >= 0) grouped[grp[i]] = 1;
-
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<v16> qv(heads * DC), acc(heads * DC), sv(rep), vb(16 * DC);
-    std::vector<float> m(heads), l(heads);
-    if (begin < end) prefetch_chunk(pool, own_tp + begin * own_width, own_lp[begin], 0, bs, 2 * hkv * dim);
-    for (int64_t r = begin; r < end; ++r) {
-      if (r + 1 < end) prefetch_chunk(pool, own_tp + (r + 1) * own_width, own_lp[r + 1], 0, bs, 2 * hkv * dim);
-      for (int64_t i = 0; i < heads * DC; ++i) qv[i] = load16(qp + r * heads * dim + i * 16) * sc;
-      std::fill(acc.begin(), acc.end(), v16{});
-      std::fill(m.begin(), m.end(), neg_inf);
-      std::fill(l.begin(), l.end(), 0.f);
-      attend_keys<T, DC>(pool, own_tp + r * own_width, own_lp[r], bs, hkv, rep, qv.data(), acc.data(),
-                         m.data(), l.data(), sv.data(), vb.data());
-      for (int64_t j = 0; j < heads; ++j) {
-        const float inv = l[j] > 0.f ? 1.f / l[j] : 0.f;
-        float* o = own_o.data() + (r * heads + j) * dim;
-        for (int c = 0; c < DC; ++c) {
-          const v16 y = acc[j * DC + c] * inv;
-          std::memcpy(o + c * 16, &y, sizeof y);
-        }
-        own_lse[r * heads + j] = l[j] > 0.f ? m[j] + std::log(l[j]) : neg_inf;
-        if (!grouped[r]) store_row(o, op + (r * heads + j) * dim, dim);
-      }
-    }
-  });
+  std::vector<float> pre_m(groups ? rows * heads : 0), pre_l(groups ? rows * heads : 0);
+  std::vector<v16> pre_acc(groups ? rows * heads * DC : 0);
 
   const int64_t chunks = (gmax + kChunk - 1) / kChunk;
   at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -298,30 +303,120 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
       std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
       std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
       std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
-      attend_keys<T, DC>(pool, group_tp + g * group_width, group_lp[g], bs, hkv, nq, qv.data(),
+      attend_keys<T, DC>(pool, group_tp + g * group_width, 0, group_lp[g], bs, hkv, nq, qv.data(),
                          acc.data(), m.data(), l.data(), sv.data(), vb.data());
       for (int64_t h = 0; h < hkv; ++h)
         for (int64_t i = 0; i < nm; ++i)
           for (int64_t j = 0; j < rep; ++j) {
-            const int64_t qi = (h * nm + i) * rep + j, head = h * rep + j, r = members[i];
-            const float lse1 = l[qi] > 0.f ? m[qi] + std::log(l[qi]) : neg_inf;
-            const float lse2 = own_lse[r * heads + head];
-            const float top = std::max(lse1, lse2);
-            if (top == neg_inf) {  // no keys at all
-              std::fill(op + (r * heads + head) * dim, op + (r * heads + head + 1) * dim, static_cast<T>(0.f));
-              continue;
-            }
-            // out = w1 * acc / l + w2 * own_o, with w1 + w2 = 1 from the two log-sum-exps.
-            const float e1 = std::exp(lse1 - top), e2 = std::exp(lse2 - top);
-            const float w1 = e1 / ((e1 + e2) * (l[qi] > 0.f ? l[qi] : 1.f)), w2 = e2 / (e1 + e2);
-            float y[dim];
-            const float* o2 = own_o.data() + (r * heads + head) * dim;
-            for (int c = 0; c < DC; ++c) {
-              const v16 v = acc[qi * DC + c] * w1 + load16(o2 + c * 16) * w2;
-              std::memcpy(y + c * 16, &v, sizeof v);
-            }
-            store_row(y, op + (r * heads + head) * dim, dim);
+            const int64_t qi = (h * nm + i) * rep + j, s = members[i] * heads + h * rep + j;
+            pre_m[s] = m[qi];
+            pre_l[s] = l[qi];
+            for (int c = 0; c < DC; ++c) pre_acc[s * DC + c] = acc[qi * DC + c];
           }
+    }
+  });
+
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<v16> qv(heads * DC), acc(heads * DC), sv(rep), vb(16 * DC);
+    std::vector<float> m(heads), l(heads);
+    if (begin < end) prefetch_chunk(pool, own_tp + begin * own_width, own_lp[begin], 0, bs, 2 * hkv * dim);
+    for (int64_t r = begin; r < end; ++r) {
+      if (r + 1 < end) prefetch_chunk(pool, own_tp + (r + 1) * own_width, own_lp[r + 1], 0, bs, 2 * hkv * dim);
+      for (int64_t i = 0; i < heads * DC; ++i) qv[i] = load16(qp + r * heads * dim + i * 16) * sc;
+      if (grouped[r]) {
+        std::copy(pre_acc.begin() + r * heads * DC, pre_acc.begin() + (r + 1) * heads * DC, acc.begin());
+        std::copy(pre_m.begin() + r * heads, pre_m.begin() + (r + 1) * heads, m.begin());
+        std::copy(pre_l.begin() + r * heads, pre_l.begin() + (r + 1) * heads, l.begin());
+      } else {
+        std::fill(acc.begin(), acc.end(), v16{});
+        std::fill(m.begin(), m.end(), neg_inf);
+        std::fill(l.begin(), l.end(), 0.f);
+      }
+      attend_keys<T, DC>(pool, own_tp + r * own_width, 0, own_lp[r], bs, hkv, rep, qv.data(), acc.data(),
+                         m.data(), l.data(), sv.data(), vb.data());
+      for (int64_t j = 0; j < heads; ++j)
+        finish_query<T, DC>(acc.data() + j * DC, l[j], op + (r * heads + j) * dim);
+    }
+  });
+  return out;
+}
+
+// Prefill attention: S sequences, sequence s with q_lens[s] new tokens at
+// positions starts[s]... (their K|V already in the pool), rows in that order.
+// The query at position p attends to keys [0, p] of its sequence's blocks.
+// Queries are taken 16 positions at a time (positions 16j..16j+15): together
+// over the keys before 16j, then each over its last, partial chunk. Chunk
+// boundaries sit at multiples of 16 of the key position, so a token's
+// attention is the same bits as in a decode step at that position, however
+// the prompt was split into prefill chunks or served from the prefix cache.
+template <typename T, int DC>
+torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor& blocks,
+                                     const torch::Tensor& tables, const torch::Tensor& starts,
+                                     const torch::Tensor& q_lens, double scale) {
+  constexpr int64_t dim = DC * 16;
+  const int64_t heads = q.size(1), seqs = tables.size(0), width = tables.size(1);
+  const int64_t bs = blocks.size(1), hkv = blocks.size(3), rep = heads / hkv;
+  const T* qp = q.data_ptr<T>();
+  const T* pool = blocks.data_ptr<T>();
+  const int64_t* tp = tables.data_ptr<int64_t>();
+  const int64_t* sp = starts.data_ptr<int64_t>();
+  const int64_t* lp = q_lens.data_ptr<int64_t>();
+  const float sc = static_cast<float>(scale);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  auto out = torch::empty_like(q);
+  T* op = out.data_ptr<T>();
+
+  // Work items: (sequence, first row, first position, count) per 16-position tile.
+  struct Tile { int64_t seq, row, pos, count; };
+  std::vector<Tile> tiles;
+  int64_t row = 0;
+  for (int64_t s = 0; s < seqs; ++s) {
+    for (int64_t pos = sp[s]; pos < sp[s] + lp[s];) {
+      const int64_t count = std::min(sp[s] + lp[s], (pos / 16 + 1) * 16) - pos;
+      tiles.push_back({s, row, pos, count});
+      row += count;
+      pos += count;
+    }
+  }
+  TORCH_CHECK(row == q.size(0), "prefill_attention: q has ", q.size(0), " rows, q_lens sum to ", row);
+
+  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<v16> qv(16 * heads * DC), acc(16 * heads * DC), sv(16 * rep), vb(16 * DC);
+    std::vector<v16> one_q(heads * DC), one_acc(heads * DC);
+    std::vector<float> m(16 * heads), l(16 * heads), one_m(heads), one_l(heads);
+    for (int64_t item = begin; item < end; ++item) {
+      const Tile t = tiles[item];
+      const int64_t* table = tp + t.seq * width;
+      const int64_t common = t.pos / 16 * 16, nq = t.count * rep;
+      // Together: every query of the tile over the keys before the tile, ordered [KV head][query][rep].
+      for (int64_t h = 0; h < hkv; ++h)
+        for (int64_t i = 0; i < t.count; ++i)
+          for (int64_t j = 0; j < rep; ++j)
+            for (int c = 0; c < DC; ++c)
+              qv[((h * t.count + i) * rep + j) * DC + c] =
+                  load16(qp + ((t.row + i) * heads + h * rep + j) * dim + c * 16) * sc;
+      std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
+      std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
+      std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
+      attend_keys<T, DC>(pool, table, 0, common, bs, hkv, nq, qv.data(), acc.data(), m.data(), l.data(),
+                         sv.data(), vb.data());
+      // Then each query alone over its last chunk, [common, position].
+      for (int64_t i = 0; i < t.count; ++i) {
+        for (int64_t h = 0; h < hkv; ++h)
+          for (int64_t j = 0; j < rep; ++j) {
+            const int64_t qi = (h * t.count + i) * rep + j, head = h * rep + j;
+            for (int c = 0; c < DC; ++c) {
+              one_q[head * DC + c] = qv[qi * DC + c];
+              one_acc[head * DC + c] = acc[qi * DC + c];
+            }
+            one_m[head] = m[qi];
+            one_l[head] = l[qi];
+          }
+        attend_keys<T, DC>(pool, table, common, t.pos + i + 1, bs, hkv, rep, one_q.data(), one_acc.data(),
+                           one_m.data(), one_l.data(), sv.data(), vb.data());
+        for (int64_t j = 0; j < heads; ++j)
+          finish_query<T, DC>(one_acc.data() + j * DC, one_l[j], op + ((t.row + i) * heads + j) * dim);
+      }
     }
   });
   return out;
@@ -368,6 +463,42 @@ torch::Tensor decode_attention(torch::Tensor q, torch::Tensor blocks, torch::Ten
   return decode_attention_dispatch<float>(q, blocks, as_long(own_tables), as_long(own_lens),
                                           as_long(group_rows), as_long(group_tables), as_long(group_lens),
                                           scale);
+}
+
+template <typename T>
+torch::Tensor prefill_attention_dispatch(const torch::Tensor& q, const torch::Tensor& blocks,
+                                         const torch::Tensor& tables, const torch::Tensor& starts,
+                                         const torch::Tensor& q_lens, double scale) {
+  switch (q.size(2)) {
+#define TTSC_CASE(D) \
+  case D:            \
+    return prefill_attention_impl<T, D / 16>(q, blocks, tables, starts, q_lens, scale);
+    TTSC_CASE(16)
+    TTSC_CASE(32)
+    TTSC_CASE(64)
+    TTSC_CASE(128)
+    TTSC_CASE(256)
+#undef TTSC_CASE
+    default:
+      TORCH_CHECK(false, "prefill_attention: head dim must be 16, 32, 64, 128 or 256");
+  }
+}
+
+torch::Tensor prefill_attention(torch::Tensor q, torch::Tensor blocks, torch::Tensor tables,
+                                torch::Tensor starts, torch::Tensor q_lens, double scale) {
+  TORCH_CHECK(q.dim() == 3 && blocks.dim() == 5 && tables.dim() == 2 && starts.dim() == 1 && q_lens.dim() == 1);
+  TORCH_CHECK(q.scalar_type() == blocks.scalar_type(), "q and the KV pool must share a dtype");
+  TORCH_CHECK(q.size(1) % blocks.size(3) == 0 && q.size(2) == blocks.size(4));
+  TORCH_CHECK(starts.size(0) == tables.size(0) && q_lens.size(0) == tables.size(0));
+  TORCH_CHECK(blocks.is_contiguous(), "the KV pool layer must be contiguous");
+  q = q.contiguous();
+  auto as_long = [](const torch::Tensor& t) { return t.to(torch::kLong).contiguous(); };
+  if (q.scalar_type() == torch::kBFloat16)
+    return prefill_attention_dispatch<at::BFloat16>(q, blocks, as_long(tables), as_long(starts),
+                                                    as_long(q_lens), scale);
+  TORCH_CHECK(q.scalar_type() == torch::kFloat, "bf16 or fp32 only");
+  return prefill_attention_dispatch<float>(q, blocks, as_long(tables), as_long(starts), as_long(q_lens),
+                                           scale);
 }
 
 // ---------------------------------------------------------- element-wise
@@ -611,6 +742,7 @@ std::vector<torch::Tensor> sample(torch::Tensor logits, torch::Tensor inv_temp, 
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "paged cascade decode attention");
+  m.def("prefill_attention", &prefill_attention, "paged causal prefill attention, 16-key chunks");
   m.def("rms_norm", &rms_norm, "fp32 rows (+= add, in place) -> normalized, scaled, in dtype",
         py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("dtype"), py::arg("add") = py::none());
   m.def("sample", &sample, "inverse-CDF sampling per row -> (tokens, logprobs)");

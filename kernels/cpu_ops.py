@@ -20,22 +20,39 @@ chains of five or six eager ops each. `cpu_ops.cpp` holds five kernels:
         per row, the inverse CDF of softmax(logits * inv_temp) at a uniform,
         or the argmax for greedy rows; the log-probability of the token
 
+    prefill_attention(q, blocks, tables, starts, q_lens, scale) -> out
+        causal attention of each new prompt token over its sequence's blocks,
+        with the same 16-key chunks as decode: a token's attention does not
+        depend on how its prompt was cut into prefill chunks, on what the
+        prefix cache held, or on the other sequences of the step
+
 They are compiled on first use with the compiler torch's C++ extensions use
 (`-O3 -march=native`, OpenMP through ATen's parallel_for) into
-$TTSC_CACHE_DIR/kernels (default ~/.cache/ttsc/kernels), one build per CPU
-type, and loaded from there afterwards (TTSC_CACHE_DIR=off: a temporary
-folder, built again by each process). When no compiler is found, or
-`TTSC_CPU_KERNELS=0`, `load()` returns None and the engine keeps its torch
-path. Each kernel's reference below is the torch code the engine runs without
-them; tests compare the two.
+$TTSC_CACHE_DIR/kernels/cpu_ops-KEY (default ~/.cache/ttsc/kernels), and
+loaded from there afterwards. KEY hashes the source's content, the CPU (model
+and flags, as -march=native depends on them), the torch version and the
+compiler flags, and the build compiles a copy of the source kept in that
+folder: every install of the same code on one machine shares one build, and a
+changed source gets a new one instead of rebuilding another install's.
+A build takes about 40 s and says so on stderr; two processes building at
+once take turns. (TTSC_CACHE_DIR=off: a temporary folder, built again by each
+process.) When no compiler is found, or `TTSC_CPU_KERNELS=0`, `load()` returns
+None and the engine keeps its torch path. Each kernel's reference below is the
+torch code the engine runs without them; tests compare the two.
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import platform
+import shutil
+import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -46,7 +63,10 @@ import torch.nn.functional as F
 from ttsc.common import paths
 
 SOURCE = Path(__file__).with_name("cpu_ops.cpp")
-HEAD_DIMS = (16, 32, 64, 128, 256)  # decode_attention is compiled for these
+HEAD_DIMS = (16, 32, 64, 128, 256)  # the attention kernels are compiled for these
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
+BUILD_SECONDS = 40  # what a first build takes on a 2-core machine, said before it starts
 
 
 def enabled() -> bool:
@@ -58,23 +78,70 @@ def load() -> ModuleType | None:
     """The compiled kernels, building them if needed; None where they cannot be built."""
     if not enabled():
         return None
-    from torch.utils import cpp_extension
-
-    build = paths.room("kernels") / f"cpu_ops-{_cpu_key()}"
-    build.mkdir(parents=True, exist_ok=True)
     try:
-        return cpp_extension.load(
-            name="ttsc_cpu_ops", sources=[str(SOURCE)], build_directory=str(build),
-            extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-            verbose=False)
+        return _load_or_build(SOURCE)
     except Exception as exc:  # no compiler, no ninja, a toolchain error: the torch path still works
         warnings.warn(f"ttsc: CPU kernels unavailable, using the torch path ({exc.__class__.__name__}: "
                       f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else ''})", stacklevel=2)
         return None
 
 
-def _cpu_key() -> str:
-    """Builds use -march=native: one per CPU model, flag set and torch version."""
+def build_key(source: Path = SOURCE) -> str:
+    """What a build depends on: the source's content, the CPU, torch and the flags."""
+    text = "|".join([hashlib.sha256(source.read_bytes()).hexdigest(), platform.machine(), _cpu_flags(),
+                     torch.__version__, " ".join(CFLAGS + LDFLAGS)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_dir(source: Path = SOURCE) -> Path:
+    """The folder holding the build of `source` for this machine (not created here)."""
+    return paths.room("kernels") / f"cpu_ops-{build_key(source)}"
+
+
+def _load_or_build(source: Path) -> ModuleType:
+    key = build_key(source)
+    folder = build_dir(source)
+    name = f"ttsc_cpu_ops_{key}"  # one extension name per build: never another build's module
+    built = folder / f"{name}.so"
+    if not built.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "build.lock", "w") as lock:  # torch itself uses `lock`
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it right now
+            if not built.is_file():
+                sys.modules[name] = _build(source, folder, name)
+    return _import_extension(name, built)
+
+
+def _build(source: Path, folder: Path, name: str) -> ModuleType:
+    # The build compiles a copy kept next to it: build.ninja then names the same
+    # file whichever install asked, so installs never rebuild each other's.
+    copy = folder / f"{name}.cpp"
+    shutil.copyfile(source, copy)
+    print(f"ttsc: building the C++ CPU kernels (once per machine and version, about "
+          f"{BUILD_SECONDS} s) in {folder}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    from torch.utils import cpp_extension
+
+    module = cpp_extension.load(name=name, sources=[str(copy)], build_directory=str(folder),
+                                extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), verbose=False)
+    print(f"ttsc: CPU kernels built in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return module
+
+
+def _import_extension(name: str, path: Path) -> ModuleType:
+    """Import a built extension straight from its file (no ninja run, no version check)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+    spec = importlib.util.spec_from_file_location(name, str(path), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    sys.modules[name] = module
+    return module
+
+
+def _cpu_flags() -> str:
+    """Builds use -march=native: the CPU's model name and flag set."""
     flags = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -84,8 +151,7 @@ def _cpu_key() -> str:
                     break
     except OSError:
         pass
-    text = f"{platform.machine()}|{flags}|{torch.__version__}"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return flags
 
 
 # ------------------------------------------------------------- references

@@ -79,7 +79,8 @@ class LoadedModel:
 
 # -------------------------------------------------------------- device / dtype
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device asked for, else CUDA when there is one; UserError for an unusable one."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -121,7 +122,7 @@ def load_model(spec: str, device: str | None = None,
                dtype: torch.dtype | None = None) -> LoadedModel:
     """Load (or fetch from the in-process cache) the model a spec names."""
     canonical = resolve_spec(spec)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     key = (canonical, str(dev), dt)
     with _cache_lock:
@@ -131,6 +132,46 @@ def load_model(spec: str, device: str | None = None,
             _cache[key] = LoadedModel(spec, model, tokenizer, dev)
             _remember_facts(spec, _cache[key])
         return _cache[key]
+
+
+# Files of a Hugging Face model directory that decide what loads from it.
+_MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                        "special_tokens_map.json", "tokenizer.model", "*.safetensors", "*.bin")
+
+
+def model_files(spec: str) -> list[Path] | None:
+    """The files a spec's model is loaded from, to key caches by their content;
+    None when it has none (tiny-random) or they cannot be found without loading
+    (the loader then reports what is missing)."""
+    canonical = resolve_spec(spec)
+    if canonical == TINY_RANDOM:
+        return None
+    try:
+        if canonical == SMOLLM2:
+            return [Path(_smollm2_dir()) / SMOLLM2_GGUF]
+    except UserError:
+        return None
+    prefix, _, rest = canonical.partition(":")
+    if prefix == "gguf":
+        return [Path(rest)] if Path(rest).is_file() else None
+    if prefix in ("vllm", "openai"):
+        return None
+    if prefix == "hf":
+        try:
+            from huggingface_hub import snapshot_download
+
+            directory = Path(snapshot_download(rest, local_files_only=True))
+        except Exception:  # not in the local cache: load_model says so
+            return None
+    else:
+        directory = Path(canonical)
+    if not directory.is_dir():
+        return None
+    if not (directory / "config.json").is_file():
+        ggufs = sorted(directory.glob("*.gguf"))
+        return ggufs if len(ggufs) == 1 else None
+    found = {f for pattern in _MODEL_FILE_PATTERNS for f in directory.glob(pattern) if f.is_file()}
+    return sorted(found)
 
 
 def _remember_facts(spec: str, loaded: LoadedModel) -> None:

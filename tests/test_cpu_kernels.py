@@ -163,3 +163,71 @@ def test_disabled_by_environment(monkeypatch) -> None:
         monkeypatch.delenv("TTSC_CPU_KERNELS")
         cpu_ops.load.cache_clear()
     assert cpu_ops.load() is not None
+
+
+# ------------------------------------------------------------ batch invariance
+
+def _pool_case(dtype, head_dim=64, heads=9, kv_heads=3, block_size=16, seed=7):
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.randn(40, block_size, 2, kv_heads, head_dim, generator=g).to(dtype)
+    table = torch.randperm(40, generator=g)[:12]  # one sequence's blocks, in position order
+    return g, blocks, table
+
+
+def _prefill_reference(q, blocks, table, start, scale):
+    """Causal attention of q [n, H, D] at positions start.. over the sequence's keys, in fp32."""
+    n, h, d = q.shape
+    _, bs, _, hkv, _ = blocks.shape
+    ctx = start + n
+    pos = torch.arange(ctx)
+    kv = blocks.reshape(-1, 2, hkv, d)[table[pos // bs] * bs + pos % bs].float()  # [ctx, 2, Hkv, D]
+    kv = kv.repeat_interleave(h // hkv, dim=2)
+    scores = torch.einsum("qhd,khd->hqk", q.float() * scale, kv[:, 0])
+    visible = pos[None, :] <= (start + torch.arange(n))[:, None]
+    scores = scores.masked_fill(~visible[None], float("-inf"))
+    return torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), kv[:, 1]).to(q.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim,heads,kv_heads,block_size", [(64, 9, 3, 16), (16, 4, 2, 4), (32, 8, 1, 8)])
+def test_prefill_attention_matches_reference(dtype, head_dim, heads, kv_heads, block_size) -> None:
+    g, blocks, table = _pool_case(dtype, head_dim, heads, kv_heads, block_size)
+    width = 60 // block_size + 1
+    tables = torch.stack([table[:width], table.flip(0)[:width]])
+    starts, q_lens = [0, 13], [37, 20]  # one fresh prompt, one resumed mid-block
+    q = torch.randn(sum(q_lens), heads, head_dim, generator=g).to(dtype)
+    got = ops.prefill_attention(q, blocks, tables, torch.tensor(starts), torch.tensor(q_lens), 0.2)
+    want = torch.cat([_prefill_reference(q[:37], blocks, tables[0], 0, 0.2),
+                      _prefill_reference(q[37:], blocks, tables[1], 13, 0.2)])
+    _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_attention_is_the_same_bits_however_the_work_is_cut(dtype) -> None:
+    """A token's attention: one prefill, prefill in chunks (any boundary), a decode
+    step alone, or as a cascade-group member over a 16-multiple prefix."""
+    g, blocks, table = _pool_case(dtype)
+    n, scale = 70, 0.125
+    q = torch.randn(n, 9, 64, generator=g).to(dtype)
+    tables = table[None, :]
+    whole = ops.prefill_attention(q, blocks, tables, torch.tensor([0]), torch.tensor([n]), scale)
+    for cut in (1, 15, 16, 17, 33, 69):
+        first = ops.prefill_attention(q[:cut], blocks, tables, torch.tensor([0]), torch.tensor([cut]), scale)
+        rest = ops.prefill_attention(q[cut:], blocks, tables, torch.tensor([cut]), torch.tensor([n - cut]),
+                                     scale)
+        assert torch.equal(torch.cat([first, rest]), whole), f"prefill cut at {cut}"
+    # Several sequences in one call: each row as when its sequence runs alone.
+    both = ops.prefill_attention(torch.cat([q[40:], q[:25]]), blocks, torch.cat([tables, tables]),
+                                 torch.tensor([40, 0]), torch.tensor([n - 40, 25]), scale)
+    assert torch.equal(both, torch.cat([whole[40:], whole[:25]]))
+    none = torch.zeros(0, 1, dtype=torch.long)
+    rows = torch.arange(n)  # every position decoded as one token
+    own_len = rows + 1
+    alone = ops.decode_attention(q[rows], blocks, tables.expand(len(rows), -1), own_len, none, none,
+                                 none[:, 0], scale)
+    assert torch.equal(alone, whole[rows])
+    # The same rows whose first 32 tokens are a group prefix they share (rows past 32).
+    late = rows[rows >= 32]
+    grouped = ops.decode_attention(q[late], blocks, tables[:, 2:].expand(len(late), -1), late + 1 - 32,
+                                   torch.arange(len(late))[None, :], tables[:, :2], torch.tensor([32]), scale)
+    assert torch.equal(grouped, whole[late])

@@ -212,3 +212,18 @@ def test_smollm2_disk_cache_is_exact(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         a = fresh_model(torch.tensor([ids])).logits
         b = cached_model(torch.tensor([ids])).logits
     assert torch.equal(a, b)
+
+
+def test_model_files_name_what_a_spec_loads_from(tmp_path: Path, tiny_model: LoadedModel) -> None:
+    assert models.model_files("tiny-random") is None  # built in memory: nothing to key a cache by
+    tiny_model.model.save_pretrained(tmp_path / "hf")
+    tiny_model.tokenizer.save_pretrained(tmp_path / "hf")
+    names = {f.name for f in models.model_files(str(tmp_path / "hf"))}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= names
+    gguf = tmp_path / "one" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    assert models.model_files(str(gguf.parent)) == [gguf]
+    assert models.model_files(f"gguf:{gguf}") == [gguf]
+    assert models.model_files(f"gguf:{tmp_path / 'missing.gguf'}") is None
+    assert models.model_files("hf:no-such-org/no-such-model") is None  # not in the local HF cache

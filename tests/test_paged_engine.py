@@ -60,16 +60,17 @@ def assert_clean(engine: PagedEngine) -> None:
 
 # ------------------------------------------------------------------ the contract
 
+# The torch path (what runs where the C++ kernels cannot be built).
 @pytest.mark.parametrize("check", contract.ENGINE_CHECKS, ids=lambda c: c.__name__)
 def test_contract(check, tiny_model: LoadedModel) -> None:
-    check(lambda: fp32(tiny_model))
+    check(lambda: fp32(tiny_model, cpu_kernels=False))
 
 
 # The same checks on a pool too small for the work: chunked prefill, waiting,
 # preemption and eviction happen all along.
 @pytest.mark.parametrize("check", contract.ENGINE_CHECKS, ids=lambda c: c.__name__)
 def test_contract_cramped(check, tiny_model: LoadedModel) -> None:
-    check(lambda: cramped(tiny_model))
+    check(lambda: cramped(tiny_model, cpu_kernels=False))
 
 
 @pytest.mark.parametrize("check", contract.MODEL_CHECKS, ids=lambda c: c.__name__)
@@ -175,7 +176,7 @@ def _arch_model(kind) -> LoadedModel:
 @pytest.mark.parametrize("kind", ARCHS.values(), ids=ARCHS.keys())
 def test_greedy_and_logprobs_match_transformers(kind) -> None:
     loaded = _arch_model(kind)
-    engine = fp32(loaded)
+    engine = fp32(loaded, cpu_kernels=False)  # the torch path; the kernels' twin test is below
     prompts = [Prompt.user("What is 2+3?"), Prompt(raw="The quick brown fox jumps over the lazy dog.")]
     out = completions_of(engine.sample([SampleRequest(p, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))
                          for p in prompts]))
@@ -203,11 +204,14 @@ def test_cpu_kernels_match_transformers(kind) -> None:
             assert max(abs(a - b) for a, b in zip(c.logprobs, logprobs)) < 1e-4
 
 
-def test_cpu_kernels_are_the_bf16_default_only(tiny_model: LoadedModel, monkeypatch) -> None:
+def test_cpu_kernels_are_the_cpu_default(tiny_model: LoadedModel, monkeypatch) -> None:
     if cpu_ops.load() is None:
         pytest.skip("the C++ CPU kernels could not be built here")
     assert PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 * MiB).cpu_kernels
-    assert not fp32(tiny_model).cpu_kernels  # fp32 keeps the torch path, transformers' exact math
+    # fp32 too: the kernels are the batch-invariant path (test_batch_invariance.py), and
+    # stay within 1e-4 of transformers (test_cpu_kernels_match_transformers).
+    assert fp32(tiny_model).cpu_kernels
+    assert not fp32(tiny_model, cpu_kernels=False).cpu_kernels
     assert not PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 * MiB,
                            cpu_kernels=False).cpu_kernels
     monkeypatch.setenv("TTSC_CPU_KERNELS", "0")

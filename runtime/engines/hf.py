@@ -5,10 +5,17 @@ sample), rows are sorted by prompt length and cut into chunks, each chunk is
 left-padded and prefilled once, then decoded one token per step with a
 DynamicCache, dropping finished rows as it goes. Sampling is per row: sample i
 of a request with seed s draws its uniforms from a CPU `torch.Generator` seeded
-s + i, so a row's output does not depend on which rows share its batch.
+s + i, so which rows share its batch does not change a row's random draws. Its
+numbers do change (rows are left-padded to a common length, and the products
+round by batch shape), so, unlike the paged engine on its CPU kernels, a row's
+tokens can depend on its batch mates.
 
 No prefix cache: every prompt token of every row is computed. The paged engine
 (runtime/engines/paged) is the high-throughput one.
+
+Threads: any number may call at once; calls take turns under a lock (one call,
+batched over its own rows, at a time: `capabilities.max_concurrency` is 1), and
+each gets exactly its own results and usage.
 
 Conventions shared with the contract suite (tests/engine_contract.py):
 - `Completion.token_ids` exclude the EOS token; they include the tokens that
@@ -30,7 +37,6 @@ from transformers import DynamicCache
 from ttsc.common.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
-    Capabilities,
     check_sampling,
     Completion,
     ContinuationOutput,
@@ -45,6 +51,7 @@ from ttsc.runtime.engines.base import (
     ScoreOutput,
     Usage,
 )
+from ttsc.runtime.engines.registry import HF_CAPABILITIES
 from ttsc.runtime.models import LoadedModel
 
 # Pruning copies the whole KV cache, so finished rows ride along (their outputs
@@ -93,8 +100,8 @@ class HFEngine(Engine):
     """Torch engine over a transformers causal LM (CPU or CUDA)."""
 
     name = "hf"
-    # No prefix cache, and one batch at a time: concurrent callers take turns.
-    capabilities = Capabilities(max_concurrency=64, prefix_cache=False)
+    # No prefix cache, and one call at a time: concurrent callers take turns.
+    capabilities = HF_CAPABILITIES
 
     def __init__(self, loaded: LoadedModel, max_batch_size: int = 64,
                  max_batch_tokens: int = 16384, seed: int = 0):
@@ -111,19 +118,23 @@ class HFEngine(Engine):
         pad = self.tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else next(iter(self._eos_ids), 0))
         self._seeds = random.Random(seed)  # seeds for requests that give none
-        self._lock = threading.Lock()  # one batch at a time; serve calls from threads
+        self._lock = threading.Lock()  # one call at a time: concurrent callers take turns
+        self._tokenizer_lock = threading.RLock()  # tokenize() is called outside `_lock` too
 
     # ------------------------------------------------------------ prompts
 
     def prompt_text(self, prompt: Prompt) -> str:
         """The prompt as text: chat template applied, assistant prefix appended."""
-        return prompting.prompt_text(self.tokenizer, self.loaded.spec, prompt)
+        with self._tokenizer_lock:
+            return prompting.prompt_text(self.tokenizer, self.loaded.spec, prompt)
 
     def _encode(self, prompt: Prompt, text: str) -> list[int]:
-        return prompting.encode(self.tokenizer, prompt, text)
+        with self._tokenizer_lock:
+            return prompting.encode(self.tokenizer, prompt, text)
 
     def tokenize(self, prompt: Prompt) -> list[int]:
-        return self._encode(prompt, self.prompt_text(prompt))
+        with self._tokenizer_lock:
+            return self._encode(prompt, self.prompt_text(prompt))
 
     def _check_length(self, ids: list[int], what: str = "prompt") -> None:
         if len(ids) >= self.max_length:
@@ -132,9 +143,10 @@ class HFEngine(Engine):
 
     def _continuation_split(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt+continuation and where the continuation's tokens start."""
-        text = self.prompt_text(prompt)
-        return prompting.continuation_split(self.tokenizer, prompt, text,
-                                            self._encode(prompt, text), continuation)
+        with self._tokenizer_lock:
+            text = self.prompt_text(prompt)
+            return prompting.continuation_split(self.tokenizer, prompt, text,
+                                                self._encode(prompt, text), continuation)
 
     # ------------------------------------------------------------ contract
 
@@ -206,8 +218,9 @@ class HFEngine(Engine):
 
     def _first_token(self, prompt: Prompt, choice: str) -> int:
         """The first token of `choice` as this engine tokenizes it after the prompt."""
-        text = self.prompt_text(prompt)
-        return prompting.first_token(self.tokenizer, prompt, text, self._encode(prompt, text), choice)
+        with self._tokenizer_lock:
+            text = self.prompt_text(prompt)
+            return prompting.first_token(self.tokenizer, prompt, text, self._encode(prompt, text), choice)
 
     def _expand(self, requests: Sequence[SampleRequest]) -> list[_Row]:
         rows: list[_Row] = []
@@ -334,9 +347,10 @@ class HFEngine(Engine):
 
     def _decode(self, row: _Row) -> str:
         context = row.prompt_ids[-prompting.DECODE_CONTEXT:]
-        if row.context_text is None:
-            row.context_text = prompting.detok(self.tokenizer, context)
-        return prompting.decode_completion(self.tokenizer, context, row.token_ids, row.context_text)
+        with self._tokenizer_lock:
+            if row.context_text is None:
+                row.context_text = prompting.detok(self.tokenizer, context)
+            return prompting.decode_completion(self.tokenizer, context, row.token_ids, row.context_text)
 
     def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> tuple[list[int], list[float]]:
         """Next token and its log-probability for each row (logits: [A, V])."""

@@ -1,45 +1,61 @@
-"""From a model spec to an engine.
+"""From a model spec to an engine, and to what that engine can do.
 
-A spec's prefix decides which engines can serve it (`resolve_spec` gives the
-canonical form). The table below is the whole mapping: an engine kind names a
-factory `(spec, device, **options) -> Engine`, and every spec form lists the
-kinds that serve it, the first being what `engine="auto"` picks.
+A spec's form (common/specs.py: `spec_form`) decides which engines can serve
+it. The table below is the whole mapping: every engine kind names a factory
+`(spec, device, **options) -> Engine` and declares its `Capabilities`; every
+spec form lists the kinds that serve it, the first being what `engine="auto"`
+picks.
 
-    spec form                          engines (`auto` first)
-    smollm2-135m, tiny-random,         paged, hf, vllm (vllm: hf:ORG/NAME
-    hf:ORG/NAME, a directory, gguf:PATH  and directories only)
-    vllm:ORG/NAME                      vllm (the optional extra `ttsc[vllm]`)
-    openai:URL#MODEL                   openai (any OpenAI-compatible server)
+    spec form                             engines (auto first)
+    torch: smollm2-135m, tiny-random,     paged (the fast torch engine), hf,
+           hf:ORG/NAME, a directory,      vllm (hf:ORG/NAME and directories
+           gguf:PATH                      only; the optional extra ttsc[vllm])
+    vllm:ORG/NAME                         vllm
+    openai:URL#MODEL                      openai (any OpenAI-compatible server)
 
-Engines arriving later (the paged torch engine, vLLM, the OpenAI-compatible
-client) add a factory with `register_engine` and their kind to `SPEC_ENGINES`.
+`engine_capabilities(spec, engine)` answers from the declarations alone, without
+loading the model or importing torch, so the compiler can check every op
+against the engine before anything loads; an engine built with default options
+has exactly those capabilities (tests/test_engine_registry.py). The openai
+engine's real capabilities depend on the server and are probed on first use;
+its declaration is what it serves on a server with a tokenizer route and
+token ids in its log-probabilities (llama.cpp), and an op a weaker server
+cannot serve fails when it runs, naming what the server lacks.
+
+A new engine calls `register_engine` with its factory, capabilities and spec
+forms.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from ttsc.common.capabilities import Capabilities
 from ttsc.common.errors import UserError, did_you_mean
 from ttsc.common.specs import resolve_spec, spec_form
 from ttsc.runtime.engines.base import Engine
 
 EngineFactory = Callable[..., Engine]
 
+
+@dataclass(frozen=True)
+class EngineKind:
+    factory: EngineFactory
+    capabilities: Capabilities  # with the engine's default options
+
+
 # spec form -> engine kinds that serve it, preferred first
-SPEC_ENGINES: dict[str, list[str]] = {
-    "torch": ["hf"],  # built-in names, hf:, local directories, gguf:
-    "vllm": [],
-    "openai": [],
-}
+SPEC_ENGINES: dict[str, list[str]] = {"torch": [], "vllm": [], "openai": []}
 
-_FACTORIES: dict[str, EngineFactory] = {}
+_KINDS: dict[str, EngineKind] = {}
 
 
-def register_engine(kind: str, factory: EngineFactory,
+def register_engine(kind: str, factory: EngineFactory, capabilities: Capabilities,
                     spec_forms: tuple[str, ...] = ("torch",), preferred: bool = False) -> None:
     """Make engine `kind` available for the given spec forms."""
-    _FACTORIES[kind] = factory
+    _KINDS[kind] = EngineKind(factory, capabilities)
     for form in spec_forms:
         kinds = SPEC_ENGINES.setdefault(form, [])
         if kind in kinds:
@@ -52,39 +68,39 @@ def register_engine(kind: str, factory: EngineFactory,
 
 def engine_kinds(spec: str) -> list[str]:
     """Engine kinds that can serve `spec`, the `auto` choice first."""
-    return [k for k in SPEC_ENGINES.get(spec_form(spec), []) if k in _FACTORIES]
+    return [k for k in SPEC_ENGINES.get(spec_form(spec), []) if k in _KINDS]
 
 
-def make_engine(spec: str, *, engine: str = "auto", device: str | None = None,
-                **options: Any) -> Engine:
-    """An engine serving model `spec`; `options` go to the engine's constructor."""
+def engine_kind(spec: str, engine: str = "auto") -> str:
+    """The engine kind that serves `spec` when `engine` is asked for; UserError
+    when none can (a malformed spec, an unknown engine, a spec it cannot serve)."""
     form = spec_form(resolve_spec(spec))
-    kinds = [k for k in SPEC_ENGINES.get(form, []) if k in _FACTORIES]
+    kinds = [k for k in SPEC_ENGINES.get(form, []) if k in _KINDS]
     if not kinds:
         raise UserError(f"no engine in this build serves `{spec}` ({form} models)",
                         hint="supported here: built-in models, hf:ORG/NAME, local "
                              "directories and gguf:PATH")
     if engine == "auto":
-        kind = kinds[0]
-    elif engine in kinds:
-        kind = engine
-    elif engine in _FACTORIES:
+        return kinds[0]
+    if engine in kinds:
+        return engine
+    if engine in _KINDS:
         raise UserError(f"engine `{engine}` cannot serve `{spec}`",
                         hint="engines for this model: " + ", ".join(kinds))
-    else:
-        raise UserError(f"unknown engine `{engine}`",
-                        hint=did_you_mean(engine, [*_FACTORIES, "auto"])
-                        or "known engines: " + ", ".join(["auto", *_FACTORIES]))
-    return _FACTORIES[kind](spec, device=device, **options)
+    raise UserError(f"unknown engine `{engine}`",
+                    hint=did_you_mean(engine, [*_KINDS, "auto"])
+                    or "known engines: " + ", ".join(["auto", *_KINDS]))
 
 
-def _make_hf(spec: str, *, device: str | None = None, dtype: Any = None,
-             **options: Any) -> Engine:
-    from ttsc.runtime.engines.hf import HFEngine
-    from ttsc.runtime.models import load_model
+def engine_capabilities(spec: str, engine: str = "auto") -> Capabilities:
+    """What the engine serving `spec` can do, without loading anything."""
+    return _KINDS[engine_kind(spec, engine)].capabilities
 
-    check_options("hf", HFEngine, options, skip=("loaded",))
-    return HFEngine(load_model(spec, device=device, dtype=dtype), **options)
+
+def make_engine(spec: str, *, engine: str = "auto", device: str | None = None,
+                **options: Any) -> Engine:
+    """An engine serving model `spec`; `options` go to the engine's constructor."""
+    return _KINDS[engine_kind(spec, engine)].factory(spec, device=device, **options)
 
 
 def check_options(kind: str, cls: type, options: dict[str, Any],
@@ -98,13 +114,20 @@ def check_options(kind: str, cls: type, options: dict[str, Any],
                         or "its options: " + ", ".join(params))
 
 
-def _make_paged(spec: str, *, device: str | None = None, **options: Any) -> Engine:
-    from ttsc.runtime.engines.paged.engine import PagedEngine
+def _make_hf(spec: str, *, device: str | None = None, dtype: Any = None,
+             **options: Any) -> Engine:
+    from ttsc.runtime.engines.hf import HFEngine
     from ttsc.runtime.models import load_model
 
+    check_options("hf", HFEngine, options, skip=("loaded",))
+    return HFEngine(load_model(spec, device=device, dtype=dtype), **options)
+
+
+def _make_paged(spec: str, *, device: str | None = None, **options: Any) -> Engine:
+    from ttsc.runtime.engines.paged.engine import PagedEngine
+
     check_options("paged", PagedEngine, options, skip=("loaded",))
-    # The paged engine converts the weights to its own dtype itself.
-    return PagedEngine(load_model(spec, device=device), **options)
+    return PagedEngine.from_spec(spec, device=device, **options)
 
 
 def _make_openai(spec: str, *, device: str | None = None, **options: Any) -> Engine:
@@ -122,7 +145,19 @@ def _make_vllm(spec: str, **options: Any) -> Engine:
     return make_vllm_engine(spec, **options)
 
 
-register_engine("hf", _make_hf, ("torch",))
-register_engine("paged", _make_paged, ("torch",), preferred=True)  # the fast one
-register_engine("openai", _make_openai, ("openai",))
-register_engine("vllm", _make_vllm, ("vllm", "torch"))  # `auto` for vllm: specs only
+# The HF engine serves one call at a time (concurrent callers take turns; a call
+# batches its own rows), and has no prefix cache.
+HF_CAPABILITIES = Capabilities(max_concurrency=1, prefix_cache=False)
+# The paged engine batches every caller's requests together, up to max_num_seqs
+# sequences in flight (256 by default), sharing prompt prefixes.
+PAGED_CAPABILITIES = Capabilities(max_concurrency=256, prefix_cache=True)
+# An OpenAI-compatible server at its best (see above); 16 requests in flight per
+# URL by default (TTSC_OPENAI_CONCURRENCY); a server's prefix cache is its own.
+OPENAI_CAPABILITIES = Capabilities(max_concurrency=16, prefix_cache=False)
+
+register_engine("hf", _make_hf, HF_CAPABILITIES, ("torch",))
+register_engine("paged", _make_paged, PAGED_CAPABILITIES, ("torch",), preferred=True)  # the fast one
+register_engine("openai", _make_openai, OPENAI_CAPABILITIES, ("openai",))
+# vLLM with its defaults: 256 sequences in flight, automatic prefix caching.
+VLLM_CAPABILITIES = Capabilities(max_concurrency=256, prefix_cache=True)
+register_engine("vllm", _make_vllm, VLLM_CAPABILITIES, ("vllm", "torch"))  # `auto` for vllm: specs only

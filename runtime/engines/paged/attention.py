@@ -16,6 +16,15 @@ product, reading it once, each sequence attends to its own remaining blocks,
 and the two parts merge by log-sum-exp. On CUDA the kernels package's cascade
 dispatcher does the same per group. Prefill is SDPA with a bottom-right
 causal mask over each sequence's gathered context.
+
+With the C++ CPU kernels (kernels/cpu_ops.py) both read the pool in place,
+16 keys at a time from position 0: a group's prefix pass hands each member's
+online-softmax state on to its own keys instead of merging two softmaxes,
+groups share whole multiples of 16 tokens (`KEY_CHUNK`; the scheduler rounds
+them), and prefill runs each token over its keys in the same chunks. A
+token's attention is then the same bits whatever else the step holds: which
+rows share a group, how a prompt was cut into chunks, what the prefix cache
+held (see the batch-invariance notes in engine.py).
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+KEY_CHUNK = 16  # keys the CPU kernels score at a time; group prefixes are multiples of it
 
 
 @dataclass
@@ -63,6 +74,8 @@ class PrefillMeta:
     max_q: int
     ctx_len: int  # Kmax (tokens of context, padded)
     fresh_single: bool  # one sequence, nothing cached: causal SDPA on the new K/V
+    starts: torch.Tensor | None = None  # [Bp] position of each sequence's first new token (CPU kernel)
+    q_lens: torch.Tensor | None = None  # [Bp] new tokens of each sequence (CPU kernel)
 
 
 class PagedAttention:
@@ -166,6 +179,9 @@ class PagedAttention:
 
     def _prefill(self, q: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
         meta = self.prefill
+        if self.cpu_ops is not None:  # each token over its keys in the pool, batch-invariant
+            return self.cpu_ops.prefill_attention(q, blocks, meta.blocks, meta.starts, meta.q_lens,
+                                                  self.scale)
         t, h, d = q.shape
         if meta.fresh_single:
             nd = self.decode.num_rows if self.decode else 0

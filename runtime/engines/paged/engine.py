@@ -11,6 +11,49 @@ with the assistant prefix appended; completions exclude EOS; a stop string cuts
 the text, not the tokens; sample i of a request with seed s uses seed s + i.
 Usage: `prompt_tokens` counts the prompt once per sample; what the engine did
 not compute (radix hits, prompts shared by forked samples) is `prompt_tokens_reused`.
+
+Concurrent callers. `sample`, `score_next` and `score_continuations` may be
+called from many threads at once. A call queues its sequences, then steps the
+engine itself, one step at a time, until its own sequences are done; whoever
+finds no step running runs the next one. Each step serves every caller's
+queued and running sequences, so requests from different callers share
+batches (continuous batching across callers), with no background thread.
+Each result carries only its own request's usage. The scheduler, block
+manager and radix tree are touched only by the stepping thread; the tokenizer,
+the seed stream of unseeded requests and the counters have their locks.
+
+Batch invariance. On CPU with the C++ kernels (the default wherever they can
+be built, in bf16 and fp32 alike) a request's tokens and log-probabilities
+are the same bits whatever shares its steps: other requests and callers, how
+its prompt is cut into prefill chunks, what the prefix cache holds, whether
+its samples decode as a cascade group, preemption and recomputation. So a
+resumed `ttsc eval` draws what an uninterrupted one draws. Why it holds:
+- matrix products: oneDNN's prepacked GEMMs give a row the same bits for any
+  row count from 2 up, and a lone row is computed as two (model.Linear); MKL,
+  which served fp32 before, rounds by row count;
+- attention: every token, in decode and prefill, reads its keys in chunks of
+  16 from position 0, a cascade group handing its online-softmax state on to
+  each member's own keys, groups rounded to whole chunks (attention.py);
+- norms, RoPE and SiLU work row by row; a row's sampler is chosen by its own
+  settings (C++ for plain and greedy rows, torch for top-k/top-p rows, which
+  are batched by candidate width and summed sequentially).
+Measured on smollm2-135m (8 questions x 4 samples x 40 tokens at temperature
+0.7, each request alone vs all in one call; tests/test_batch_invariance.py):
+before, 7 of the 32 bf16 samples drew other tokens and 20 had other
+log-probabilities (fp32: same tokens, all 32 with log-probabilities off by
+about 1e-5); now none differ, in either dtype.
+Outputs may still differ
+- on the torch path (no C++ compiler, `TTSC_CPU_KERNELS=0`, `cpu_kernels=
+  False`) and on CUDA: batched SDPA over padded keys, cuBLAS GEMMs and the
+  log-sum-exp cascade merge round differently for other batch shapes. On the
+  torch path, in the measurement above, 11 of the 32 bf16 samples drew other
+  tokens alone than together; in fp32 the tokens were the same but 29 of 32
+  samples had other log-probabilities (about 1e-5 apart). CUDA: not measured;
+- between machines, torch versions and thread counts: oneDNN picks its kernels
+  by CPU and threads;
+- for requests without a seed: their seeds come from the engine's own stream,
+  in the order calls arrive;
+- on the HF engine, which pads rows to a common length.
 """
 
 from __future__ import annotations
@@ -19,14 +62,13 @@ import dataclasses
 import random
 import threading
 import time
-from typing import Sequence as Seq
+from typing import Any, Sequence as Seq
 
 import torch
 
 from ttsc.common.errors import UserError
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
-    Capabilities,
     check_sampling,
     Completion,
     ContinuationOutput,
@@ -42,33 +84,40 @@ from ttsc.runtime.engines.base import (
 )
 from ttsc.runtime.engines.paged.block_manager import BlockManager
 from ttsc.runtime.engines.paged.hardware import default_kv_bytes, resolve_dtype
-from ttsc.runtime.engines.paged.model import LlamaModel, ModelConfig
+from ttsc.runtime.engines.paged.model import LlamaModel
 from ttsc.runtime.engines.paged.radix import RadixCache
 from ttsc.runtime.engines.paged.runner import ModelRunner, kv_block_bytes
 from ttsc.runtime.engines.paged.sampler import RowSettings, sample, uniform
 from ttsc.runtime.engines.paged.scheduler import Scheduler
-from ttsc.runtime.engines.paged.sequence import Sequence, SequenceKind
-from ttsc.runtime.models import LoadedModel
+from ttsc.runtime.engines.paged.sequence import Sequence, SequenceKind, SequenceStatus
+from ttsc.runtime.engines.paged.weight_cache import PagedWeights
+from ttsc.runtime.engines.registry import PAGED_CAPABILITIES
+from ttsc.runtime.models import LoadedModel, resolve_device
 
 
 
 class PagedEngine(Engine):
     name = "paged"
 
-    def __init__(self, loaded: LoadedModel, *, kv_memory_bytes: int | None = None,
+    def __init__(self, loaded: LoadedModel | PagedWeights, *, kv_memory_bytes: int | None = None,
                  block_size: int = 16, max_batch_tokens: int = 2048, max_num_seqs: int = 256,
                  dtype: torch.dtype | str | None = None, seed: int = 0,
                  use_kernels: bool | None = None, cpu_kernels: bool | None = None,
                  prefix_cache: bool = True):
         if block_size < 1 or max_batch_tokens < 1 or max_num_seqs < 1:
             raise UserError("block_size, max_batch_tokens and max_num_seqs must be at least 1")
-        self.loaded = loaded
-        self.tokenizer = loaded.tokenizer
-        self.device = loaded.device
-        cfg = ModelConfig.from_hf(loaded.model.config)  # unsupported models fail here, first
-        self.dtype = resolve_dtype(dtype, self.device, cfg)
-        self.model = LlamaModel.from_hf(loaded.model, self.device, self.dtype)
-        self.max_length = min(loaded.max_length, self.model.cfg.max_position)
+        if isinstance(loaded, PagedWeights):  # from the weight cache: already in its dtype
+            weights = loaded
+            if dtype is not None and resolve_dtype(dtype, weights.device) != weights.dtype:
+                raise ValueError(f"these weights are {weights.dtype}, not {dtype}")
+        else:
+            weights = PagedWeights.from_loaded(loaded, resolve_dtype(dtype, loaded.device))
+        self.spec = weights.spec
+        self.tokenizer = weights.tokenizer
+        self.device = weights.device
+        self.dtype = weights.dtype
+        self.model = LlamaModel.from_state(weights.config, weights.state)
+        self.max_length = min(weights.max_length, self.model.cfg.max_position)
         self.block_size = block_size
         block_bytes = kv_block_bytes(self.model, block_size)
         cap = kv_memory_bytes if kv_memory_bytes is not None else default_kv_bytes(self.device)
@@ -89,22 +138,47 @@ class PagedEngine(Engine):
         self.use_kernels = use_kernels
         self.cpu_kernels = self._cpu_kernels(cpu_kernels)
         self.runner = ModelRunner(self.model, num_blocks, block_size, use_kernel=use_kernels)
-        self._eos_ids = loaded.eos_token_ids
+        self._eos_ids = weights.eos_token_ids
         self._seeds = random.Random(seed)
-        self.capabilities = Capabilities(max_concurrency=max_num_seqs, prefix_cache=prefix_cache)
+        self.capabilities = dataclasses.replace(PAGED_CAPABILITIES, max_concurrency=max_num_seqs,
+                                                prefix_cache=prefix_cache)
         self._prompt_tokens_requested = 0
         self._fork_shared_tokens = 0
         self._busy_seconds = 0.0
         self._decode_only_seconds = 0.0  # steps without prefill rows, schedule to sample
         self._decode_only_tokens = 0
-        self._lock = threading.Lock()
+        # Callers on several threads: each adds its sequences to `_pending` and
+        # then steps the engine itself, one step at a time (`_stepping` says
+        # someone is), until its own sequences are done. One step serves every
+        # caller's running sequences, so concurrent calls batch together.
+        self._cond = threading.Condition()  # guards _pending, _stepping, _seeds, counters
+        self._pending: list[Sequence] = []
+        self._stepping = False
+        self._tokenizer_lock = threading.RLock()  # fast tokenizers refuse concurrent use
+
+    @classmethod
+    def from_spec(cls, spec: str, *, device: str | None = None, dtype: torch.dtype | str | None = None,
+                  **options: Any) -> "PagedEngine":
+        """The engine for a model spec, its weights from the weight cache when they
+        are there (weight_cache.py), else loaded through transformers and stored."""
+        from ttsc.runtime.engines.paged import weight_cache
+        from ttsc.runtime.models import load_model
+
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        entry = weight_cache.entry_dir(spec, dt)
+        weights = weight_cache.load(entry, spec, dev) if entry is not None else None
+        if weights is None:
+            weights = PagedWeights.from_loaded(load_model(spec, device=device), dt)
+            if entry is not None:
+                weight_cache.store(entry, weights)
+        return cls(weights, **options)
 
     def _cpu_kernels(self, wanted: bool | None) -> bool:
-        """Fused C++ kernels for the decode step on CPU. By default only in bf16:
-        fp32 stays the torch path, whose numbers are transformers' exactly."""
+        """The C++ kernels on CPU, in bf16 and fp32 alike: faster than the torch
+        path, and batch-invariant (see the module docstring), which the torch
+        path is not. Off where they cannot be built, or with cpu_kernels=False."""
         if wanted is False or self.device.type != "cpu":
-            return False
-        if wanted is None and self.dtype != torch.bfloat16:
             return False
         from ttsc.kernels import cpu_ops
 
@@ -120,59 +194,57 @@ class PagedEngine(Engine):
 
     def prompt_text(self, prompt: Prompt) -> str:
         """The prompt as text: chat template applied, assistant prefix appended."""
-        return prompting.prompt_text(self.tokenizer, self.loaded.spec, prompt)
+        with self._tokenizer_lock:
+            return prompting.prompt_text(self.tokenizer, self.spec, prompt)
 
     def _encode(self, prompt: Prompt, text: str) -> list[int]:
-        return prompting.encode(self.tokenizer, prompt, text)
+        with self._tokenizer_lock:
+            return prompting.encode(self.tokenizer, prompt, text)
 
     def tokenize(self, prompt: Prompt) -> list[int]:
-        return self._encode(prompt, self.prompt_text(prompt))
+        with self._tokenizer_lock:
+            return self._encode(prompt, self.prompt_text(prompt))
 
     # ------------------------------------------------------------ contract
 
     def sample(self, requests: Seq[SampleRequest]) -> list[SampleOutput]:
-        with self._lock:
-            groups: list[list[Sequence]] = []
-            leaders: list[Sequence] = []
-            for req in requests:
-                seqs = self._sequences_for(req)
-                groups.append(seqs)
-                if seqs and seqs[0].params.max_tokens > 0:
-                    # With the prefix cache, the others fork from the first once its
-                    # prompt is in; without it, each computes its own prompt.
-                    leaders.extend(seqs if not self.prefix_cache else seqs[:1])
-            self._run(leaders)
-            results = []
-            for seqs in groups:
-                results.append(SampleOutput([self._completion(s) for s in seqs], self._account(seqs)))
-            return results
+        groups = [self._sequences_for(req) for req in requests]  # every request checked first
+        watched: list[Sequence] = []
+        submitted: list[Sequence] = []
+        for seqs in groups:
+            if seqs and seqs[0].params.max_tokens > 0:
+                watched.extend(seqs)
+                # With the prefix cache, the others fork from the first once its
+                # prompt is in; without it, each computes its own prompt.
+                submitted.extend(seqs if not self.prefix_cache else seqs[:1])
+        self._serve(submitted, watched)
+        return [SampleOutput([self._completion(s) for s in seqs], self._account(seqs)) for seqs in groups]
 
     def score_next(self, requests: Seq[NextTokenRequest]) -> list[ScoreOutput]:
-        with self._lock:
-            seqs = []
-            for req in requests:
-                if not req.choices or any(not c for c in req.choices):
-                    raise UserError("score_next needs at least one non-empty choice")
-                ids = self.tokenize(req.prompt)
-                targets = [self._first_token(req.prompt, c, ids) for c in req.choices]
-                seqs.append(self._score_sequence(ids, len(ids) - 1, [targets]))
-            self._run(seqs)
-            return [ScoreOutput(s.scores[0], self._account_score(s)) for s in seqs]
+        seqs = []
+        for req in requests:
+            if not req.choices or any(not c for c in req.choices):
+                raise UserError("score_next needs at least one non-empty choice")
+            ids = self.tokenize(req.prompt)
+            targets = [self._first_token(req.prompt, c, ids) for c in req.choices]
+            seqs.append(self._score_sequence(ids, len(ids) - 1, [targets]))
+        self._serve(seqs, seqs)
+        return [ScoreOutput(s.scores[0], self._account_score(s)) for s in seqs]
 
     def score_continuations(self, requests: Seq[ContinuationRequest]) -> list[ContinuationOutput]:
-        with self._lock:
-            seqs: list[Sequence | None] = []
-            for req in requests:
-                full, start = self._continuation_split(req.prompt, req.continuation)
-                if start >= len(full):
-                    seqs.append(None)
-                    continue
-                targets = [[t] for t in full[start:]]
-                seqs.append(self._score_sequence(full, start - 1, targets))
-            self._run([s for s in seqs if s is not None])
-            return [ContinuationOutput(0.0, Usage(calls=1)) if s is None else
-                    ContinuationOutput(float(sum(row[0] for row in s.scores)), self._account_score(s))
-                    for s in seqs]
+        seqs: list[Sequence | None] = []
+        for req in requests:
+            full, start = self._continuation_split(req.prompt, req.continuation)
+            if start >= len(full):
+                seqs.append(None)
+                continue
+            targets = [[t] for t in full[start:]]
+            seqs.append(self._score_sequence(full, start - 1, targets))
+        live = [s for s in seqs if s is not None]
+        self._serve(live, live)
+        return [ContinuationOutput(0.0, Usage(calls=1)) if s is None else
+                ContinuationOutput(float(sum(row[0] for row in s.scores)), self._account_score(s))
+                for s in seqs]
 
     def close(self) -> None:
         self.runner.kv_pool = torch.empty(0)
@@ -207,6 +279,7 @@ class PagedEngine(Engine):
             "dedup_blocks": s.dedup_blocks,
             "preemptions": s.preemptions,
             "steps": s.steps,
+            "peak_decode_rows": s.peak_decode_rows,
             "busy_seconds": self._busy_seconds,
             "decode_only_seconds": self._decode_only_seconds,
             "decode_only_tokens": self._decode_only_tokens,
@@ -221,11 +294,15 @@ class PagedEngine(Engine):
             return []
         ids = self.tokenize(req.prompt)
         if len(ids) >= self.max_length:
-            raise UserError(f"prompt is {len(ids)} tokens; model `{self.loaded.spec}` "
+            raise UserError(f"prompt is {len(ids)} tokens; model `{self.spec}` "
                             f"accepts at most {self.max_length} in all")
         max_new = min(params.max_tokens, self.max_length - len(ids))
         self._check_fits(len(ids) + max_new)
-        base = params.seed if params.seed is not None else self._seeds.getrandbits(62)
+        if params.seed is not None:
+            base = params.seed
+        else:
+            with self._cond:
+                base = self._seeds.getrandbits(62)
         if max_new != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=max_new)
         seqs = [Sequence(ids, params, (base + i) & prompting.SEED_MASK) for i in range(params.n)]
@@ -249,11 +326,24 @@ class PagedEngine(Engine):
 
     def _sample_rows(self, logits: torch.Tensor, settings: list[RowSettings]) -> tuple[list[int], list[float]]:
         """One token per row. With kernels on, the fused sampling kernel draws
-        it, fed this engine's own counter-based uniforms so seeds mean the same."""
-        v = logits.shape[1]
-        if self.cpu_kernels and all(s.temperature <= 0 or (not 0 < s.top_k < v and s.top_p >= 1.0)
-                                    for s in settings):  # no truncation: the sampler's own test
-            return self._sample_rows_cpu(logits, settings)
+        it, fed this engine's own counter-based uniforms so seeds mean the same.
+        On the CPU kernels path which sampler serves a row depends on the row's
+        own settings only (truncating rows the torch sampler, the others the
+        C++ one), never on its batch mates."""
+        if self.cpu_kernels:
+            v = logits.shape[1]
+            is_cut = [s.temperature > 0 and (0 < s.top_k < v or s.top_p < 1.0) for s in settings]
+            if not any(is_cut):
+                return self._sample_rows_cpu(logits, settings)
+            cut = [i for i, c in enumerate(is_cut) if c]
+            plain = [i for i, c in enumerate(is_cut) if not c]
+            tokens, logprobs = [0] * len(settings), [0.0] * len(settings)
+            for rows, sampler in ((cut, sample), (plain, self._sample_rows_cpu)):
+                if rows:
+                    got = sampler(logits[rows], [settings[i] for i in rows])
+                    for i, token, logprob in zip(rows, *got):
+                        tokens[i], logprobs[i] = token, logprob
+            return tokens, logprobs
         if not self.use_kernels:
             return sample(logits, settings)
         from ttsc.kernels.sampling import sample as fused_sample
@@ -281,7 +371,7 @@ class PagedEngine(Engine):
 
     def _score_sequence(self, ids: list[int], start: int, targets: list[list[int]]) -> Sequence:
         if len(ids) > self.max_length:
-            raise UserError(f"scored text is {len(ids)} tokens; model `{self.loaded.spec}` "
+            raise UserError(f"scored text is {len(ids)} tokens; model `{self.spec}` "
                             f"accepts at most {self.max_length}")
         self._check_fits(len(ids))
         return Sequence(ids, SamplingParams(max_tokens=0), 0, kind=SequenceKind.SCORE,
@@ -297,29 +387,68 @@ class PagedEngine(Engine):
 
     def _first_token(self, prompt: Prompt, choice: str, prompt_ids: list[int]) -> int:
         """The first token of `choice` as this engine tokenizes it after the prompt."""
-        return prompting.first_token(self.tokenizer, prompt, self.prompt_text(prompt), prompt_ids,
-                                     choice)
+        with self._tokenizer_lock:
+            return prompting.first_token(self.tokenizer, prompt, self.prompt_text(prompt), prompt_ids,
+                                         choice)
 
     def _continuation_split(self, prompt: Prompt, continuation: str) -> tuple[list[int], int]:
         """Token ids of prompt+continuation and where the continuation's tokens start."""
-        text = self.prompt_text(prompt)
-        return prompting.continuation_split(self.tokenizer, prompt, text,
-                                            self._encode(prompt, text), continuation)
+        with self._tokenizer_lock:
+            text = self.prompt_text(prompt)
+            return prompting.continuation_split(self.tokenizer, prompt, text,
+                                                self._encode(prompt, text), continuation)
 
     # ---------------------------------------------------------------- loop
 
-    def _run(self, seqs: list[Sequence]) -> None:
-        for seq in seqs:
-            self.scheduler.add(seq)
-        t0 = time.perf_counter()
-        try:
-            while self.scheduler.has_work():
+    def _serve(self, submitted: list[Sequence], watched: list[Sequence]) -> None:
+        """Queue `submitted` and step the engine until every sequence in `watched`
+        (`submitted` and the samples they fork) is done.
+
+        Whoever finds no step running runs the next one; the others wait. A
+        failed step fails every sequence in flight: each caller gets the error.
+        """
+        with self._cond:
+            self._pending.extend(submitted)
+        while True:
+            with self._cond:
+                while self._stepping and not all(s.is_finished for s in watched):
+                    self._cond.wait()
+                if all(s.is_finished for s in watched):
+                    break
+                self._stepping = True
+            try:
                 self._step()
-        finally:
-            self._busy_seconds += time.perf_counter() - t0
+            except BaseException as exc:
+                self._abort(exc)
+                raise
+            finally:
+                with self._cond:
+                    self._stepping = False
+                    self._cond.notify_all()
+        failed = next((s.error for s in watched if s.error is not None), None)
+        if failed is not None:
+            raise RuntimeError(f"the engine failed while serving this call: {failed!r}") from failed
+
+    def _abort(self, exc: BaseException) -> None:
+        """After a failed step: every queued or running sequence ends with `exc`,
+        its blocks released, so other callers return (with the error) and the
+        engine stays usable."""
+        with self._cond:
+            seqs = self._pending + self.scheduler.abort_all()
+            self._pending = []
+        for seq in seqs + [child for seq in seqs if seq.num_forks for child in seq.siblings]:
+            seq.error = exc
+            seq.status = SequenceStatus.FINISHED
 
     @torch.inference_mode()
     def _step(self) -> None:
+        """One forward pass over whatever every caller has queued or running."""
+        with self._cond:
+            pending, self._pending = self._pending, []
+        for seq in pending:
+            self.scheduler.add(seq)
+        if not self.scheduler.has_work():
+            return
         t0 = time.perf_counter()
         batch = self.scheduler.schedule()
         logits, rows = self.runner.run(batch)
@@ -351,8 +480,10 @@ class PagedEngine(Engine):
         for seq in batch.sequences:
             if seq.kind == SequenceKind.SCORE and seq.num_cached_tokens == seq.num_tokens:
                 self.scheduler.finish(seq)
+        elapsed = time.perf_counter() - t0
+        self._busy_seconds += elapsed
         if not batch.prefill:  # pure decode steps: the figure a roofline compares against
-            self._decode_only_seconds += time.perf_counter() - t0
+            self._decode_only_seconds += elapsed
             self._decode_only_tokens += len(batch.decode)
 
     def _append(self, seq: Sequence, token: int, logprob: float) -> None:
@@ -384,7 +515,8 @@ class PagedEngine(Engine):
     def _decode(self, seq: Sequence) -> str:
         start = max(0, seq.num_prompt_tokens - prompting.DECODE_CONTEXT)
         context = seq.token_ids[start:seq.num_prompt_tokens]
-        return prompting.decode_completion(self.tokenizer, context, seq.completion_token_ids)
+        with self._tokenizer_lock:
+            return prompting.decode_completion(self.tokenizer, context, seq.completion_token_ids)
 
     def _completion(self, seq: Sequence) -> Completion:
         if seq.params.max_tokens == 0:
@@ -402,13 +534,15 @@ class PagedEngine(Engine):
             return Usage(calls=1)
         requested = seqs[0].num_prompt_tokens * len(seqs)
         computed = sum(s.num_prompt_computed for s in seqs)  # forked samples computed none
-        self._prompt_tokens_requested += requested
+        with self._cond:
+            self._prompt_tokens_requested += requested
         return Usage(calls=1, prompt_tokens=requested, prompt_tokens_computed=computed,
                      prompt_tokens_reused=requested - computed, generated_tokens=generated)
 
     def _account_score(self, seq: Sequence) -> Usage:
         requested = seq.num_prompt_tokens
-        self._prompt_tokens_requested += requested
+        with self._cond:
+            self._prompt_tokens_requested += requested
         return Usage(calls=1, prompt_tokens=requested,
                      prompt_tokens_computed=seq.num_prompt_computed,
                      prompt_tokens_reused=requested - seq.num_prompt_computed)

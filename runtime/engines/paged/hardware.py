@@ -8,12 +8,11 @@ import os
 import torch
 
 from ttsc.common.errors import UserError
-from ttsc.runtime.engines.paged.model import ModelConfig
 
 _CPU_KV_DEFAULT = 1 << 30
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device, cfg: ModelConfig) -> torch.dtype:
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
     """The compute dtype: as asked, else half precision on CUDA, bf16 on CPUs where it pays."""
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
              "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}

@@ -109,12 +109,19 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 class Linear:
-    """y = x W^T + b. In bf16 on CPU the weight is reordered once for oneDNN.
+    """y = x W^T + b. On CPU the weight is reordered once for oneDNN.
 
-    `F.linear` repacks the weight into oneDNN's blocked layout on every call,
-    which for decode-sized inputs costs about as much as the product itself;
-    a prepacked weight gives the same numbers 1.2-2.5x faster. fp32 keeps
-    `F.linear` (MKL), so fp32 results stay transformers' exactly.
+    `F.linear` repacks a bf16 weight into oneDNN's blocked layout on every
+    call, which for decode-sized inputs costs about as much as the product
+    itself; a prepacked weight gives the same numbers 1.2-2.5x faster.
+
+    Batch invariance: a row's result must not depend on how many rows share
+    the product. oneDNN's prepacked products (bf16 and fp32) give every row the
+    same bits for any number of rows from 2 up, but a single row takes another
+    kernel, so a lone row is computed as two. MKL's fp32 `F.linear`, which fp32
+    used before, picks kernels by row count (rows below 4, and tails of a
+    thread's share of rows, round differently): fp32 is prepacked too.
+    tests/test_batch_invariance.py checks the shapes of the models it runs.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -127,9 +134,12 @@ class Linear:
             self.weight = None  # the packed copy replaces it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        if x.shape[0] == 1:  # one row: computed as two, so it gets the batched kernel's bits
+            return torch.ops.mkldnn._linear_pointwise(x.repeat(2, 1), self.packed, self.bias,
+                                                      "none", [], "")[:1]
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     @property
     def numel(self) -> int:
@@ -137,11 +147,13 @@ class Linear:
 
 
 def can_prepack(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16
-            and torch.backends.mkldnn.is_available()
+    if not (weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    if weight.dtype == torch.float32:
+        return True
+    return weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass
@@ -180,55 +192,26 @@ class LlamaModel:
     @staticmethod
     def from_hf(hf_model: Any, device: torch.device, dtype: torch.dtype) -> "LlamaModel":
         cfg = ModelConfig.from_hf(hf_model.config)
-        sd = hf_model.state_dict()
+        return LlamaModel.from_state(cfg, engine_state(hf_model, cfg, device, dtype))
 
-        def get(name: str) -> torch.Tensor:
-            return sd[name].to(device=device, dtype=dtype)
+    @staticmethod
+    def from_state(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> "LlamaModel":
+        """The model from its tensors in this engine's layout (`engine_state`)."""
 
         def maybe(name: str) -> torch.Tensor | None:
-            return get(name) if name in sd else None
-
-        # RoPE rotates pairs (i, i + D/2) of each head; reorder q/k rows so pairs
-        # are adjacent and RoPE becomes one complex product. q.k is unchanged.
-        d = cfg.head_dim
-        pairs = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], dim=-1).flatten()
-        q_rows = (torch.arange(cfg.num_heads)[:, None] * d + pairs).flatten()
-        k_rows = (torch.arange(cfg.num_kv_heads)[:, None] * d + pairs).flatten()
-        reorder = {"q": q_rows.to(device), "k": k_rows.to(device), "v": None}
-
-        def proj(p: str, n: str, kind: str) -> torch.Tensor | None:
-            name = p + f"self_attn.{n}_proj.{kind}"
-            t = maybe(name)
-            return t if t is None or reorder[n] is None else t[reorder[n]]
+            return state.get(name)
 
         layers = []
         for i in range(cfg.num_layers):
-            p = f"model.layers.{i}."
-            biases = [proj(p, n, "bias") for n in "qkv"]
-            if any(b is not None for b in biases) and not all(b is not None for b in biases):
-                raise UserError("unsupported checkpoint: bias on some of q/k/v projections only")
-            gate_up_bias = [maybe(p + f"mlp.{n}_proj.bias") for n in ("gate", "up")]
-            if (gate_up_bias[0] is None) != (gate_up_bias[1] is None):
-                raise UserError("unsupported checkpoint: bias on one of gate/up projections only")
+            p = f"layers.{i}."
             layers.append(LayerWeights(
-                input_norm=get(p + "input_layernorm.weight").float(),
-                qkv=Linear(torch.cat([proj(p, n, "weight") for n in "qkv"]).contiguous(),
-                           torch.cat(biases) if biases[0] is not None else None),
-                o=Linear(get(p + "self_attn.o_proj.weight"), maybe(p + "self_attn.o_proj.bias")),
-                post_norm=get(p + "post_attention_layernorm.weight").float(),
-                gate_up=Linear(torch.cat([get(p + "mlp.gate_proj.weight"),
-                                          get(p + "mlp.up_proj.weight")]).contiguous(),
-                               torch.cat(gate_up_bias) if gate_up_bias[0] is not None else None),
-                down=Linear(get(p + "mlp.down_proj.weight"), maybe(p + "mlp.down_proj.bias"))))
-        embed = get("model.embed_tokens.weight")
-        head_module = hf_model.get_output_embeddings()
-        head = head_module.weight
-        tied = head.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
-        lm_head = embed if tied else head.detach().to(device=device, dtype=dtype)
-        bias = getattr(head_module, "bias", None)
-        lm_head_bias = bias.detach().to(device=device, dtype=dtype) if bias is not None else None
-        return LlamaModel(cfg, embed, layers, get("model.norm.weight").float(),
-                          Linear(lm_head, lm_head_bias))
+                input_norm=state[p + "input_norm"], qkv=Linear(state[p + "qkv"], maybe(p + "qkv_bias")),
+                o=Linear(state[p + "o"], maybe(p + "o_bias")), post_norm=state[p + "post_norm"],
+                gate_up=Linear(state[p + "gate_up"], maybe(p + "gate_up_bias")),
+                down=Linear(state[p + "down"], maybe(p + "down_bias"))))
+        embed = state["embed"]
+        lm_head = Linear(state.get("lm_head", embed), maybe("lm_head_bias"))  # absent: tied to embed
+        return LlamaModel(cfg, embed, layers, state["norm"], lm_head)
 
     # ------------------------------------------------------------- forward
 
@@ -272,6 +255,66 @@ class LlamaModel:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[R, E] -> logits [R, V] in the model dtype (softmaxes upcast as they read them)."""
         return self.lm_head(hidden)
+
+
+def engine_state(hf_model: Any, cfg: ModelConfig, device: torch.device,
+                 dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A transformers model's weights in this engine's layout, on `device`: q|k|v
+    and gate|up fused, q/k rows reordered for RoPE, matrices in `dtype`, norms
+    in fp32. This is what the weight cache stores (weight_cache.py)."""
+    sd = hf_model.state_dict()
+
+    def get(name: str) -> torch.Tensor:
+        return sd[name].to(device=device, dtype=dtype)
+
+    def maybe(name: str) -> torch.Tensor | None:
+        return get(name) if name in sd else None
+
+    # RoPE rotates pairs (i, i + D/2) of each head; reorder q/k rows so pairs
+    # are adjacent and RoPE becomes one complex product. q.k is unchanged.
+    d = cfg.head_dim
+    pairs = torch.stack([torch.arange(d // 2), torch.arange(d // 2) + d // 2], dim=-1).flatten()
+    q_rows = (torch.arange(cfg.num_heads)[:, None] * d + pairs).flatten()
+    k_rows = (torch.arange(cfg.num_kv_heads)[:, None] * d + pairs).flatten()
+    reorder = {"q": q_rows.to(device), "k": k_rows.to(device), "v": None}
+
+    def proj(p: str, n: str, kind: str) -> torch.Tensor | None:
+        name = p + f"self_attn.{n}_proj.{kind}"
+        t = maybe(name)
+        return t if t is None or reorder[n] is None else t[reorder[n]]
+
+    state: dict[str, torch.Tensor] = {}
+
+    def put(name: str, t: torch.Tensor | None) -> None:
+        if t is not None:
+            state[name] = t.contiguous()
+
+    for i in range(cfg.num_layers):
+        p, out = f"model.layers.{i}.", f"layers.{i}."
+        biases = [proj(p, n, "bias") for n in "qkv"]
+        if any(b is not None for b in biases) and not all(b is not None for b in biases):
+            raise UserError("unsupported checkpoint: bias on some of q/k/v projections only")
+        gate_up_bias = [maybe(p + f"mlp.{n}_proj.bias") for n in ("gate", "up")]
+        if (gate_up_bias[0] is None) != (gate_up_bias[1] is None):
+            raise UserError("unsupported checkpoint: bias on one of gate/up projections only")
+        put(out + "input_norm", get(p + "input_layernorm.weight").float())
+        put(out + "qkv", torch.cat([proj(p, n, "weight") for n in "qkv"]))
+        put(out + "qkv_bias", torch.cat(biases) if biases[0] is not None else None)
+        put(out + "o", get(p + "self_attn.o_proj.weight"))
+        put(out + "o_bias", maybe(p + "self_attn.o_proj.bias"))
+        put(out + "post_norm", get(p + "post_attention_layernorm.weight").float())
+        put(out + "gate_up", torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]))
+        put(out + "gate_up_bias", torch.cat(gate_up_bias) if gate_up_bias[0] is not None else None)
+        put(out + "down", get(p + "mlp.down_proj.weight"))
+        put(out + "down_bias", maybe(p + "mlp.down_proj.bias"))
+    put("embed", get("model.embed_tokens.weight"))
+    put("norm", get("model.norm.weight").float())
+    head_module = hf_model.get_output_embeddings()
+    if head_module.weight.data_ptr() != hf_model.get_input_embeddings().weight.data_ptr():
+        put("lm_head", head_module.weight.detach().to(device=device, dtype=dtype))  # not tied
+    bias = getattr(head_module, "bias", None)
+    put("lm_head_bias", bias.detach().to(device=device, dtype=dtype) if bias is not None else None)
+    return state
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, dtype: torch.dtype) -> torch.Tensor:

@@ -6,6 +6,8 @@ by index.
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,18 @@ def kv_block_bytes(model: LlamaModel, block_size: int) -> int:
     return cfg.num_layers * 2 * cfg.num_kv_heads * block_size * cfg.head_dim * elem
 
 
+def zeroed(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed tensor. On CPU, anonymous memory the OS zero-fills page by page as
+    it is first written: a 1 GiB pool then costs nothing to create (torch.zeros
+    writes every byte, about 0.4 s) and only what is used counts as resident."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    numel = math.prod(shape)
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    buffer = mmap.mmap(-1, max(nbytes, 1))  # the tensor keeps the mapping alive
+    return torch.frombuffer(buffer, dtype=dtype, count=numel).view(shape)
+
+
 @dataclass
 class LogitRow:
     seq: Sequence
@@ -38,9 +52,8 @@ class ModelRunner:
         self.use_kernel = use_kernel  # Triton on CUDA; the model's `cpu_ops` say whether C++ on CPU
         # Zeroed, not empty: padded key slots are read with weight 0, and 0 * NaN
         # from uninitialized memory would still poison the output.
-        self.kv_pool = torch.zeros(
-            (cfg.num_layers, num_blocks, block_size, 2, cfg.num_kv_heads, cfg.head_dim),
-            dtype=model.dtype, device=model.device)
+        self.kv_pool = zeroed((cfg.num_layers, num_blocks, block_size, 2, cfg.num_kv_heads, cfg.head_dim),
+                              model.dtype, model.device)
         self.layers = list(self.kv_pool.unbind(0))  # per-layer views, made once
         self.scale = cfg.head_dim ** -0.5
 
@@ -150,6 +163,9 @@ class ModelRunner:
         tables = [seq.block_table[:-(-c // bs)] for (seq, _), c in zip(batch.prefill, ctx_lens)]
         blocks = self._padded(tables)
         num_rows = sum(q_lens)
+        if self.model.cpu_ops is not None:  # the kernel reads each token's keys from the pool
+            return PrefillMeta(num_rows, blocks, None, None, max(q_lens), max(ctx_lens), False,
+                               self._tensor(starts), self._tensor(q_lens))
         if len(q_lens) == 1:
             fresh = starts[0] == 0
             mask = None

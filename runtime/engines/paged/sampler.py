@@ -69,9 +69,14 @@ def sample(logits: torch.Tensor, rows: list[RowSettings]) -> tuple[list[int], li
         idx = _rows(plain_rows, r, dev)
         u = _uniforms([rows[i] for i in plain_rows], dev)
         tokens[idx] = _inverse_cdf_chunked(weights[idx], chunk_sums[idx], u)
-    if cut_rows:
-        idx = _rows(cut_rows, r, dev)
-        tokens[idx] = _sample_truncated(weights[idx], [rows[i] for i in cut_rows])
+    # Rows that truncate go in batches of one candidate width each: a row's draw
+    # then never depends on the settings of the rows sampled with it.
+    by_width: dict[int, list[int]] = {}
+    for i in cut_rows:
+        by_width.setdefault(_candidate_width(rows[i], v), []).append(i)
+    for width, members in by_width.items():
+        idx = _rows(members, r, dev)
+        tokens[idx] = _sample_truncated(weights[idx], [rows[i] for i in members], width)
     # log of the fp32 probability: exact to ~1e-7 wherever a token can be drawn at all.
     logprobs = weights.gather(1, tokens[:, None])[:, 0].log()
     return tokens.tolist(), logprobs.tolist()
@@ -124,19 +129,25 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx
 
 
-def _sample_truncated(probs: torch.Tensor, rows: list[RowSettings]) -> torch.Tensor:
+def _candidate_width(row: RowSettings, v: int) -> int:
+    """How many of a row's likeliest tokens its truncation looks at first."""
+    if 0 < row.top_k < v:
+        return row.top_k
+    return min(v, _TOP_P_CANDIDATES)  # top-p alone: falls back to a full sort when short
+
+
+def _sample_truncated(probs: torch.Tensor, rows: list[RowSettings], width: int) -> torch.Tensor:
     """Top-k then top-p (on the renormalized top-k), as transformers' warpers order them.
 
-    `probs` [R, V] may be unnormalized.
+    `probs` [R, V] may be unnormalized. Every row looks at its `width` likeliest
+    tokens first. Sums along a row are cumulative sums (sequential): a sum
+    over a padded row would pair its terms differently for another width.
     """
     probs = probs / probs.sum(-1, keepdim=True)
     r, v = probs.shape
     dev = probs.device
     ks = [s.top_k if 0 < s.top_k < v else v for s in rows]
     ps = torch.tensor([s.top_p for s in rows], dtype=torch.float32, device=dev)
-    width = max(ks)
-    if any(k == v and s.top_p < 1.0 for k, s in zip(ks, rows)):
-        width = max(min(v, _TOP_P_CANDIDATES), max(k for k in ks if k < v) if any(k < v for k in ks) else 0)
     vals, ids = _top(probs, width)
     k_t = torch.tensor(ks, device=dev)
     keep_k = torch.arange(vals.shape[1], device=dev)[None, :] < k_t[:, None]
@@ -144,8 +155,9 @@ def _sample_truncated(probs: torch.Tensor, rows: list[RowSettings]) -> torch.Ten
     # Without top-k the mass to cover is the whole distribution; when the first
     # `width` candidates do not reach top_p, redo those rows with a full sort.
     no_k = k_t >= v
-    mass = torch.where(no_k, torch.ones_like(ps), vals.sum(-1))
-    short = no_k & (ps < 1.0) & (vals.sum(-1) < ps * mass) & (vals.shape[1] < v)
+    kept = vals.cumsum(-1)[:, -1]
+    mass = torch.where(no_k, torch.ones_like(ps), kept)
+    short = no_k & (ps < 1.0) & (kept < ps * mass) & (vals.shape[1] < v)
     if bool(short.any()):
         vals_full, ids_full = _top(probs, v)
         pad = v - vals.shape[1]

@@ -11,9 +11,11 @@ and waits again, later recomputing (mostly from the radix cache) where it was.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
+from ttsc.runtime.engines.paged.attention import KEY_CHUNK
 from ttsc.runtime.engines.paged.block_manager import BlockManager
 from ttsc.runtime.engines.paged.radix import RadixCache
 from ttsc.runtime.engines.paged.sequence import Sequence, SequenceStatus
@@ -45,6 +47,7 @@ class SchedulerStats:
     dedup_blocks: int = 0  # full blocks replaced by an identical cached one
     preemptions: int = 0
     steps: int = 0
+    peak_decode_rows: int = 0  # the most sequences one step decoded (batching across calls shows here)
 
 
 class Scheduler:
@@ -97,6 +100,7 @@ class Scheduler:
         if not batch.num_tokens:
             raise RuntimeError("scheduler made no progress (a request cannot fit the KV pool)")
         self.stats.decode_tokens += len(decode)
+        self.stats.peak_decode_rows = max(self.stats.peak_decode_rows, len(decode))
         self.stats.prefill_tokens_computed += batch.num_tokens - len(decode)
         return batch
 
@@ -241,6 +245,19 @@ class Scheduler:
         self._release(seq)
         seq.status = SequenceStatus.FINISHED
 
+    def abort_all(self) -> list[Sequence]:
+        """Drop every waiting and running sequence (after a failed step), releasing
+        their blocks; the sequences, for the engine to fail."""
+        seqs = list(self.running) + list(self.waiting)
+        for seq in self.running:
+            self._release(seq)
+        for b in self._release_after_step:
+            self.blocks.decref(b)
+        self._release_after_step.clear()
+        self.running.clear()
+        self.waiting.clear()
+        return seqs
+
     def _release(self, seq: Sequence) -> None:
         for b in reversed(seq.block_table):
             self.blocks.decref(b)
@@ -260,12 +277,16 @@ class Scheduler:
         equal-sized groups attention then needs no gathers of queries at all.
         """
         refs = self.blocks.ref_counts
+        # Prefixes are whole multiples of the attention's key chunk, so a row's
+        # attention is the same bits in a group or alone (attention.py).
+        align = math.lcm(self.block_size, KEY_CHUNK) // self.block_size
         by_key: dict[tuple[int, int], list[int]] = {}
         for row, seq in enumerate(decode):
             table = seq.block_table
             depth = len(table) - 1  # the last block is always private here
             while depth > 0 and refs[table[depth - 1]] == 1:
                 depth -= 1
+            depth = depth // align * align
             if depth:
                 by_key.setdefault((depth, table[depth - 1]), []).append(row)
         found = []

@@ -61,6 +61,7 @@ class Sequence:
         # Accounting of this sequence's first admission (usage per request).
         self.num_radix_hit_tokens = 0
         self.num_prompt_computed = 0
+        self.error: BaseException | None = None  # set when a failed engine step ended it
 
     # ------------------------------------------------------------ counts
 

@@ -85,6 +85,18 @@ class TTSError(UserError):
             d.render(self.sources.get(d.span.file) if d.span else None) for d in self.diagnostics)
 
 
+class BudgetInfeasible(TTSError):
+    """No decision of the open knobs keeps the budget. `smallest` holds, per
+    resource that alone blocks it, the smallest limit that would be feasible
+    (tokens, bytes, seconds), so a search can say by how much a configuration
+    is over."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], sources: dict[str, str] | None = None,
+                 smallest: dict[str, float] | None = None):
+        super().__init__(diagnostics, sources)
+        self.smallest = dict(smallest or {})
+
+
 def error(message: str, span: Span | None, hint: str | None = None) -> Diagnostic:
     return Diagnostic("error", message, span, hint)
 

@@ -80,10 +80,11 @@ def space_text(dims: list[Dimension]) -> str:
         "of its discrete knobs")
     lines = [f"search space: {len(dims)} knob{'s' if len(dims) != 1 else ''}, {sizes} = {total}"]
     width = max(len(d.id) for d in dims)
+    knob_width = max(28, *(len(d.written()) for d in dims))
     for d in dims:
         where = f"{d.span.file}:{d.span.line}:{d.span.column}" if d.span else "?"
         count = f"{d.size} values" if d.size is not None else "[{:g}, {:g}]".format(*d.bounds())
-        lines.append(f"  {d.id:<{width}}  {d.setting:<11} {d.written():<28} {count:<12} {where}")
+        lines.append(f"  {d.id:<{width}}  {d.setting:<11} {d.written():<{knob_width}} {count:<12} {where}")
     return "\n".join(lines)
 
 
@@ -100,8 +101,8 @@ def explain(compiled: Any) -> str:
     if dims:
         lines.append(space_text(dims))
         decided = plan.facts.get("knob_values", {})
-        lines += [f"  compiled with {sid} = {decided[sid]!r}" for sid in (d.id for d in dims)
-                  if sid in decided]
+        lines += [f"  compiled with {d.id} = {d.label(decided[d.id])}" for d in dims
+                  if d.id in decided]
     if plan.allocation:
         lines.append("allocation:")
         for k, v in plan.allocation.items():

@@ -28,6 +28,7 @@ from ttsc.compiler.passes.manager import Pass, PassRecord, run_passes, summarize
 from ttsc.compiler.passes.merge_samples import merge_samples
 from ttsc.compiler.passes.predict_tokens import predict_tokens
 from ttsc.compiler.passes.prefix_sharing import prefix_sharing
+from ttsc.compiler.passes.seed_keys import seed_keys
 from ttsc.compiler.plan import Plan
 from ttsc.compiler.space import assign_knobs, decided_values, space_dimensions
 from ttsc.compiler.lower import lower
@@ -45,8 +46,9 @@ CHECK: list[Pass] = [check_capabilities]
 # merged into the one it kept; prefix_sharing lays prompts out and predicts
 # costs once the graph is final.
 CLEANUP: list[Pass] = [fold_constants, dce, cse, merge_samples, prefix_sharing]
-# Once, on the final graph: the headline token predictions, kernel generation.
-FINAL: list[Pass] = [predict_tokens, generate_kernels]
+# Once, on the final graph: the headline token predictions, kernel generation,
+# the structural names the executor seeds calls by.
+FINAL: list[Pass] = [predict_tokens, generate_kernels, seed_keys]
 
 
 @dataclass

@@ -15,6 +15,7 @@ assignment, and writing the program a chosen assignment makes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -40,6 +41,13 @@ class Dimension:
     knob: Knob
     span: Span | None
     values: tuple[Any, ...] | None  # what may be assigned; None: a continuous interval
+    labels: tuple[str, ...] | None = None  # a branch choice's options as written
+
+    def label(self, value: Any) -> str:
+        """A value as a reader of the source would name it (a branch by its option)."""
+        if self.labels is not None and isinstance(value, int) and 0 <= value < len(self.labels):
+            return self.labels[value]
+        return _show(value)
 
     @property
     def size(self) -> int | None:
@@ -75,6 +83,8 @@ class Dimension:
         """The knob as a .tts author would write it."""
         k = self.knob
         if isinstance(k, Choice) and self.setting == "branch":
+            if self.labels and sum(map(len, self.labels)) <= 60:
+                return f"choice({', '.join(self.labels)})"
             return f"choice of {len(k.options)} branches"
         if isinstance(k, Choice):
             show = str if self.setting == "model" else _show
@@ -117,7 +127,11 @@ def space_dimensions(program: Program) -> list[Dimension]:
     ids = set(_site_ids(program.graph))
     sites = [program.knob_sites[i] for i in ids]
     sites.sort(key=lambda s: (s.span.line, s.span.column) if s.span else (0, 0))
-    return [Dimension(s.id, s.setting, s.knob, s.span, _values(s)) for s in sites]
+    return [_dimension(s) for s in sites]
+
+
+def _dimension(site: KnobSite) -> Dimension:
+    return Dimension(site.id, site.setting, site.knob, site.span, _values(site), site.labels)
 
 
 def space_size(dims: list[Dimension]) -> int | None:
@@ -190,7 +204,7 @@ def concrete_source(source: str, file: str, assignment: dict[str, Any]) -> str:
     module = parse(source, file)
     built = build(module)
     built.diagnostics.raise_if_errors({file: source})
-    dims = [Dimension(s.id, s.setting, s.knob, s.span, _values(s)) for s in built.sites.values()]
+    dims = [_dimension(s) for s in built.sites.values()]
     return unparse(with_values(module, built.sites, check_assignment(dims, assignment)))
 
 
@@ -203,7 +217,31 @@ def with_values(module: ast.Module, sites: dict[str, KnobSite], assignment: dict
             new[site.span] = lambda e, i=value: e.args[i]
         else:
             new[site.span] = lambda e, v=value, s=site.span: _literal(v, s)
-    return ast.replace_exprs(module, new)
+    return _without_none(ast.replace_exprs(module, new))
+
+
+def _without_none(module: ast.Module) -> ast.Module:
+    """A chosen `none` written out: `x = none` (the step left out) and
+    `critiques=none` (the argument left out) go."""
+
+    def rebuild(node):
+        if isinstance(node, tuple):
+            kept = tuple(n for n in node if not (isinstance(n, ast.Assign) and isinstance(n.value, ast.Nothing))
+                         and not (isinstance(n, ast.Keyword) and isinstance(n.value, ast.Nothing)))
+            return tuple(rebuild(n) for n in kept)
+        if isinstance(node, ast.Call):
+            args = node.args
+            while args and isinstance(args[-1], ast.Nothing):  # an optional prompt left out
+                args = args[:-1]
+            node = dataclasses.replace(node, args=args)
+        if isinstance(node, (ast.ListExpr, ast.Keyword, ast.Call, ast.BinOp, ast.Compare, ast.BoolOp,
+                             ast.Not, ast.Assign, ast.Repeat, ast.Return, ast.StrategyDef)):
+            return dataclasses.replace(node, **{f.name: rebuild(getattr(node, f.name))
+                                                for f in dataclasses.fields(node)
+                                                if not f.name.endswith("span")})
+        return node
+
+    return dataclasses.replace(module, definitions=rebuild(module.definitions))
 
 
 def _literal(value: Any, span: Span) -> ast.Expr:

@@ -48,6 +48,13 @@ class Auto:
 
 
 @dataclass(frozen=True)
+class Nothing:
+    """`none`: the option of a `choice(...)` that leaves a step out."""
+
+    span: Span
+
+
+@dataclass(frozen=True)
 class ListExpr:
     items: tuple["Expr", ...]
     span: Span
@@ -101,7 +108,7 @@ class Not:
     span: Span
 
 
-Expr = Union[Name, Number, String, Bool, Auto, ListExpr, Call, BinOp, Compare, BoolOp, Not]
+Expr = Union[Name, Number, String, Bool, Auto, Nothing, ListExpr, Call, BinOp, Compare, BoolOp, Not]
 
 
 # ----------------------------------------------------------------- statements

@@ -20,7 +20,7 @@ from ttsc.common.errors import Span
 # keywords only inside their phrases, so `input` stays a valid parameter name.
 RESERVED_WORDS = frozenset({
     "model", "prompt", "strategy", "raw", "return", "repeat", "until", "budget",
-    "auto", "true", "false", "and", "or", "not",
+    "auto", "none", "true", "false", "and", "or", "not",
 })
 DEFINITION_WORDS = ("model", "prompt", "strategy", "budget", "raw")
 

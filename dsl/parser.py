@@ -200,6 +200,9 @@ class _AstBuilder(Transformer_NonRecursive):
     def auto(self, meta, children):
         return ast.Auto(self._span(meta))
 
+    def nothing(self, meta, children):
+        return ast.Nothing(self._span(meta))
+
     def list_expr(self, meta, items):
         return ast.ListExpr(tuple(item for item in items if item is not None), self._span(meta))
 

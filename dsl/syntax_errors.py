@@ -20,7 +20,7 @@ from ttsc.common.errors import Diagnostic, Span, did_you_mean, error
 from ttsc.dsl.grammar import DEFINITION_WORDS, RESERVED_WORDS, lark, token_span
 
 _EXPRESSION_STARTS = frozenset({"NAME", "NUMBER", "STRING", "LONG_STRING", "LPAR", "LSQB",
-                                "TRUE", "FALSE", "AUTO", "NOT"})
+                                "TRUE", "FALSE", "AUTO", "NONE", "NOT"})
 _DEFINITION_STARTS = frozenset({"MODEL", "PROMPT", "STRATEGY", "RAW", "BUDGET"})
 # Tokens that could extend what came before; listing them drowns the real choice.
 _CONTINUATIONS = frozenset({"PLUS", "COMP", "AND", "OR", "LPAR", "EQUAL"})

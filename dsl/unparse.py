@@ -116,6 +116,8 @@ def _written(e: ast.Expr) -> tuple[int, str]:
         return _ATOM, "true" if e.value else "false"
     if isinstance(e, ast.Auto):
         return _ATOM, "auto"
+    if isinstance(e, ast.Nothing):
+        return _ATOM, "none"
     if isinstance(e, ast.ListExpr):
         return _ATOM, "[" + ", ".join(_expr(i, _OR) for i in e.items) + "]"
     if isinstance(e, ast.Call):

@@ -7,6 +7,9 @@ seed), so an interrupted run loses nothing done and a rerun skips what is
 there; a results file written by another strategy, plan, model or seed is an
 error, not a silent resume.
 
+Accuracy comes with a 95% bootstrap interval over items; where the output is
+a vote over kept samples, coverage too (pass@k, the unbiased estimator).
+
 Token figures (per item and in the summary), from each call's own usage:
 - tokens computed: prompt tokens the engines computed plus generated tokens,
   the headline (a prompt shared by 16 samples counts once);
@@ -33,6 +36,7 @@ from ttsc.runtime.data import (ResultsWriter, check_fields, check_unique_ids, lo
                                row_id)
 from ttsc.runtime.engines.base import Engine, Usage
 from ttsc.runtime.executor import Executor, InputResult
+from ttsc.runtime.metrics import bootstrap_ci, coverage
 from ttsc.runtime.scorers import Scorer, get_scorer
 
 
@@ -50,6 +54,20 @@ class EvalSummary:
     @property
     def accuracy(self) -> float:
         return self.correct / self.items if self.items else 0.0
+
+    @property
+    def accuracy_ci(self) -> tuple[float, float]:
+        """95% percentile-bootstrap interval of the accuracy, over items."""
+        return bootstrap_ci([float(r["correct"]) for r in self.per_item])
+
+    @property
+    def pass_at(self) -> dict[int, float]:
+        """Coverage: pass@k (unbiased estimator) for the k every item's kept
+        samples allow; empty when the output keeps no samples."""
+        kept = [r for r in self.per_item if r.get("samples")]
+        if not kept or len(kept) < len(self.per_item):
+            return {}
+        return coverage([(len(r["samples"]), r["sample_correct"]) for r in kept])
 
     def _per_item(self, key: str) -> float:
         known = [r["tokens"][key] for r in self.per_item if "tokens" in r]
@@ -74,7 +92,9 @@ class EvalSummary:
         return sum(r["tokens"]["computed"] for r in self.per_item if "tokens" in r)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"items": self.items, "accuracy": self.accuracy, "sample_accuracy": self.sample_accuracy,
+        out = {"items": self.items, "accuracy": self.accuracy, "accuracy_ci": list(self.accuracy_ci),
+               "sample_accuracy": self.sample_accuracy,
+               "pass_at_k": {str(k): v for k, v in self.pass_at.items()},
                "tokens_per_input": self.tokens_per_input,
                "requested_tokens_per_input": self.requested_per_input,
                "generated_tokens_per_input": self.generated_per_input,

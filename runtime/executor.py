@@ -15,7 +15,11 @@ stays full. `serve` and `search` call `run_one` from their own threads the
 same way.
 
 Seeds are derived from (run seed, node, input content, round), so an input's
-answer does not depend on which other inputs run beside it.
+answer does not depend on which other inputs run beside it. A node is named
+there by its `seed_key` fact (what it computes, from the compiler's
+seed_keys pass) where it has one: the same call in two programs (a search
+space's trial and the concrete program written for it) draws the same
+samples.
 """
 
 from __future__ import annotations
@@ -260,6 +264,7 @@ class _InputRun:
         self.settings = settings
         self.usage: dict[str, Usage] = {}
         self.trace: list[StageTrace] = []
+        self.seed_paths: dict[str, str] = {"": ""}  # a region's node path -> its seed path
 
     def region(self, region: Region, env: Env, path: str, round_: int | None) -> None:
         for stage in region.stages:
@@ -300,7 +305,8 @@ class _InputRun:
             node = region.nodes[nid]
             op = LLM_OPS[node.op]
             attrs = self._attrs(node.attrs, path + nid)
-            ctx = OpContext(self.ex.plan.prompts, self._seed_fn(path + nid, round_))
+            seed_path = self.seed_paths[path] + node.facts.get("seed_key", nid)
+            ctx = OpContext(self.ex.plan.prompts, self._seed_fn(seed_path, round_))
             args = {role: env[src] for role, src in node.inputs.items()}
             reqs = op.requests(attrs, args, ctx)
             batch = batches[op.kind]
@@ -335,6 +341,9 @@ class _InputRun:
         loop = region.nodes[loop_id]
         carried = {v: env[loop.inputs[f"carry:{v}"]] for v in stage.carried}
         captured = {r[8:]: env[s] for r, s in loop.inputs.items() if r.startswith("capture:")}
+        seeds = self.seed_paths[path] + loop.facts.get("seed_key", stage.id)
+        self.seed_paths[f"{path}{stage.id}/"] = f"{seeds}/"
+        self.seed_paths[f"{path}{stage.id}/until/"] = f"{seeds}/until/"
         for r in range(stage.count or 0):
             if stage.cond is not None:
                 if self.subregion(stage.cond, carried, captured, f"{path}{stage.id}/until/", r):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 from ttsc.common.errors import UserError, did_you_mean
 from ttsc.runtime.extract import check_regex, extract_choice, extract_code, extract_number
@@ -99,3 +99,28 @@ def get_scorer(name: str) -> Scorer:
     except KeyError:
         hint = did_you_mean(name, SCORERS) or f"known scorers: {', '.join(SCORERS)}"
         raise UserError(f"unknown scorer `{name}`; known: {', '.join(SCORERS)}", hint=hint) from None
+
+
+def check_golds(name: str, rows: Sequence[dict[str, Any]], path: str, answer_field: str = "answer") -> None:
+    """UserError at the first row whose gold answer scorer `name` cannot read
+    (a `number` scorer on letters, a `choice` scorer on numbers, a `regex`
+    gold that is no pattern): every item would score wrong, silently."""
+    get_scorer(name)
+    readable: dict[str, Callable[[str], str | None]] = {
+        "number": lambda g: None if parse_number(g) is not None else "is not a number",
+        "choice": lambda g: None if _letter(g) is not None else "is not a choice letter (A-E)",
+        "regex": lambda g: (f"is not a regular expression ({check_regex(g)})" if check_regex(g)
+                            else None),
+    }
+    check = readable.get(name)
+    if check is None:
+        return
+    for index, row in enumerate(rows):
+        problem = check(str(row[answer_field]))
+        if problem:
+            line = rows.line_of(index) if hasattr(rows, "line_of") else index + 1
+            others = [n for n in SCORERS if n != name and n in readable and
+                      readable[n](str(row[answer_field])) is None]
+            raise UserError(f"{path}:{line}: the gold answer {row[answer_field]!r} {problem}, so "
+                            f"the `{name}` scorer cannot score this data",
+                            hint=f"choose a scorer that fits it: --scorer {others[0] if others else 'exact'}")

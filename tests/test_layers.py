@@ -29,6 +29,8 @@ RUNTIME_USES_OF_COMPILER = {
     "ttsc.compiler.cost": "model facts and engine profiles the runtime measures for the compiler",
     "ttsc.compiler.model_facts": "model facts the runtime caches for the compiler",
     "ttsc.compiler.profiles": "engine profiles `ttsc profile` stores for the compiler",
+    "ttsc.compiler.space": "the search seam: a space's knobs, and the concrete program of an "
+                           "assignment (search writes its winners with it)",
 }
 
 

@@ -6,6 +6,7 @@
     ttsc eval FILE --data FILE.jsonl      accuracy over a data set
     ttsc profile MODEL                    measure an engine for the cost model
     ttsc calibrate FILE --data dev.jsonl  fit the utility model the allocator uses
+    ttsc search SPACE --data dev.jsonl    search a space of strategies (ttsc/search_cli.py)
     ttsc serve FILE [--port 8000]         serve strategies as an OpenAI-compatible API
 
 A user mistake prints `FILE:LINE:COL: error: ...` (or the data file's line)
@@ -32,6 +33,7 @@ examples:
   ttsc eval examples/self_consistency.tts --data examples/data/addition.jsonl --limit 30
   ttsc profile smollm2-135m
   ttsc calibrate examples/search_space.tts --data examples/data/addition_dev.jsonl
+  ttsc search examples/search/sampling.tts --data examples/data/tiers_dev.jsonl --trials 20 --out runs/s
 """
 
 
@@ -227,7 +229,12 @@ def eval_report(summary: Any, strategy: str, args: argparse.Namespace) -> str:
                 summary.run_items < summary.items else "") + ")"]
     if summary.sample_accuracy is not None:
         lines.append(f"single sample  {summary.sample_accuracy:7.1%}   (mean accuracy of one sample)")
-    lines.append(f"accuracy       {summary.accuracy:7.1%}   ({summary.correct}/{summary.items})")
+    lo, hi = summary.accuracy_ci
+    lines.append(f"accuracy       {summary.accuracy:7.1%}   ({summary.correct}/{summary.items}; "
+                 f"95% CI {lo:.1%} to {hi:.1%})")
+    if summary.pass_at:
+        lines.append("coverage       " + ", ".join(f"pass@{k} {v:.1%}" for k, v in summary.pass_at.items())
+                     + "   (unbiased estimator over each item's samples)")
     lines.append(f"tokens/input   {summary.tokens_per_input:9.1f}   computed (prompt computed + "
                  f"generated); {summary.requested_per_input:.1f} requested, "
                  f"{summary.generated_per_input:.1f} generated")
@@ -525,6 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     runtime_args(c)
     c.set_defaults(func=cmd_calibrate)
     add_serve_parser(sub, fmt)
+
+    from ttsc import search_cli
+
+    search_cli.add_parser(sub, runtime_args)
     return p
 
 

@@ -1,9 +1,17 @@
 """Compile-time arguments of ops: models, prompts, extractors, aggregations,
-and constants (sampling settings and the knobs of a search space)."""
+and constants (sampling settings and the knobs of a search space).
+
+Most knobs stay one node's attribute (`n=choice(4, 8)`, `model=choice(a, b)`).
+A choice that changes the shape of the graph, a `choice` of prompts or one
+whose options include a list of models (an ensemble: one call per model),
+comes back as `Branches`: the op is built once per option, under a value
+choice (see expressions.py).
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ttsc.common.errors import Span, did_you_mean
@@ -12,6 +20,19 @@ from ttsc.common.sampling import AUTO_SETTINGS, SETTINGS
 from ttsc.compiler.build.context import BAD, Context, span_of
 from ttsc.compiler.ops import AGGS, EXTRACTORS, Arg, Kind
 from ttsc.dsl import ast
+from ttsc.dsl.unparse import unparse_expr
+
+
+@dataclass(frozen=True)
+class Branches:
+    """A `choice(...)` of a static argument whose options build different
+    graphs: one op per option, under a value choice. None: the argument
+    left out (`none`, for an optional prompt)."""
+
+    options: tuple[Any, ...]
+    labels: tuple[str, ...]  # each option as written
+    span: Span
+
 
 def static_arg(ctx: Context, arg: Arg, value: ast.Expr, func: str) -> Any:
     """A compile-time argument: model, prompt, extractor, aggregation or constant."""
@@ -21,6 +42,8 @@ def static_arg(ctx: Context, arg: Arg, value: ast.Expr, func: str) -> Any:
     if arg.kind is Kind.PROMPT:
         if isinstance(value, ast.Name) and value.id in ctx.info.prompts:
             return value.id
+        if isinstance(value, ast.Call) and value.func == "choice" and not value.kwargs:
+            return _branches(ctx, value, lambda a: static_arg(ctx, arg, a, func), optional=not arg.required)
         name = value.id if isinstance(value, ast.Name) else None
         ctx.err(f"{where} must be a prompt name", span_of(value),
                 (did_you_mean(name, ctx.info.prompts) if name else None)
@@ -53,7 +76,9 @@ def static_arg(ctx: Context, arg: Arg, value: ast.Expr, func: str) -> Any:
     return _const(ctx, arg, value, where)
 
 
-def _model_arg(ctx: Context, value: ast.Expr, where: str) -> Any:
+def _model_arg(ctx: Context, value: ast.Expr, where: str, ensemble: bool = True) -> Any:
+    """A model name; a list of them (an ensemble, a tuple); a choice of
+    names (a `Choice`) or of names and lists (`Branches`); or auto."""
     if isinstance(value, ast.Name):
         if value.id in ctx.info.models:
             return value.id
@@ -62,15 +87,31 @@ def _model_arg(ctx: Context, value: ast.Expr, where: str) -> Any:
                 or (f"models in this file: {', '.join(ctx.info.models)}" if ctx.info.models
                     else "define one with model NAME = \"smollm2-135m\""))
         return BAD
-    if isinstance(value, ast.Call) and value.func == "choice" and not value.kwargs:
-        names = _options(ctx, value, lambda a: _model_arg(ctx, a, where))
+    if isinstance(value, ast.ListExpr) and ensemble:
+        names = [_model_arg(ctx, item, where, ensemble=False) for item in value.items]
+        if BAD in names:
+            return BAD
+        if not names:
+            ctx.err("an ensemble needs at least one model", value.span)
+            return BAD
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            ctx.err(f"`{twice}` is listed twice in this ensemble", value.span,
+                    "list each model once; n= sets the samples per model")
+            return BAD
+        return tuple(names) if len(names) > 1 else names[0]
+    if isinstance(value, ast.Call) and value.func == "choice" and not value.kwargs and ensemble:
+        if any(isinstance(a, ast.ListExpr) for a in value.args):
+            return _branches(ctx, value, lambda a: _model_arg(ctx, a, where))
+        names = _options(ctx, value, lambda a: _model_arg(ctx, a, where, ensemble=False))
         return BAD if names is BAD else Choice(names)
-    if isinstance(value, ast.Auto):
+    if isinstance(value, ast.Auto) and ensemble:
         if not ctx.info.models:
             ctx.err("`auto` needs at least one model defined", value.span)
             return BAD
         return Auto(tuple(ctx.info.models))
-    ctx.err(f"{where} must be a model name, choice(...) of model names, or auto", span_of(value))
+    ctx.err(f"{where} must be a model name, a list of model names, choice(...) of those, or auto"
+            if ensemble else f"{where}: expected a model name here", span_of(value))
     return BAD
 
 
@@ -107,6 +148,28 @@ def _const(ctx: Context, arg: Arg, value: ast.Expr, where: str) -> Any:
     ctx.err(f"{where} must be a constant number, auto, range(...) or choice(...)", span_of(value),
             "values computed at run time cannot set sampling parameters")
     return BAD
+
+
+def _branches(ctx: Context, value: ast.Call, read: Callable[[ast.Expr], Any],
+              optional: bool = False) -> Any:
+    """The options of a `choice(...)` that builds one op per option; `none`
+    (when the argument may be left out) is the option None."""
+    options: list[Any] = []
+    for a in value.args:
+        if isinstance(a, ast.Nothing) and optional:
+            options.append(None)
+            continue
+        got = read(a)
+        if got is BAD:
+            return BAD
+        if is_knob(got) or isinstance(got, Branches):
+            ctx.err("choice options must be plain constants", span_of(a))
+            return BAD
+        options.append(got)
+    if not options:
+        ctx.err("choice(...) needs at least one option", value.span)
+        return BAD
+    return Branches(tuple(options), tuple(unparse_expr(a) for a in value.args), value.span)
 
 
 def _stop(ctx: Context, value: ast.Expr, where: str) -> Any:

@@ -29,6 +29,7 @@ class KnobSite:
     setting: str  # the op's setting ("n", "model", ...), "branch" of a value choice, "count" of a repeat
     knob: Knob
     span: Span | None  # the knob expression
+    labels: tuple[str, ...] | None = None  # a branch choice's options as written ("none" included)
 
 
 @dataclass
@@ -43,12 +44,13 @@ class Context:
     label: str = ""  # the statement being built: an assigned variable, "return", "repeat", "until"
     _site_names: dict[str, int] = field(default_factory=dict)
 
-    def site(self, where: str, setting: str, knob: Knob, span: Span | None) -> str:
+    def site(self, where: str, setting: str, knob: Knob, span: Span | None,
+             labels: tuple[str, ...] | None = None) -> str:
         """Record a knob site of the statement being built; returns its id."""
         base = f"{self.strategy.name}.{self.label}.{where}"
         count = self._site_names[base] = self._site_names.get(base, 0) + 1
         sid = base if count == 1 else f"{base}#{count}"
-        self.sites[sid] = KnobSite(sid, setting, knob, span)
+        self.sites[sid] = KnobSite(sid, setting, knob, span, labels)
         return sid
 
     def err(self, message: str, span: Span | None, hint: str | None = None) -> None:

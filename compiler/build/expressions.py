@@ -3,17 +3,19 @@ ops, strategies and value `choice(...)`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ttsc.common.errors import Span, did_you_mean
 from ttsc.common.knobs import Choice, is_knob
-from ttsc.compiler.build.arguments import static_arg
+from ttsc.compiler.build.arguments import Branches, static_arg
 from ttsc.compiler.build.context import BAD, Context, signature, span_of
 from ttsc.compiler.build.holes import bind_holes
-from ttsc.compiler.build.scope import Scope
+from ttsc.compiler.build.scope import Scope, defined
 from ttsc.compiler.ir import Op
 from ttsc.compiler.ops import SIGNATURES, Kind, OpSig, T
 from ttsc.dsl import ast
+from ttsc.dsl.unparse import unparse_expr
 
 
 def expr(ctx: Context, e: ast.Expr, scope: Scope) -> str | None:
@@ -43,6 +45,9 @@ def expr(ctx: Context, e: ast.Expr, scope: Scope) -> str | None:
         return g.add(Op.CONST, T.BOOL, attrs={"value": e.value}, span=e.span).id
     if isinstance(e, ast.Auto):
         ctx.err("`auto` can only be an argument's value, like n=auto", e.span)
+        return None
+    if isinstance(e, ast.Nothing):
+        _misplaced_none(ctx, e, None)
         return None
     if isinstance(e, ast.ListExpr):
         if not e.items:
@@ -116,10 +121,10 @@ def _call(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
     bound = _bind_args(ctx, sig, e)
     if bound is None:
         return None
-    g = scope.graph
     inputs: dict[str, str] = {}
     attrs: dict[str, Any] = {}
     sites: dict[str, str] = {}
+    branches: list[_Branch] = []
     ok = True
     for arg in sig.args:
         if arg.name not in bound:
@@ -127,15 +132,21 @@ def _call(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
                 attrs[arg.name] = arg.default
             continue
         value = bound[arg.name]
+        if isinstance(value, ast.Nothing) and not arg.required:
+            continue  # `critiques=none`: left out
         if arg.kind is Kind.VALUE:
+            if _has_none(value):
+                branch = _optional_input(ctx, e, arg, value, scope)
+                if branch is None:
+                    ok = False
+                else:
+                    branches.append(branch)
+                continue
             nid = expr(ctx, value, scope)
             if nid is None:
                 ok = False
                 continue
-            if g[nid].type not in arg.types:
-                want = " or ".join(t.value for t in arg.types)
-                ctx.err(f"argument `{arg.name}` of `{e.func}` must be {want}, "
-                        f"got {g[nid].type.value}", span_of(value))
+            if not _fits(ctx, e, arg, nid, value, scope):
                 ok = False
                 continue
             inputs[arg.name] = nid
@@ -144,18 +155,116 @@ def _call(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
             if got is BAD:
                 ok = False
                 continue
+            if isinstance(got, Branches):
+                sid = ctx.site(f"{e.func}.{arg.name}", "branch", Choice(tuple(range(len(got.options)))),
+                               got.span, got.labels)
+                branches.append(_Branch(sid, [("attr", arg.name, o) for o in got.options]))
+                continue
             attrs[arg.name] = got
             if is_knob(got):
                 sites[arg.name] = ctx.site(f"{e.func}.{arg.name}", arg.name, got, span_of(value))
     if not ok:
         return None
+    return _variants(ctx, e, sig, inputs, attrs, sites, branches, scope)
+
+
+@dataclass
+class _Branch:
+    """One argument choice that builds the op once per option: its knob site
+    and, per option, what it sets: ("attr" | "input", argument, value), a
+    value of None leaving the argument out."""
+
+    site: str
+    options: list[tuple[str, str, Any]]
+
+
+def _variants(ctx: Context, e: ast.Call, sig: OpSig, inputs: dict[str, str], attrs: dict[str, Any],
+              sites: dict[str, str], branches: list[_Branch], scope: Scope) -> str | None:
+    """The op's node; under a value choice per branching argument, one copy
+    per option (copies share their knob sites: one knob, one value)."""
+    g = scope.graph
+    if branches:
+        first, rest = branches[0], branches[1:]
+        ids = []
+        for kind, name, option in first.options:
+            if kind == "attr":
+                variant = dict(attrs)
+                if option is None:
+                    variant.pop(name, None)
+                else:
+                    variant[name] = option
+                ids.append(_variants(ctx, e, sig, inputs, variant, sites, rest, scope))
+            else:
+                variant = dict(inputs)
+                if option is not None:
+                    variant[name] = option
+                ids.append(_variants(ctx, e, sig, variant, attrs, sites, rest, scope))
+        if None in ids:
+            return None
+        return g.add(Op.CHOICE, sig.result, {f"option{i}": nid for i, nid in enumerate(ids)},
+                     {"selected": None}, e.span, meta={"knob_sites": {"selected": first.site}}).id
+    model = attrs.get("model")
+    if isinstance(model, tuple):  # an ensemble: one call per model, candidates joined
+        if sig.result is not T.CANDIDATES or sig.arg("n") is None:
+            ctx.err(f"`{sig.name}` takes one model, not a list", e.span,
+                    "a list of models (an ensemble) works for generate, extend, fuse and unit_tests")
+            return None
+        ids = [_one(ctx, e, sig, inputs, {**attrs, "model": m}, sites, scope) for m in model]
+        if None in ids:
+            return None
+        return g.add(Op.CONCAT, T.CANDIDATES, {f"item{i}": nid for i, nid in enumerate(ids)},
+                     span=e.span).id
+    return _one(ctx, e, sig, inputs, attrs, sites, scope)
+
+
+def _one(ctx: Context, e: ast.Call, sig: OpSig, inputs: dict[str, str], attrs: dict[str, Any],
+         sites: dict[str, str], scope: Scope) -> str | None:
+    inputs = dict(inputs)
     if sig.is_llm:
         holes = bind_holes(ctx, e, sig, attrs, scope)
         if holes is None:
             return None
         inputs.update(holes)
-    return g.add(Op(sig.name), sig.result, inputs, attrs, e.span,
-                 meta={"knob_sites": sites} if sites else None).id
+    return scope.graph.add(Op(sig.name), sig.result, inputs, attrs, e.span,
+                           meta={"knob_sites": dict(sites)} if sites else None).id
+
+
+def _fits(ctx: Context, e: ast.Call, arg: Any, nid: str, value: ast.Expr, scope: Scope) -> bool:
+    typ = scope.graph[nid].type
+    if typ in arg.types:
+        return True
+    want = " or ".join(t.value for t in arg.types)
+    ctx.err(f"argument `{arg.name}` of `{e.func}` must be {want}, got {typ.value}", span_of(value))
+    return False
+
+
+def _has_none(value: ast.Expr) -> bool:
+    return (isinstance(value, ast.Call) and value.func == "choice"
+            and any(isinstance(a, ast.Nothing) for a in value.args))
+
+
+def _optional_input(ctx: Context, e: ast.Call, arg: Any, value: ast.Call,
+                    scope: Scope) -> _Branch | None:
+    """`critiques=choice(critique(...), none)`: the op with the input and without it."""
+    if arg.required:
+        ctx.err(f"argument `{arg.name}` of `{e.func}` cannot be left out, so `none` is no option "
+                "for it", value.span)
+        return None
+    if value.kwargs:
+        ctx.err("choice(...) takes one or more alternatives and no keywords", value.span)
+        return None
+    options: list[tuple[str, str, Any]] = []
+    sid = ctx.site(f"{e.func}.{arg.name}", "branch", Choice(tuple(range(len(value.args)))),
+                   value.span, tuple(unparse_expr(a) for a in value.args))
+    for a in value.args:
+        if isinstance(a, ast.Nothing):
+            options.append(("input", arg.name, None))
+            continue
+        nid = expr(ctx, a, scope)
+        if nid is None or not _fits(ctx, e, arg, nid, a, scope):
+            return None
+        options.append(("input", arg.name, nid))
+    return _Branch(sid, options)
 
 
 def _bind_args(ctx: Context, sig: OpSig, e: ast.Call) -> dict[str, ast.Expr] | None:
@@ -229,12 +338,32 @@ def _strategy_call(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
                            {"strategy": e.func, "body": sub}, e.span).id
 
 
-def _value_choice(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
+def assigned_value(ctx: Context, e: ast.Expr, scope: Scope, target: str) -> str | None:
+    """The value of `target = e`. There `choice(step, none)` is an optional
+    step: `none` keeps the value `target` had."""
+    if isinstance(e, ast.Call) and e.func == "choice" and _has_none(e):
+        keep = scope.lookup(target) if defined(scope, target) else None
+        return _value_choice(ctx, e, scope, keep=keep, target=target)
+    return expr(ctx, e, scope)
+
+
+def _value_choice(ctx: Context, e: ast.Call, scope: Scope, keep: str | None = None,
+                  target: str | None = None) -> str | None:
     if e.kwargs or not e.args:
         ctx.err("choice(...) takes one or more alternatives and no keywords", e.span)
         return None
-    site = ctx.site("choice", "branch", Choice(tuple(range(len(e.args)))), e.span)
-    ids = [expr(ctx, a, scope) for a in e.args]
+    site = ctx.site("choice", "branch", Choice(tuple(range(len(e.args)))), e.span,
+                    tuple(unparse_expr(a) for a in e.args))
+    ids = []
+    for a in e.args:
+        if isinstance(a, ast.Nothing):
+            if keep is None:
+                _misplaced_none(ctx, a, target)
+                ids.append(None)
+            else:
+                ids.append(keep)
+            continue
+        ids.append(expr(ctx, a, scope))
     if None in ids:
         return None
     types = {scope.graph[i].type for i in ids}
@@ -244,3 +373,16 @@ def _value_choice(ctx: Context, e: ast.Call, scope: Scope) -> str | None:
         return None
     return scope.graph.add(Op.CHOICE, types.pop(), {f"option{i}": nid for i, nid in enumerate(ids)},
                            {"selected": None}, e.span, meta={"knob_sites": {"selected": site}}).id
+
+
+NONE_HINT = ("`none` leaves a step out: `x = choice(step(x), none)` keeps x as it was, and "
+             "an optional argument like `critiques=choice(critique(...), none)` is left out")
+
+
+def _misplaced_none(ctx: Context, e: ast.Nothing, target: str | None) -> None:
+    if target is not None:
+        ctx.err(f"`none` would leave `{target}` without a value: it has none before this line",
+                e.span, NONE_HINT)
+    else:
+        ctx.err("`none` can only be an option of choice(...) that sets a variable or an "
+                "optional argument", e.span, NONE_HINT)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import networkx as nx
 
 from ttsc.common.errors import Diagnostics
-from ttsc.common.knobs import Auto
+from ttsc.common.knobs import Auto, Choice, Knob, Range, is_knob
 from ttsc.compiler.build.context import Context, KnobSite, span_of
 from ttsc.compiler.build.definitions import ModuleInfo
-from ttsc.compiler.build.expressions import expr
+from ttsc.compiler.build.expressions import assigned_value, expr
 from ttsc.compiler.build.scope import Scope, defined, rebind, resolve, type_in
 from ttsc.compiler.ir import Graph, Op
 from ttsc.compiler.ops import T
@@ -54,7 +54,7 @@ def _block(ctx: Context, stmts: tuple[ast.Stmt, ...], scope: Scope, top: bool) -
     for i, s in enumerate(stmts):
         if isinstance(s, ast.Assign):
             ctx.label = s.target
-            nid = expr(ctx, s.value, scope)
+            nid = assigned_value(ctx, s.value, scope, s.target)
             if s.target in ctx.info.models or s.target in ctx.info.prompts:
                 ctx.err(f"`{s.target}` is a {'model' if s.target in ctx.info.models else 'prompt'}"
                         f" and cannot be assigned", s.span)
@@ -84,7 +84,7 @@ def _block(ctx: Context, stmts: tuple[ast.Stmt, ...], scope: Scope, top: bool) -
 def _repeat(ctx: Context, s: ast.Repeat, scope: Scope) -> None:
     ctx.label = "repeat"
     count = _count(ctx, s.count)
-    count_site = ctx.site("count", "count", count, s.count.span) if isinstance(count, Auto) else None
+    count_site = ctx.site("count", "count", count, s.count.span) if is_knob(count) else None
     carried = [v for v in assigned(s.body) if defined(scope, v)]
     cond_graph = None
     loop_inputs: dict[str, str] = {}
@@ -151,13 +151,36 @@ def _repeat(ctx: Context, s: ast.Repeat, scope: Scope) -> None:
                  s.span, "assign to a variable defined before the loop")
 
 
-def _count(ctx: Context, e: ast.Expr) -> int | Auto:
-    if isinstance(e, ast.Number) and isinstance(e.value, int) and e.value >= 0:
+def _count(ctx: Context, e: ast.Expr) -> int | Knob:
+    """A round count: a whole number, `auto`, or a knob over whole numbers,
+    `choice(1, 2, 3)` or `range(1, 3)` (a number of layers to search)."""
+    if _rounds(e):
         return e.value
     if isinstance(e, ast.Auto):
         return Auto()
-    ctx.err("the round count of `repeat` must be a whole number >= 0 or `auto`", span_of(e))
+    if isinstance(e, ast.Call) and e.func == "choice" and e.args and not e.kwargs:
+        bad = next((a for a in e.args if not _rounds(a)), None)
+        if bad is None:
+            return Choice(tuple(a.value for a in e.args))
+        ctx.err("the options of a round count must be whole numbers >= 0", span_of(bad))
+        return 0
+    if isinstance(e, ast.Call) and e.func == "range" and len(e.args) == 2 and not e.kwargs:
+        lo, hi = e.args
+        if _rounds(lo) and _rounds(hi):
+            if lo.value > hi.value:
+                ctx.err(f"range({lo.value}, {hi.value}) is empty: the low end is above the high end",
+                        e.span)
+                return 0
+            return Range(lo.value, hi.value, integer=True)
+        ctx.err("a range of round counts takes two whole numbers >= 0, like range(1, 3)", e.span)
+        return 0
+    ctx.err("the round count of `repeat` must be a whole number >= 0, `auto`, choice(...) or "
+            "range(...) of whole numbers", span_of(e))
     return 0
+
+
+def _rounds(e: ast.Expr) -> bool:
+    return isinstance(e, ast.Number) and isinstance(e.value, int) and e.value >= 0
 
 
 def _check_condition(ctx: Context, s: ast.Repeat, g: Graph, cid: str, carried: list[str]) -> None:

@@ -40,7 +40,7 @@ from ttsc.compiler.passes.manager import PassResult
 from ttsc.compiler.prefix.layout import DEFAULT_INPUT_TOKENS, LIST_ITEM_TOKENS, node_layout
 from ttsc.compiler.utility import (AccuracyModel, Calibration, load_calibration, pooled,
                                    prior_model, truncated)
-from ttsc.common.errors import Span, TTSError, error
+from ttsc.common.errors import BudgetInfeasible, Span, TTSError, error
 from ttsc.common.knobs import Auto, Choice, Range, is_knob
 from ttsc.common.sampling import SETTINGS, auto_temperature
 
@@ -78,6 +78,15 @@ def _options(key: str, value: Any) -> list[Any] | None:
         inside = [v for v in grid if value.lo <= v <= value.hi]
         return sorted({int(value.lo), int(value.hi), *inside})
     return None
+
+
+def _rounds(count: Any) -> list[int]:
+    """The round counts a `repeat` knob may take."""
+    if isinstance(count, Choice):
+        return list(count.options)
+    if isinstance(count, Range):
+        return list(range(int(count.lo), int(count.hi) + 1))
+    return list(AUTO_ROUNDS)
 
 
 @dataclass
@@ -137,8 +146,8 @@ class _Builder:
         labels: list[dict[str, Any]] = []
         if node.op is Op.CHOICE and node.attrs.get("selected") is None:
             labels = [{"selected": i} for i in range(len(node.inputs))]
-        elif node.op is Op.LOOP and isinstance(node.attrs.get("count"), Auto):
-            labels = [{"count": r} for r in AUTO_ROUNDS]
+        elif node.op is Op.LOOP and is_knob(node.attrs.get("count")):
+            labels = [{"count": r} for r in _rounds(node.attrs["count"])]
         elif knobs:
             keys = list(knobs)
             labels = [dict(zip(keys, combo)) for combo in itertools.product(*knobs.values())]
@@ -600,7 +609,7 @@ def _budget_spans(program: Program) -> dict[str, Span]:
     return spans
 
 
-def _infeasible_error(program: Program, builder: _Builder, exc: Infeasible) -> TTSError:
+def _infeasible_error(program: Program, builder: _Builder, exc: Infeasible) -> BudgetInfeasible:
     spans = _budget_spans(program)
     budget = program.budget or {}
     diags = []
@@ -628,7 +637,8 @@ def _infeasible_error(program: Program, builder: _Builder, exc: Infeasible) -> T
                 f"the budget cannot be met as a whole; `{_fmt_limit(resource, item)}` is part of "
                 f"the conflict (the cheapest plan needs {parts})", spans.get(resource),
                 "raise several limits together"))
-    return TTSError(diags, {program.file: program.source})
+    return BudgetInfeasible(diags, {program.file: program.source},
+                            {r: real(r, v) for r, v in culprits.items()})
 
 
 def _limit(budget: dict[str, Any], resource: str) -> int:

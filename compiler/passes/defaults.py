@@ -28,9 +28,14 @@ def select_defaults(program: Program) -> PassResult:
     for graph in list(graphs(program.graph)):
         for node in list(graph.nodes()):
             if node.op is Op.LOOP:
-                if isinstance(node.attrs.get("count"), Auto):
+                count = node.attrs.get("count")
+                if isinstance(count, Auto):
                     problems.append(error("`repeat auto` needs a budget to be solved against",
                                           node.span, _BUDGET_HINT))
+                elif is_knob(count):
+                    node.attrs["count"] = count.default()
+                    notes.append(f"repeat at {_where(node)}: {count.default()} rounds "
+                                 "(default; the others are for a search)")
                 continue
             for key, value in list(node.attrs.items()):
                 if not is_knob(value):
@@ -50,4 +55,6 @@ def select_defaults(program: Program) -> PassResult:
                              "(default; the others are for a search)")
     if problems:
         raise TTSError(problems, {program.file: program.source})
+    # Copies of one knob (an ensemble's calls, a branch's variants) are decided alike: one note.
+    notes = list(dict.fromkeys(notes))
     return PassResult(bool(notes), notes)

@@ -128,6 +128,16 @@ class ContinuationOutput:
     usage: Usage = field(default_factory=Usage)
 
 
+def find_stop(text: str, stops: Sequence[str], searched: int) -> int | None:
+    """Where the first of `stops` starts in decoded `text`, or None. The search
+    starts a margin before `searched` (how far an earlier call searched),
+    because a decoded tail can change as a character's bytes complete. For
+    engines that stop on strings themselves, token by token."""
+    start = max(0, searched - max(len(s) for s in stops) - 4)
+    hits = [p for p in (text.find(s, start) for s in stops if s) if p >= 0]
+    return min(hits) if hits else None
+
+
 class Engine(ABC):
     """One model behind the contract. Batches are lists; engines batch them."""
 

@@ -43,6 +43,7 @@ from ttsc.runtime.engines.base import (
     ContinuationRequest,
     Engine,
     FinishReason,
+    find_stop,
     NextTokenRequest,
     Prompt,
     SampleOutput,
@@ -332,13 +333,10 @@ class HFEngine(Engine):
         row.logprobs.append(logprob)
         if row.params.stop:
             text = self._decode(row)
-            longest = max(len(s) for s in row.params.stop)
-            # Re-search a margin: the tail of decoded text can change as bytes complete.
-            start = max(0, row.searched_chars - longest - 4)
-            hits = [p for p in (text.find(s, start) for s in row.params.stop if s) if p >= 0]
+            cut = find_stop(text, row.params.stop, row.searched_chars)
             row.searched_chars = len(text)
-            if hits:
-                row.text = text[:min(hits)]
+            if cut is not None:
+                row.text = text[:cut]
                 row.finish_reason = "stop"
                 return
         if len(row.token_ids) >= row.max_new_tokens:

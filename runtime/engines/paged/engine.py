@@ -74,6 +74,7 @@ from ttsc.runtime.engines.base import (
     ContinuationOutput,
     ContinuationRequest,
     Engine,
+    find_stop,
     NextTokenRequest,
     Prompt,
     SampleOutput,
@@ -502,15 +503,12 @@ class PagedEngine(Engine):
 
     def _hit_stop(self, seq: Sequence) -> bool:
         text = self._decode(seq)
-        longest = max(len(s) for s in seq.params.stop)
-        # Re-search a margin: the tail of decoded text can change as bytes complete.
-        start = max(0, seq.searched_chars - longest - 4)
-        hits = [p for p in (text.find(s, start) for s in seq.params.stop if s) if p >= 0]
+        cut = find_stop(text, seq.params.stop, seq.searched_chars)
         seq.searched_chars = len(text)
-        if hits:
-            seq.stop_text = text[:min(hits)]
-            return True
-        return False
+        if cut is None:
+            return False
+        seq.stop_text = text[:cut]
+        return True
 
     def _decode(self, seq: Sequence) -> str:
         start = max(0, seq.num_prompt_tokens - prompting.DECODE_CONTEXT)

@@ -2,6 +2,7 @@
 
     $TTSC_CACHE_DIR            (default $XDG_CACHE_HOME/ttsc or ~/.cache/ttsc)
         calls.db               the call cache (SQLite)
+        calibrations/          `ttsc calibrate` fits, one per strategy file and content
         gguf/                  GGUF models converted for transformers
         weights/               safetensors of loaded models, keyed by the model file's hash
         kernels/               generated Triton sources and the C++ CPU kernels

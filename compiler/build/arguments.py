@@ -154,22 +154,10 @@ def _branches(ctx: Context, value: ast.Call, read: Callable[[ast.Expr], Any],
               optional: bool = False) -> Any:
     """The options of a `choice(...)` that builds one op per option; `none`
     (when the argument may be left out) is the option None."""
-    options: list[Any] = []
-    for a in value.args:
-        if isinstance(a, ast.Nothing) and optional:
-            options.append(None)
-            continue
-        got = read(a)
-        if got is BAD:
-            return BAD
-        if is_knob(got) or isinstance(got, Branches):
-            ctx.err("choice options must be plain constants", span_of(a))
-            return BAD
-        options.append(got)
-    if not options:
-        ctx.err("choice(...) needs at least one option", value.span)
+    options = _options(ctx, value, read, optional)
+    if options is BAD:
         return BAD
-    return Branches(tuple(options), tuple(unparse_expr(a) for a in value.args), value.span)
+    return Branches(options, tuple(unparse_expr(a) for a in value.args), value.span)
 
 
 def _stop(ctx: Context, value: ast.Expr, where: str) -> Any:
@@ -185,14 +173,19 @@ def _stop(ctx: Context, value: ast.Expr, where: str) -> Any:
     return BAD
 
 
-def _options(ctx: Context, value: ast.Call, read: Callable[[ast.Expr], Any]) -> Any:
-    """The options of a `choice(...)` of constants, each read by `read`."""
-    options = []
+def _options(ctx: Context, value: ast.Call, read: Callable[[ast.Expr], Any],
+             optional: bool = False) -> Any:
+    """The options of a `choice(...)` of constants, each read by `read`;
+    with `optional`, `none` is the option None."""
+    options: list[Any] = []
     for a in value.args:
+        if optional and isinstance(a, ast.Nothing):
+            options.append(None)
+            continue
         got = read(a)
         if got is BAD:
             return BAD
-        if is_knob(got):
+        if is_knob(got) or isinstance(got, Branches):
             ctx.err("choice options must be plain constants", span_of(a))
             return BAD
         options.append(got)

@@ -129,9 +129,10 @@ def test_an_actor_killed_mid_trial_has_its_trial_run_again_elsewhere(tmp_path):
         assert len(lines(out / "trials" / f"{t.number:04d}.jsonl")) == 12  # each item once
 
 
-def _states(study: Path) -> list[optuna.trial.TrialState]:
+def _states(study: Path) -> list[tuple[optuna.trial.TrialState, int]]:
+    """(state, how many parameters are stored) of each trial."""
     try:
-        return [t.state for t in journal(study)]
+        return [(t.state, len(t.params)) for t in journal(study)]
     except (FileNotFoundError, KeyError):  # not written yet, or the study not made yet
         return []
 
@@ -147,8 +148,9 @@ def test_the_driver_killed_then_the_same_command_resumes(tmp_path, capsys, local
     try:
         while time.monotonic() < deadline:
             states = _states(study)
-            if optuna.trial.TrialState.COMPLETE in states and \
-                    optuna.trial.TrialState.RUNNING in states:
+            # A finished trial, and one running with its configuration stored.
+            if any(s == optuna.trial.TrialState.COMPLETE for s, _ in states) and \
+                    any(s == optuna.trial.TrialState.RUNNING and k == 3 for s, k in states):
                 break
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.1)
@@ -163,7 +165,7 @@ def test_the_driver_killed_then_the_same_command_resumes(tmp_path, capsys, local
     before = journal(study)
     kept = {t.number: (t.params, t.values) for t in before
             if t.state == optuna.trial.TrialState.COMPLETE}
-    cut = [t.number for t in before if t.state == optuna.trial.TrialState.RUNNING]
+    cut = [t.number for t in before if t.state == optuna.trial.TrialState.RUNNING and t.params]
     assert kept and cut
     assert main(args[:-1] + [local_ray.address]) == 0
     trials = journal(study)

@@ -22,13 +22,11 @@ def add_ray_flags(c: argparse.ArgumentParser, what: str, also: str = "") -> None
 
 def ray_options(args: argparse.Namespace) -> Any:
     """The run's RayOptions, or None without --ray; a UserError for flags that
-    make no sense together."""
+    make no sense (RayOptions checks its own values)."""
     if args.ray_actors is not None and args.ray is None:
         raise UserError("--ray-actors is the number of Ray actors; it needs --ray")
     if args.ray is None:
         return None
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise UserError(f"--ray-actors must be at least 1 (got {args.ray_actors})")
     from ttsc.runtime.distributed.workers import RayOptions  # noqa: PLC0415 - only for --ray
 
     return RayOptions(args.ray or None, args.ray_actors)

@@ -75,8 +75,6 @@ def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
     (connected, worker ready, worker lost), `on_event` the events themselves."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    if options.actors is not None and options.actors < 1:
-        raise UserError(f"--ray-actors must be at least 1 (got {options.actors})")
     score = get_scorer(scorer)
     signature = run_signature(plan, seed)
     start = time.perf_counter()

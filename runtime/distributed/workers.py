@@ -12,6 +12,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from ttsc.common.errors import UserError
 from ttsc.common.specs import spec_form
 from ttsc.runtime.cache import CallCache
 from ttsc.runtime.distributed.cache import start_cache_server
@@ -28,6 +29,10 @@ class RayOptions:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float | None = None  # None: 1 for a GPU engine (vLLM, --device cuda), else 0
     max_restarts: int = DEFAULT_MAX_RESTARTS  # replacements per actor slot
+
+    def __post_init__(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise UserError(f"--ray-actors must be at least 1 (got {self.actors})")
 
     def shape(self, cluster: ClusterInfo, specs: Iterable[str], engine: str,
               device: str | None, most: int) -> tuple[int, float]:

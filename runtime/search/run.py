@@ -132,8 +132,6 @@ def prepare(o: SearchOptions) -> Prepared:
                         "a file ending .journal",
                         hint="give --study PATH.journal (a new file, or one an earlier search "
                              "wrote); SQLite is not shared between processes")
-    if o.ray is not None and o.ray.actors is not None and o.ray.actors < 1:
-        raise UserError(f"--ray-actors must be at least 1 (got {o.ray.actors})")
     return Prepared(o, objectives, space, rows, test_rows, out, study_path)
 
 

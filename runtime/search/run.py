@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import optuna
 from optuna.trial import Trial, TrialState
 
 from ttsc.common.errors import UserError
@@ -309,7 +310,7 @@ def _end(p: Prepared, trial: Trial, scores: Scores, budget: float | None,
     return tuple(values)
 
 
-def _trials_on_workers(p: Prepared, evaluator: Evaluator, study: Any, budget: float | None,
+def _trials_on_workers(p: Prepared, evaluator: Evaluator, study: optuna.Study, budget: float | None,
                        emit: Event) -> None:
     """`run_trials` with the evaluations on Ray actors. This process alone
     asks and tells Optuna: a trial is asked for when an actor has room

@@ -113,6 +113,25 @@ def check_unique_ids(rows: Sequence[dict[str, Any]], path: PathLike) -> None:
         seen[key] = line
 
 
+def drop_partial_last_line(path: PathLike) -> None:
+    """Cut a JSON-lines file back to its last whole line. A process killed
+    mid-write leaves a line without its newline; appending after it would
+    glue two records into one malformed line."""
+    path = Path(path)
+    if not path.exists():
+        return
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        keep = f.read().rfind(b"\n") + 1
+        f.truncate(keep)
+
+
 class ResultsWriter:
     """Appends one JSON line per finished item, durably (flush + fsync per line)."""
 
@@ -120,24 +139,8 @@ class ResultsWriter:
         self.path = Path(path)
         self.key = key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_last_line()
+        drop_partial_last_line(self.path)
         self._file = open(self.path, "ab")
-
-    def _drop_partial_last_line(self) -> None:
-        # A run killed mid-write leaves a line without its newline; appending
-        # after it would glue two records into one malformed line.
-        if not self.path.exists():
-            return
-        with open(self.path, "r+b") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            f.seek(0)
-            keep = f.read().rfind(b"\n") + 1
-            f.truncate(keep)
 
     def write(self, record: dict[str, Any]) -> None:
         if self.key not in record:

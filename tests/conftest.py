@@ -1,5 +1,6 @@
-"""Shared fixtures: the tiny random model is built once per test session, and
-llama.cpp's server (for the `openai` engine) is started once when a test asks."""
+"""Shared fixtures: the tiny random model is built once per test session,
+llama.cpp's server (for the `openai` engine) and a local Ray instance (for the
+`--ray` tests) are started once when a test asks."""
 
 from __future__ import annotations
 
@@ -41,3 +42,21 @@ def llama_server() -> Iterator["LlamaServer"]:  # noqa: F821 - imported below
     # other at every op; one thread is several times faster there.
     with LlamaServer(embedded_gguf(), threads=1, parallel=4) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator["ClusterInfo"]:  # noqa: F821 - imported below
+    """One private local Ray instance for every Ray test of the session
+    (starting one takes seconds on two cores). Private: "local" never joins an
+    instance someone's `ray start` left on this machine."""
+    import logging
+
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ttsc[ray]'; "
+                                            "scripts/install.sh installs it)")
+    from ttsc.runtime.distributed.cluster import OBJECT_STORE_BYTES, connect
+
+    ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+             object_store_memory=OBJECT_STORE_BYTES, logging_level=logging.WARNING,
+             log_to_driver=False)
+    yield connect(None)  # already connected: describes the instance
+    ray.shutdown()

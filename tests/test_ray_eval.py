@@ -18,7 +18,6 @@ from ttsc.cli import main  # noqa: E402
 from ttsc.common.errors import UserError  # noqa: E402
 from ttsc.compiler.pipeline import compile_source  # noqa: E402
 from ttsc.runtime.cache import CallCache  # noqa: E402
-from ttsc.runtime.distributed.cluster import connect  # noqa: E402
 from ttsc.runtime.distributed.evaluate import RayOptions, evaluate_on_ray  # noqa: E402
 from ttsc.runtime.engines.setup import make_engines  # noqa: E402
 from ttsc.runtime.eval import evaluate, load_dataset  # noqa: E402
@@ -38,12 +37,7 @@ strategy sc(question) {
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    """One local Ray instance for the module (starting one takes seconds)."""
-    info = connect(None)
-    yield info
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # tests/conftest.py: one instance per session
 
 
 def plan_of(source: str, tmp_path: Path):

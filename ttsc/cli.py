@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ttsc.common.errors import TTSError, UserError
+from ttsc.ray_flags import add_ray_flags, ray_options
 
 EXAMPLES = """\
 examples:
@@ -182,9 +183,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     get_scorer(args.scorer)
     done = load_results(args.out, run_signature(plan, args.seed), force=args.force) if args.out else {}
     target = adaptive_target(plan)
-    if args.ray_actors is not None and args.ray is None:
-        raise UserError("--ray-actors is the number of Ray actors; it needs --ray")
-    if args.ray is not None and target is not None:
+    ray = ray_options(args)
+    if ray is not None and target is not None:
         raise UserError("--ray does not spread a total token budget (n=auto) over workers yet",
                         hint="drop --ray, or write the budget `per input`")
     if target is not None:
@@ -197,18 +197,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cache = open_cache(_cache_path(args))
     if not args.quiet:
         _stderr(plan_summary(plan))
-    engines = make_engines(plan, args.engine, args.device, cache=cache) if args.ray is None else {}
+    engines = make_engines(plan, args.engine, args.device, cache=cache) if ray is None else {}
     with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=False, disable=args.quiet, console=None) as progress:
         task = progress.add_task("eval", total=len(rows))
         common = dict(scorer=args.scorer, answer_field=args.answer_field, seed=args.seed,
                       batch_size=args.batch_size, out=args.out,
                       on_item=lambda done, total: progress.update(task, completed=done))
-        if args.ray is not None:
-            from ttsc.runtime.distributed.evaluate import RayOptions, evaluate_on_ray
+        if ray is not None:
+            from ttsc.runtime.distributed.evaluate import evaluate_on_ray
 
-            options = RayOptions(args.ray or None, args.ray_actors)
-            summary = evaluate_on_ray(plan, rows, options=options, engine=args.engine,
+            summary = evaluate_on_ray(plan, rows, options=ray, engine=args.engine,
                                       device=args.device, cache=cache,
                                       log=None if args.quiet else progress.console.print, **common)
         elif target is None:
@@ -459,13 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "stored)")
     c.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     c.add_argument("--quiet", action="store_true", help="no plan summary or progress bar")
-    c.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="run the inputs on Ray actors, each with its own engine: on the cluster "
-                        "at ADDRESS, or without one on a local Ray instance (started, or the one "
-                        "`ray start` left running); same results file and answers")
-    c.add_argument("--ray-actors", type=int, metavar="N",
-                   help="Ray actors (default: as many as the cluster's CPUs, or GPUs for vLLM "
-                        "and --device cuda)")
+    add_ray_flags(c, "the inputs", "; same results file and answers")
     runtime_args(c)
     c.set_defaults(func=cmd_eval)
 

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ttsc.common.errors import UserError
+from ttsc.ray_flags import add_ray_flags, ray_options
 
 DESCRIPTION = """\
 Search a space of strategies (a .tts file with choice(...), range(...) and
@@ -21,10 +22,14 @@ Optuna: TPE for one objective, multi-objective TPE for two. Greedy decoding
 compiled with its knobs fixed (`auto` knobs solved by the allocator against
 the budget) and evaluated on the data; every model call goes through the
 call cache, so a repeated configuration, or a second search, costs no
-model calls. The study lives in SQLite: kill the search at any moment and
+model calls. The study lives in a file: kill the search at any moment and
 run the same command again; finished trials are kept, the trial that was
 running is re-run, and the study ends with exactly --trials finished
-trials. At the end: a table of trials (or the Pareto front), a plot, the
+trials. With --ray, trials run in parallel on Ray actors (each loads the
+models once and shares the call cache through one cache actor) while this
+process alone asks and tells Optuna; the study is then an Optuna journal
+file (DIR/study.journal), and an actor that dies has its trial run again
+on another. At the end: a table of trials (or the Pareto front), a plot, the
 winners as concrete .tts files, and with --test or --holdout their
 accuracy on held-out data."""
 
@@ -35,7 +40,9 @@ examples:
   ttsc search examples/search/aggregator.tts --data examples/data/addition_dev.jsonl \\
       --trials 12 --objective accuracy,tokens --out runs/agg
   ttsc search examples/search/archon.tts --data examples/data/tiers_dev.jsonl \\
-      --trials 30 --holdout 0.3 --budget-tokens 1500 --out runs/archon"""
+      --trials 30 --holdout 0.3 --budget-tokens 1500 --out runs/archon
+  ttsc search examples/search/sampling.tts --data examples/data/tiers_dev.jsonl \
+      --trials 40 --out runs/sampling --ray HEAD:6379"""
 
 
 def add_parser(sub: Any, runtime_flags: Any) -> None:
@@ -50,8 +57,10 @@ def add_parser(sub: Any, runtime_flags: Any) -> None:
     c.add_argument("--out", required=True, metavar="DIR", help="where everything is written")
     c.add_argument("--objective", default="accuracy",
                    help="accuracy (default), accuracy,tokens or accuracy,latency")
-    c.add_argument("--study", metavar="PATH.db",
-                   help="the Optuna study (SQLite; default DIR/study.db): rerun to resume")
+    c.add_argument("--study", metavar="PATH",
+                   help="the Optuna study, rerun to resume: SQLite (default DIR/study.db), or an "
+                        "Optuna journal for a PATH ending .journal (with --ray it must be one; "
+                        "default DIR/study.journal, under --out)")
     c.add_argument("--test", metavar="TEST.jsonl", help="held-out data to re-evaluate the winners on")
     c.add_argument("--holdout", type=float, metavar="F",
                    help="hold out this fraction of --data (a seeded split) instead of --test")
@@ -62,7 +71,8 @@ def add_parser(sub: Any, runtime_flags: Any) -> None:
     c.add_argument("--scorer", default="number", help="number (default), exact, choice or regex")
     c.add_argument("--answer-field", default="answer", help="field holding the gold answer")
     c.add_argument("--parallel", type=int, default=1, metavar="K",
-                   help="trials in flight at once; their calls share the engines' batches (default 1)")
+                   help="trials in flight at once (with --ray: on each actor); their calls "
+                        "share the engines' batches (default 1)")
     c.add_argument("--batch-size", type=int, default=8,
                    help="inputs in flight at once within a trial (default 8)")
     c.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
@@ -71,6 +81,7 @@ def add_parser(sub: Any, runtime_flags: Any) -> None:
                    help="seed of the sampler alone (default: --seed, which also seeds the model calls)")
     c.add_argument("--json", action="store_true", help="print the summary as one JSON line last")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_flags(c, "the trials", "; this process alone talks to Optuna")
     runtime_flags(c)
     c.set_defaults(func=cmd_search)
 
@@ -96,7 +107,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         limit=args.limit, budget_tokens=args.budget_tokens, parallel=args.parallel,
         batch_size=args.batch_size, sampler=args.sampler, sampler_seed=args.sampler_seed,
         engine=args.engine, device=args.device,
-        cache=args.cache or "default", models=models)
+        cache=args.cache or "default", models=models, ray=ray_options(args))
     console = Console(file=sys.stderr)
     view = _Progress(console, quiet=args.quiet)
     try:
@@ -110,8 +121,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A progress bar over trials, with the best accuracy so far; items of
-    the trial in flight as its description."""
+    """One progress bar over trials, with the best accuracy so far; items of
+    the trial in flight as its description (with --ray: the trials running
+    on the actors, the bar fed as each actor's result arrives)."""
 
     def __init__(self, console: Any, quiet: bool):
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -145,8 +157,15 @@ class _Progress:
                 self.progress.start()
             self.task = self.progress.add_task("", total=data["trials"], completed=data["finished"],
                                                best="best -")
+        elif kind == "ray":
+            self._say(data["text"])
         elif kind == "trial_start":
             self.current = f"trial {data['trial']}"
+            self._describe("")
+        elif kind == "running":  # --ray: the trials on the actors now
+            numbers = data["trials"]
+            self.current = (f"trial{'s' * (len(numbers) > 1)} {', '.join(map(str, numbers))} running"
+                            if numbers else "")
             self._describe("")
         elif kind == "item":
             self._describe(f"{data['done']}/{data['total']} items")

@@ -7,6 +7,8 @@
   re-runs what a lost actor had in flight on the others, and replaces it;
 - cache: the call cache served to every worker by one actor on the driver's
   machine (one SQLite writer, reachable from every node);
+- workers: what eval and search share: how many actors, of what size, with
+  the cache server and the pool around them;
 - evaluate: `ttsc eval --ray`, the same per-item results file and figures as
   `runtime/eval.py`, with inputs run on the actors.
 

@@ -74,8 +74,11 @@ def connect(address: str | None = None) -> ClusterInfo:
                                 hint="start one with `ray start --head`, or drop the address to "
                                      "start a local instance") from None
         else:
+            left = ray_start_address()
             try:  # an instance `ray start` left on this machine
-                ray.init(address="auto", **quiet)
+                if left is None:
+                    raise ConnectionError("no `ray start` instance")
+                ray.init(address=left, **quiet)
             except ConnectionError:
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
                          object_store_memory=OBJECT_STORE_BYTES, **quiet)
@@ -86,6 +89,19 @@ def connect(address: str | None = None) -> ClusterInfo:
     where = getattr(context, "gcs_address", None) or address or "local"
     return ClusterInfo(str(where), started, float(resources.get("CPU", 0)),
                        float(resources.get("GPU", 0)), nodes)
+
+
+def ray_start_address() -> str | None:
+    """The address of the instance the last `ray start` on this machine left
+    (Ray's own record of it), or None. Not Ray's "auto", which also joins any
+    instance another process started for itself with `ray.init()` (another
+    user's test run, say): its workers run that process's Python environment,
+    not ours."""
+    try:
+        from ray._private.utils import read_ray_address  # noqa: PLC0415 - Ray's record of `ray start`
+    except ImportError:
+        return None
+    return read_ray_address() or None
 
 
 @contextlib.contextmanager

@@ -18,23 +18,24 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ttsc.common.errors import UserError
-from ttsc.common.specs import spec_form
 from ttsc.compiler.plan import Plan
 from ttsc.runtime.cache import CallCache
 from ttsc.runtime.data import ResultsWriter
-from ttsc.runtime.distributed.cache import RemoteCallCache, start_cache_server
-from ttsc.runtime.distributed.cluster import actor_env, drop_driver_paths, import_ray, ray_session
-from ttsc.runtime.distributed.pool import DEFAULT_MAX_RESTARTS, WorkerEvent, WorkerPool
+from ttsc.runtime.distributed.cache import RemoteCallCache
+from ttsc.runtime.distributed.cluster import drop_driver_paths
+from ttsc.runtime.distributed.pool import WorkerEvent
+from ttsc.runtime.distributed.workers import RayOptions, ray_workers
 from ttsc.runtime.engines.base import Usage
 from ttsc.runtime.engines.setup import make_engines
 from ttsc.runtime.eval import EvalSummary, item_record, resume, run_signature, summarize
 from ttsc.runtime.executor import Executor, InputResult
 from ttsc.runtime.scorers import get_scorer
+
+__all__ = ["EvalWorker", "RayOptions", "evaluate_on_ray"]  # RayOptions: where callers always found it
 
 
 class EvalWorker:
@@ -59,24 +60,6 @@ class EvalWorker:
         return self.executor.run_one(inputs)
 
 
-def needs_gpu(plan: Plan, engine: str, device: str | None) -> bool:
-    """Whether each actor should hold a GPU: vLLM always runs on one, the
-    torch engines when asked for CUDA."""
-    vllm = engine == "vllm" or any(spec_form(s) == "vllm" for s in plan.models.values())
-    return vllm or (device or "").startswith("cuda")
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide a Ray run is."""
-
-    address: str | None = None  # None: start or join a local instance
-    actors: int | None = None  # None: as many as the cluster's CPUs (GPUs) allow
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float | None = None  # None: 1 for a GPU engine (vLLM, --device cuda), else 0
-    max_restarts: int = DEFAULT_MAX_RESTARTS  # replacements per actor slot
-
-
 def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
                     options: RayOptions = RayOptions(), engine: str = "auto",
                     device: str | None = None, cache: CallCache | None = None,
@@ -92,8 +75,6 @@ def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
     (connected, worker ready, worker lost), `on_event` the events themselves."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    if options.actors is not None and options.actors < 1:
-        raise UserError(f"--ray-actors must be at least 1 (got {options.actors})")
     score = get_scorer(scorer)
     signature = run_signature(plan, seed)
     start = time.perf_counter()
@@ -105,28 +86,13 @@ def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
     if not todo:
         return summarize(rows, results, 0, time.perf_counter() - start, usage)
 
-    def event(e: WorkerEvent) -> None:
-        if log:
-            log(e.describe())
-        if on_event:
-            on_event(e)
-
     inputs = [{p: rows[i][p] for p in plan.params} for i in todo]
-    with ray_session(options.address, log=log) as cluster:
-        ray = import_ray()
-        gpus = options.gpus_per_actor
-        if gpus is None:
-            gpus = 1.0 if needs_gpu(plan, engine, device) else 0.0
-        size = min(len(todo), options.actors or cluster.actors(options.cpus_per_actor, gpus))
-        server = start_cache_server(cache) if cache is not None else None
-        worker = ray.remote(EvalWorker).options(
-            num_cpus=options.cpus_per_actor, num_gpus=gpus, max_concurrency=batch_size,
-            max_restarts=0, runtime_env={"env_vars": actor_env()})
-        pool = WorkerPool(lambda: worker.remote(plan, engine, device, server, seed), size,
-                          per_worker=batch_size, max_restarts=options.max_restarts,
-                          on_event=event)
-        writer = ResultsWriter(out) if out is not None else None
-        try:
+    writer = ResultsWriter(out) if out is not None else None
+    try:
+        with ray_workers(EvalWorker, lambda server: (plan, engine, device, server, seed),
+                         options=options, specs=plan.models.values(), engine=engine,
+                         device=device, cache=cache, most=len(todo), per_worker=batch_size,
+                         log=log, on_event=on_event) as pool:
             for j, result in pool.run(range(len(todo)),
                                       lambda actor, j: actor.run_one.remote(inputs[j])):
                 i = todo[j]
@@ -137,10 +103,7 @@ def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
                     writer.write(item)
                 if on_item:
                     on_item(len(results), len(rows))
-        finally:
-            if writer:
-                writer.close()
-            pool.close()
-            if server is not None:
-                ray.kill(server, no_restart=True)
+    finally:
+        if writer:
+            writer.close()
     return summarize(rows, results, len(todo), time.perf_counter() - start, usage)

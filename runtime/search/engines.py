@@ -34,6 +34,11 @@ class EnginePool:
                 out[name] = self._get(spec)
         return out
 
+    def load(self, specs: list[str]) -> None:
+        """Load these models now rather than at their first call."""
+        for spec in specs:
+            self._get(spec)
+
     def _get(self, spec: str) -> Engine:
         with self._lock:  # two trials asking at once load the model once
             if spec not in self._by_spec:

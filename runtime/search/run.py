@@ -5,9 +5,13 @@ scorer, the held-out split, the output folder, the study). Then greedy
 decoding is evaluated (the baseline), the study's trials run, each compiled
 with its knobs fixed and evaluated on the data through one call cache, and
 the winners are written as concrete .tts files and re-evaluated on held-out
-data. Everything goes under `out`:
+data. With `ray` (`--ray`), evaluations run on Ray actors
+(runtime/distributed/search.py) while this process alone asks and tells
+Optuna, writes every file and feeds the progress events. Everything goes
+under `out`:
 
-    study.db                 the Optuna study (default; --study moves it)
+    study.db                 the Optuna study (default; --study moves it);
+                             with --ray an Optuna journal, study.journal
     greedy.tts, greedy.jsonl greedy decoding and its per-item lines
     trials/NNNN.tts, .jsonl  each trial's concrete program and per-item lines
     best.tts                 the most accurate feasible trial
@@ -18,6 +22,7 @@ data. Everything goes under `out`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -25,11 +30,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from optuna.trial import Trial
+import optuna
+from optuna.trial import Trial, TrialState
 
 from ttsc.common.errors import UserError
+from ttsc.compiler.plan import Plan
 from ttsc.compiler.space import concrete_source
 from ttsc.runtime.data import Rows
 from ttsc.runtime.engines.setup import open_cache
@@ -40,8 +47,9 @@ from ttsc.runtime.search.baseline import greedy_source
 from ttsc.runtime.search.engines import EnginePool
 from ttsc.runtime.search.space import Space, load_space
 from ttsc.runtime.search.study import (SAMPLERS, StudyLock, default_study_path, ensure_writable, finished,
-                                       open_study, parse_objectives, recover, run_trials)
-from ttsc.runtime.search.trial import Evaluator, OverBudget, Scores
+                                       is_journal, open_study, parse_objectives, recover, requeue,
+                                       run_trials)
+from ttsc.runtime.search.trial import EvalJob, Evaluator, OverBudget, Scores
 
 MIN_SPLIT_ITEMS = 5  # each side of a held-out split
 SHOWN_TRIALS = 10  # rows of the final table (trials.jsonl holds them all)
@@ -73,6 +81,7 @@ class SearchOptions:
     device: str | None = None
     cache: str | None = "default"
     models: dict[str, str] = field(default_factory=dict)
+    ray: Any = None  # RayOptions: evaluate on Ray actors (`parallel` trials at once on each)
 
 
 @dataclass
@@ -115,9 +124,15 @@ def prepare(o: SearchOptions) -> Prepared:
         rows, test_rows = holdout_split(rows, o.holdout, o.seed, o.data)
     out = Path(o.out)
     ensure_writable(out)
-    study_path = Path(o.study) if o.study else default_study_path(out)
+    study_path = Path(o.study) if o.study else default_study_path(out, journal=o.ray is not None)
     if study_path.exists() and study_path.is_dir():
-        raise UserError(f"--study {study_path}: is a folder; give a file such as {study_path}/study.db")
+        name = default_study_path(study_path, journal=o.ray is not None)
+        raise UserError(f"--study {study_path}: is a folder; give a file such as {name}")
+    if o.ray is not None and not is_journal(study_path):
+        raise UserError(f"--study {study_path}: with --ray the study is an Optuna journal, "
+                        "a file ending .journal",
+                        hint="give --study PATH.journal (a new file, or one an earlier search "
+                             "wrote); SQLite is not shared between processes")
     return Prepared(o, objectives, space, rows, test_rows, out, study_path)
 
 
@@ -125,6 +140,16 @@ def _model_names(space: Space) -> set[str]:
     from ttsc.dsl.parser import parse
 
     return {m.name for m in parse(space.source, space.file).models()}
+
+
+def _model_specs(p: Prepared) -> list[str]:
+    """The specs the space's models point at (after --model): what a Ray
+    worker loads."""
+    from ttsc.dsl.parser import parse
+
+    specs = {m.name: m.spec for m in parse(p.space.source, p.space.file).models() if m.spec}
+    specs.update(p.options.models)
+    return sorted(set(specs.values()))
 
 
 def holdout_split(rows: Rows, fraction: float, seed: int, path: str) -> tuple[Rows, Rows]:
@@ -181,24 +206,35 @@ def search(o: SearchOptions, on_event: Event | None = None) -> dict[str, Any]:
         if rerun:
             emit("recovered", {"trials": rerun})
         cache = open_cache(o.cache)
-        pool = EnginePool(cache, o.engine, o.device)
-        evaluator = Evaluator(p.space, pool, o.scorer, o.answer_field, o.seed, o.batch_size,
+        evaluator = Evaluator(p.space, None, o.scorer, o.answer_field, o.seed, o.batch_size,
                               dict(o.models))
-        try:
+        with contextlib.ExitStack() as stack:
+            if o.ray is None:
+                evaluator.pool = EnginePool(cache, o.engine, o.device)
+                stack.callback(evaluator.pool.close)
+            else:
+                from ttsc.runtime.distributed.search import search_workers
+
+                evaluator.remote = stack.enter_context(search_workers(
+                    o.ray, _model_specs(p), engine=o.engine, device=o.device, cache=cache,
+                    scorer=o.scorer, answer_field=o.answer_field, seed=o.seed,
+                    batch_size=o.batch_size, trials=o.trials, per_worker=o.parallel,
+                    log=lambda line: emit("ray", {"text": line}),
+                    on_event=lambda e: emit("worker", {"event": e})))
             greedy_text, greedy = _greedy(p, evaluator, emit)
             budget = _token_budget(p.space)
             (p.out / "trials").mkdir(exist_ok=True)
             done_before = len(finished(study))
             emit("start", {"trials": o.trials, "finished": done_before, "space": p.space})
+            if o.ray is None:
+                def objective(trial: Trial) -> tuple[float, ...] | None:
+                    return _trial(p, evaluator, trial, budget, emit)
 
-            def objective(trial: Trial) -> tuple[float, ...] | None:
-                return _trial(p, evaluator, trial, budget, emit)
-
-            run_trials(study, o.trials, o.parallel, objective, p.space.distributions())
+                run_trials(study, o.trials, o.parallel, objective, p.space.distributions())
+            else:
+                _trials_on_workers(p, evaluator, study, budget, emit)
             records = [report.record_of(t) for t in study.get_trials(deepcopy=False)]
             summary = _finish(p, evaluator, records, greedy, greedy_text, emit)
-        finally:
-            pool.close()
     summary["wall_s"] = round(time.perf_counter() - start, 2)
     (p.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -225,6 +261,22 @@ def _greedy(p: Prepared, evaluator: Evaluator, emit: Event) -> tuple[str, Scores
 
 def _trial(p: Prepared, evaluator: Evaluator, trial: Trial, budget: float | None,
            emit: Event) -> tuple[float, ...] | None:
+    plan = _begin(p, evaluator, trial, budget, emit)
+    if plan is None:
+        return None
+    scores = evaluator.evaluate(plan, p.rows, _stem(p, trial).with_suffix(".jsonl"),
+                                on_item=lambda d, t: emit("item", {"done": d, "total": t}))
+    return _end(p, trial, scores, budget, emit)
+
+
+def _stem(p: Prepared, trial: Trial) -> Path:
+    return p.out / "trials" / f"{trial.number:04d}"
+
+
+def _begin(p: Prepared, evaluator: Evaluator, trial: Trial, budget: float | None,
+           emit: Event) -> Plan | None:
+    """A trial's plan, its concrete program written; None when it is over
+    budget before any call (its reason and constraint recorded)."""
     space = p.space
     assignment = space.assignment(trial.params)
     trial.set_user_attr("knobs", {d.id: d.label(assignment[d.id]) for d in space.dimensions})
@@ -237,11 +289,15 @@ def _trial(p: Prepared, evaluator: Evaluator, trial: Trial, budget: float | None
             trial.set_constraint("tokens_over_budget", exc.over)
         emit("trial", {"number": trial.number, "pruned": exc.reason})
         return None
-    stem = p.out / "trials" / f"{trial.number:04d}"
     decided = plan.facts.get("knob_values", {})
-    stem.with_suffix(".tts").write_text(concrete_source(space.source, space.file, decided))
-    scores = evaluator.evaluate(plan, p.rows, stem.with_suffix(".jsonl"),
-                                on_item=lambda d, t: emit("item", {"done": d, "total": t}))
+    _stem(p, trial).with_suffix(".tts").write_text(concrete_source(space.source, space.file, decided))
+    return plan
+
+
+def _end(p: Prepared, trial: Trial, scores: Scores, budget: float | None,
+         emit: Event) -> tuple[float, ...]:
+    """Record what a trial measured; its objective values."""
+    stem = _stem(p, trial)
     trial.set_user_attr("scores", scores.as_dict())
     trial.set_user_attr("files", {"tts": str(stem.with_suffix(".tts")),
                                   "results": str(stem.with_suffix(".jsonl"))})
@@ -252,6 +308,42 @@ def _trial(p: Prepared, evaluator: Evaluator, trial: Trial, budget: float | None
     for cost in p.objectives[1:]:
         values.append(getattr(scores, report.COSTS[cost][0]) or 0.0)
     return tuple(values)
+
+
+def _trials_on_workers(p: Prepared, evaluator: Evaluator, study: optuna.Study, budget: float | None,
+                       emit: Event) -> None:
+    """`run_trials` with the evaluations on Ray actors. This process alone
+    asks and tells Optuna: a trial is asked for when an actor has room
+    (TPE's constant liar keeps trials in flight apart) and told when its
+    result arrives; one an actor was running when it died runs again
+    elsewhere, still the same trial. On an error (Ctrl-C included) the
+    trials in flight are marked FAIL and queued again, as `run_trials` does."""
+    assert evaluator.remote is not None
+    distributions = p.space.distributions()
+    running: dict[int, Trial] = {}
+
+    def jobs() -> Iterator[EvalJob]:
+        while len(finished(study)) + len(running) < p.options.trials:
+            trial = study.ask(distributions)
+            running[trial.number] = trial
+            plan = _begin(p, evaluator, trial, budget, emit)
+            if plan is None:
+                study.tell(trial, state=TrialState.PRUNED)
+                del running[trial.number]
+                continue
+            emit("running", {"trials": sorted(running)})
+            yield evaluator.job(plan, p.rows, _stem(p, trial).with_suffix(".jsonl"), tag=trial.number)
+
+    try:
+        for job, summary in evaluator.remote.run(jobs()):
+            trial = running[job.tag]
+            study.tell(trial, list(_end(p, trial, evaluator.finish(job, summary), budget, emit)))
+            del running[job.tag]
+            emit("running", {"trials": sorted(running)})
+    except BaseException:
+        for trial in running.values():
+            requeue(study, trial)
+        raise
 
 
 # ------------------------------------------------------------------ the end

@@ -1,6 +1,10 @@
 """The Optuna study behind a search: storage, sampler, resuming, the trial loop.
 
-- Storage: Optuna's RDB storage in one SQLite file. Every trial is written
+- Storage: Optuna's RDB storage in one SQLite file (DIR/study.db), or with
+  `--ray` (or a --study file ending .journal) Optuna's journal storage: an
+  append-only log file (DIR/study.journal) that Optuna locks for each write,
+  safe for several processes, where SQLite shared between processes is not.
+  Every trial is written
   when it is asked for (RUNNING, with its parameters) and when it is told
   (COMPLETE, PRUNED or FAIL, with what it measured), so a process killed at
   any moment leaves a study that a rerun continues.
@@ -19,7 +23,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -30,6 +36,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ttsc.common.errors import UserError
+from ttsc.runtime.data import drop_partial_last_line
 
 STUDY_NAME = "ttsc-search"
 SIGNATURE_ATTR = "ttsc_search"
@@ -55,7 +62,9 @@ class StudyLock:
     """An exclusive lock on a study for one search process."""
 
     def __init__(self, study_path: Path):
-        self.path = study_path.with_name(study_path.name + ".lock")
+        # Not NAME.lock: Optuna's journal storage locks each write with that file.
+        self.study = study_path
+        self.path = study_path.with_name(study_path.name + ".ttsc-lock")
         self._file = None
 
     def __enter__(self) -> "StudyLock":
@@ -64,8 +73,10 @@ class StudyLock:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self._file.close()
-            raise UserError(f"another `ttsc search` is using the study {self.path.with_suffix('')}",
+            raise UserError(f"another `ttsc search` is using the study {self.study}",
                             hint="wait for it to finish, or give this search another --study") from None
+        if is_journal(self.study):
+            settle_journal(self.study)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -74,9 +85,20 @@ class StudyLock:
             self._file.close()
 
 
+JOURNAL_SUFFIX = ".journal"
+
+
+def is_journal(path: Path) -> bool:
+    """Whether the study at `path` is an Optuna journal (by its name) rather than SQLite."""
+    return path.suffix == JOURNAL_SUFFIX
+
+
 def check_study_file(path: Path) -> None:
-    """A UserError when `path` exists but is not an Optuna study database."""
+    """A UserError when `path` exists but is not an Optuna study of its kind."""
     if not path.exists():
+        return
+    if is_journal(path):
+        _check_journal(path)
         return
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -92,14 +114,47 @@ def check_study_file(path: Path) -> None:
                         hint="give a new file, or the .db of an earlier `ttsc search`")
 
 
+def _check_journal(path: Path) -> None:
+    with open(path, "rb") as f:
+        first = f.readline()
+    if not first.strip():
+        return
+    try:
+        entry = json.loads(first)
+    except ValueError:
+        entry = None
+    if not isinstance(entry, dict) or "op_code" not in entry:
+        raise UserError(f"--study {path}: not an Optuna journal (line 1 is no journal entry)",
+                        hint="give a new file (it is created), or the .journal of an earlier search")
+
+
+def settle_journal(path: Path) -> None:
+    """Called holding the StudyLock, so no other search writes this journal:
+    undo what a search killed mid-write (kill -9) leaves. Optuna's write lock
+    (NAME.lock, which Optuna would wait 30 s for, then break) is stale, and a
+    last entry without its newline would be glued to the next one."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path.with_name(path.name + ".lock"))
+    drop_partial_last_line(path)
+
+
+def open_storage(path: Path) -> optuna.storages.BaseStorage:
+    """The storage the study file names: a journal for NAME.journal, else SQLite."""
+    if is_journal(path):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    return optuna.storages.RDBStorage(f"sqlite:///{path}",
+                                      engine_kwargs={"connect_args": {"timeout": 60}})
+
+
 def open_study(path: Path, objectives: list[str], seed: int, signature: dict[str, Any],
                n_trials: int, sampler: str = "tpe", about: dict[str, str] | None = None) -> optuna.Study:
     """The study in `path` (created if new), checked to be this search's.
     `about` says in words what the signature's digests stand for (the space
     and data files), for the message when they differ."""
     check_study_file(path)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{path}",
-                                         engine_kwargs={"connect_args": {"timeout": 60}})
+    storage = open_storage(path)
     directions = [OBJECTIVES[o] for o in objectives]
     study = optuna.create_study(storage=storage, study_name=STUDY_NAME, load_if_exists=True,
                                 directions=directions,
@@ -158,6 +213,13 @@ def recover(study: optuna.Study) -> list[int]:
     return [t.number for t in cut]
 
 
+def requeue(study: optuna.Study, trial: Trial) -> None:
+    """A trial that did not finish: FAIL, and the same parameters queued, so
+    the next trial (of this search or a rerun) retries them first."""
+    study.tell(trial, state=TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+
+
 def finished(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
 
@@ -188,9 +250,7 @@ def run_trials(study: optuna.Study, n_trials: int, parallel: int,
             try:
                 values = objective(trial)
             except BaseException as exc:  # noqa: BLE001 (re-raised below, after the others end)
-                # FAIL, and the same parameters queued: a rerun retries them first.
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
+                requeue(study, trial)
                 with lock:
                     in_flight -= 1
                     errors.append(exc)
@@ -215,8 +275,8 @@ def run_trials(study: optuna.Study, n_trials: int, parallel: int,
         raise errors[0]
 
 
-def default_study_path(out: Path) -> Path:
-    return out / "study.db"
+def default_study_path(out: Path, journal: bool = False) -> Path:
+    return out / ("study" + (JOURNAL_SUFFIX if journal else ".db"))
 
 
 def ensure_writable(out: Path) -> None:

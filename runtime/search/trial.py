@@ -6,19 +6,26 @@ by the allocator against the budget. One the cost model says cannot keep the
 budget does not run (it is over budget before any call). One that runs is
 evaluated on the data like `ttsc eval` does, its per-item lines written to
 its own file, every call through the search's engines and call cache.
+
+With `--ray` the evaluations run on Ray actors (`remote`), and the files
+stay with the driver: `job` reads what a results file already holds and
+sends only the rest, `finish` appends what came back and adds it all up.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from ttsc.common.errors import BudgetInfeasible, UserError
 from ttsc.compiler.pipeline import compile_program, load_program
 from ttsc.compiler.plan import Plan
 from ttsc.runtime.engines.setup import apply_model_overrides
-from ttsc.runtime.eval import EvalSummary, evaluate, load_results, run_signature
+from ttsc.runtime.data import ResultsWriter
+from ttsc.runtime.engines.base import Usage
+from ttsc.runtime.eval import (EvalSummary, Resumed, evaluate, load_results, resume, run_signature,
+                               summarize)
 from ttsc.runtime.search.engines import EnginePool
 from ttsc.runtime.search.space import Space
 
@@ -69,16 +76,38 @@ def scores_of(summary: EvalSummary, plan: Plan) -> Scores:
 
 
 @dataclass
+class EvalJob:
+    """One evaluation to run on a worker: `plan` on `rows`, the rows still
+    missing from `out` (each carrying its id, so the worker's lines have the
+    same keys); `tag` is the caller's (a trial number)."""
+
+    plan: Plan
+    rows: list[dict[str, Any]]
+    out: Path
+    all_rows: Sequence[dict[str, Any]]
+    resumed: Resumed
+    tag: Any = None
+
+
+class Remote(Protocol):
+    """Where `--ray` evaluations run: results in any order, as they arrive."""
+
+    def run(self, jobs: Iterable[EvalJob]) -> Iterator[tuple[EvalJob, EvalSummary]]: ...
+
+
+@dataclass
 class Evaluator:
-    """Compiles and evaluates configurations of one space on one data set."""
+    """Compiles and evaluates configurations of one space on one data set,
+    on `pool` (this process) or on `remote` (Ray workers)."""
 
     space: Space
-    pool: EnginePool
+    pool: EnginePool | None
     scorer: str = "number"
     answer_field: str = "answer"
     seed: int = 0
     batch_size: int = 8
     models: dict[str, str] = field(default_factory=dict)  # --model overrides
+    remote: Remote | None = None
 
     def compile(self, assignment: dict[str, Any]) -> Plan:
         """The plan of one configuration; OverBudget when the allocator finds
@@ -106,12 +135,48 @@ class Evaluator:
                  on_item: Callable[[int, int], None] | None = None) -> Scores:
         """Run `plan` on `rows`, per-item lines to `out` (a rerun of the same
         plan resumes it; another plan's file is set aside as FILE.old)."""
-        try:
-            load_results(out, run_signature(plan, self.seed))
-            force = False
-        except UserError:  # another plan's file, or a damaged one: kept as FILE.old
-            force = True
+        if self.remote is not None:
+            job = self.job(plan, rows, out)
+            if on_item:
+                on_item(len(job.resumed.results), len(rows))
+            summary = [s for _, s in self.remote.run([job])][0] if job.rows else None
+            scores = self.finish(job, summary)
+            if on_item:
+                on_item(len(rows), len(rows))
+            return scores
+        assert self.pool is not None, "an Evaluator evaluates on its pool or its remote"
         summary = evaluate(plan, self.pool.engines_for(plan), rows, scorer=self.scorer,
                            answer_field=self.answer_field, seed=self.seed,
-                           batch_size=self.batch_size, out=out, force=force, on_item=on_item)
+                           batch_size=self.batch_size, out=out, force=self._force(plan, out),
+                           on_item=on_item)
         return scores_of(summary, plan)
+
+    def job(self, plan: Plan, rows: Sequence[dict[str, Any]], out: Path, tag: Any = None) -> EvalJob:
+        """What a worker must run of `plan` on `rows` (`out` resumed as `evaluate` does)."""
+        state = resume(rows, out, run_signature(plan, self.seed), self._force(plan, out))
+        todo = [{**rows[i], "id": state.ids[i]} for i in state.todo]
+        return EvalJob(plan, todo, out, rows, state, tag)
+
+    def finish(self, job: EvalJob, summary: EvalSummary | None) -> Scores:
+        """The scores of a job, with the lines its worker sent (None: it had
+        nothing to run) appended to its file."""
+        results = dict(job.resumed.results)
+        if summary is not None and summary.per_item:
+            writer = ResultsWriter(job.out)
+            try:
+                for item in summary.per_item:
+                    writer.write(item)
+                    results[item["id"]] = item
+            finally:
+                writer.close()
+        done = summarize(job.all_rows, results, summary.run_items if summary else 0,
+                         summary.seconds if summary else 0.0, summary.usage if summary else Usage())
+        return scores_of(done, job.plan)
+
+    def _force(self, plan: Plan, out: Path) -> bool:
+        """Whether `out` holds another plan's (or damaged) lines, to set aside."""
+        try:
+            load_results(out, run_signature(plan, self.seed))
+            return False
+        except UserError:  # another plan's file, or a damaged one: kept as FILE.old
+            return True

@@ -1,5 +1,5 @@
 """The engines a plan needs: one per distinct model spec (aliases share it),
-behind the call cache when there is one; and `--model NAME=SPEC` overrides."""
+behind the call cache when there is one; what they can do, for the compiler."""
 
 from __future__ import annotations
 
@@ -8,19 +8,12 @@ from typing import Callable
 
 from ttsc.common import paths
 from ttsc.common.capabilities import Capabilities
-from ttsc.common.specs import override_models
 from ttsc.compiler.plan import Plan
 from ttsc.runtime.cache import CachedEngine, CallCache
 from ttsc.runtime.engines.base import Engine
 from ttsc.runtime.engines.registry import engine_capabilities, make_engine
 
 DEFAULT = "default"
-
-
-def apply_model_overrides(plan: Plan, overrides: dict[str, str]) -> None:
-    """Point model names of a compiled plan at other specs (`--model policy=hf:ORG/NAME`).
-    Prefer `compile_file(..., models=overrides)`, which checks the new specs' ops too."""
-    plan.models.update(override_models(plan.models, overrides))
 
 
 def capabilities_of(engine: str = "auto") -> Callable[[str], Capabilities]:

@@ -207,7 +207,7 @@ def search(o: SearchOptions, on_event: Event | None = None) -> dict[str, Any]:
             emit("recovered", {"trials": rerun})
         cache = open_cache(o.cache)
         evaluator = Evaluator(p.space, None, o.scorer, o.answer_field, o.seed, o.batch_size,
-                              dict(o.models))
+                              dict(o.models), o.engine)
         with contextlib.ExitStack() as stack:
             if o.ray is None:
                 evaluator.pool = EnginePool(cache, o.engine, o.device)

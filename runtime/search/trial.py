@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from ttsc.common.errors import BudgetInfeasible, UserError
-from ttsc.compiler.pipeline import compile_program, load_program
+from ttsc.common.specs import override_models
+from ttsc.compiler.pipeline import Program, compile_program, load_program
 from ttsc.compiler.plan import Plan
-from ttsc.runtime.engines.setup import apply_model_overrides
 from ttsc.runtime.data import ResultsWriter
 from ttsc.runtime.engines.base import Usage
+from ttsc.runtime.engines.setup import capabilities_of
 from ttsc.runtime.eval import (EvalSummary, Resumed, evaluate, load_results, resume, run_signature,
                                summarize)
 from ttsc.runtime.search.engines import EnginePool
@@ -107,29 +108,32 @@ class Evaluator:
     seed: int = 0
     batch_size: int = 8
     models: dict[str, str] = field(default_factory=dict)  # --model overrides
+    engine: str = "auto"  # --engine: the ops are checked against its capabilities
     remote: Remote | None = None
 
     def compile(self, assignment: dict[str, Any]) -> Plan:
         """The plan of one configuration; OverBudget when the allocator finds
         no way to keep the budget with these knobs."""
-        program, _ = load_program(self.space.source, self.space.file, self.space.strategy)
+        program = self._load(self.space.source, self.space.file, self.space.strategy)
         program.budget = self.space.budget
         try:
-            plan, _ = compile_program(program, assignment)
+            plan, _ = compile_program(program, assignment, capabilities_of(self.engine))
         except BudgetInfeasible as exc:
             limit = ((self.space.budget or {}).get("tokens") or {}).get("value")
             smallest = exc.smallest.get("tokens")
             over = (smallest - limit) / limit if limit and smallest else 1.0
             raise OverBudget(exc.diagnostics[0].message, over) from None
-        apply_model_overrides(plan, self.models)
         return plan
 
     def compile_source(self, source: str, file: str) -> Plan:
         """The plan of a concrete program (greedy decoding, a written winner)."""
-        program, _ = load_program(source, file)
-        plan, _ = compile_program(program)
-        apply_model_overrides(plan, self.models)
+        plan, _ = compile_program(self._load(source, file), None, capabilities_of(self.engine))
         return plan
+
+    def _load(self, source: str, file: str, strategy: str | None = None) -> Program:
+        program, _ = load_program(source, file, strategy)
+        program.models = override_models(program.models, self.models)
+        return program
 
     def evaluate(self, plan: Plan, rows: Sequence[dict[str, Any]], out: Path,
                  on_item: Callable[[int, int], None] | None = None) -> Scores:

@@ -212,6 +212,57 @@ def summarize(rows: Sequence[dict[str, Any]], results: dict[str, dict[str, Any]]
                        seconds, per_item, usage, budget)
 
 
+class Ledger:
+    """The books of an evaluation while its items finish, in any order: the
+    rows still to run (after resuming from the results file), each finished
+    item's line (appended to the file at once), the usage, the progress
+    calls. `evaluate`, the Ray driver and adaptive rounds keep theirs here.
+    A context manager: leaving it closes the results file."""
+
+    def __init__(self, plan: Plan, rows: Sequence[dict[str, Any]], *, scorer: str = "number",
+                 answer_field: str = "answer", seed: int = 0, out: str | Path | None = None,
+                 force: bool = False, on_item: Callable[[int, int], None] | None = None):
+        self.rows, self.answer_field, self.on_item = rows, answer_field, on_item
+        self.score = get_scorer(scorer)
+        self.signature = run_signature(plan, seed)
+        self.start = time.perf_counter()
+        state = resume(rows, out, self.signature, force)
+        self.ids, self.todo, self.results = state.ids, state.todo, state.results
+        # The inputs still to run, in the order of `todo`.
+        self.inputs = [{p: rows[i][p] for p in plan.params} for i in self.todo]
+        self.usage = Usage()
+        self.writer = ResultsWriter(out) if out is not None and self.todo else None
+        self.progress()
+
+    def record(self, j: int, result: InputResult, count_usage: bool = True,
+               **extra: Any) -> None:
+        """Input `todo[j]` finished with `result`: its line, kept and written."""
+        i = self.todo[j]
+        item = item_record(self.ids[i], self.rows[i], result, self.score, self.answer_field,
+                           self.signature)
+        item.update(extra)
+        self.results[self.ids[i]] = item
+        if count_usage:
+            self.usage = self.usage + result.total_usage
+        if self.writer:
+            self.writer.write(item)
+
+    def progress(self) -> None:
+        if self.on_item:
+            self.on_item(len(self.results), len(self.rows))
+
+    def summary(self, budget: float | None = None) -> EvalSummary:
+        return summarize(self.rows, self.results, len(self.todo), time.perf_counter() - self.start,
+                         self.usage, budget)
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.writer:
+            self.writer.close()
+
+
 def evaluate(plan: Plan, engines: dict[str, Engine], rows: Sequence[dict[str, Any]], *,
              scorer: str = "number", answer_field: str = "answer", seed: int = 0,
              batch_size: int = 8, out: str | Path | None = None, force: bool = False,
@@ -220,32 +271,13 @@ def evaluate(plan: Plan, engines: dict[str, Engine], rows: Sequence[dict[str, An
     `batch_size` inputs are in flight at once."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    score = get_scorer(scorer)
-    signature = run_signature(plan, seed)
-    start = time.perf_counter()
-    state = resume(rows, out, signature, force)
-    ids, todo, results = state.ids, state.todo, state.results
-    usage = Usage()
-    if on_item:
-        on_item(len(results), len(rows))
-    writer = ResultsWriter(out) if out is not None else None
+    with Ledger(plan, rows, scorer=scorer, answer_field=answer_field, seed=seed, out=out,
+                force=force, on_item=on_item) as ledger:
 
-    def finished(j: int, result: InputResult) -> None:
-        nonlocal usage
-        i = todo[j]
-        item = item_record(ids[i], rows[i], result, score, answer_field, signature)
-        results[ids[i]] = item
-        usage = usage + result.total_usage
-        if writer:
-            writer.write(item)
-        if on_item:
-            on_item(len(results), len(rows))
+        def finished(j: int, result: InputResult) -> None:
+            ledger.record(j, result)
+            ledger.progress()
 
-    try:
-        Executor(plan, engines, seed=seed).run(
-            [{p: rows[i][p] for p in plan.params} for i in todo], concurrency=batch_size,
-            on_result=finished)
-    finally:
-        if writer:
-            writer.close()
-    return summarize(rows, results, len(todo), time.perf_counter() - start, usage)
+        Executor(plan, engines, seed=seed).run(ledger.inputs, concurrency=batch_size,
+                                               on_result=finished)
+    return ledger.summary()

@@ -18,7 +18,6 @@ each prompt computed once.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -28,11 +27,9 @@ from ttsc.compiler.plan import Plan, PlanNode
 from ttsc.compiler.utility import Calibration, calibration_path, load_calibration
 from ttsc.runtime.allocation.rounds import Rounds, Sample, VoteValues
 from ttsc.runtime.cache import MEMORY, CachedEngine, CallCache
-from ttsc.runtime.data import ResultsWriter
 from ttsc.runtime.engines.base import Engine, Usage
-from ttsc.runtime.eval import EvalSummary, item_record, resume, run_signature, summarize
+from ttsc.runtime.eval import EvalSummary, Ledger
 from ttsc.runtime.executor import Executor, InputResult
-from ttsc.runtime.scorers import get_scorer
 
 
 @dataclass
@@ -109,55 +106,40 @@ def evaluate_adaptive(plan: Plan, engines: dict[str, Engine], rows: Sequence[dic
                       on_item: Callable[[int, int], None] | None = None,
                       log: Callable[[str], None] | None = None) -> EvalSummary:
     """Evaluate `plan`, allocating `target`'s n across `rows` within its budget."""
-    score = get_scorer(scorer)
-    signature = run_signature(plan, seed)
-    start = time.perf_counter()
-    state = resume(rows, out, signature, force)
-    ids, todo, results = state.ids, state.todo, state.results
-    spent_before = sum(r["tokens"]["computed"] for r in results.values())
-    engines = _cached(plan, engines)
-    executor = Executor(plan, engines, seed=seed)
-    rounds = Rounds(values, len(todo))
-    current: list[InputResult | None] = [None] * len(todo)
-    written: set[int] = set()
-    usage = Usage()
-    writer = ResultsWriter(out) if out is not None else None
-    if on_item:
-        on_item(len(results), len(rows))
+    with Ledger(plan, rows, scorer=scorer, answer_field=answer_field, seed=seed, out=out,
+                force=force, on_item=on_item) as ledger:
+        todo = ledger.todo
+        spent_before = sum(r["tokens"]["computed"] for r in ledger.results.values())
+        executor = Executor(plan, _cached(plan, engines), seed=seed)
+        rounds = Rounds(values, len(todo))
+        current: list[InputResult | None] = [None] * len(todo)
+        written: set[int] = set()
 
-    def spent() -> float:
-        return spent_before + sum(r.total_usage.tokens_computed for r in current if r is not None)
+        def spent() -> float:
+            return spent_before + sum(r.total_usage.tokens_computed for r in current if r is not None)
 
-    def draw(draws: list[tuple[int, int]]) -> None:
-        nonlocal usage
-        inputs = [{p: rows[todo[j]][p] for p in plan.params} for j, _ in draws]
-        settings = [{target.node.id: {"n": rounds.total(j)}} for j, _ in draws]
-        run = executor.run(inputs, concurrency=batch_size, settings=settings)
-        for (j, count), result in zip(draws, run.results):
-            previous = current[j].total_usage if current[j] is not None else Usage()
-            fresh = result.total_usage
-            # This round's own calls: what the cache answered and what it computed.
-            usage = usage + Usage(cache_hits=fresh.cache_hits - previous.cache_hits,
-                                  cache_misses=fresh.cache_misses - previous.cache_misses)
-            current[j] = result
-            rounds.add(j, [Sample(c_answer, c.tokens, c.mean_logprob or 0.0) for c, c_answer in
-                           zip(result.samples[-count:], result.sample_answers[-count:])])
+        def draw(draws: list[tuple[int, int]]) -> None:
+            inputs = [ledger.inputs[j] for j, _ in draws]
+            settings = [{target.node.id: {"n": rounds.total(j)}} for j, _ in draws]
+            run = executor.run(inputs, concurrency=batch_size, settings=settings)
+            for (j, count), result in zip(draws, run.results):
+                previous = current[j].total_usage if current[j] is not None else Usage()
+                fresh = result.total_usage
+                # This round's own calls: what the cache answered and what it computed.
+                ledger.usage = ledger.usage + Usage(
+                    cache_hits=fresh.cache_hits - previous.cache_hits,
+                    cache_misses=fresh.cache_misses - previous.cache_misses)
+                current[j] = result
+                rounds.add(j, [Sample(c_answer, c.tokens, c.mean_logprob or 0.0) for c, c_answer in
+                               zip(result.samples[-count:], result.sample_answers[-count:])])
 
-    def finish(keep_open: set[int]) -> None:
-        for j, result in enumerate(current):
-            if result is None or j in written or j in keep_open:
-                continue
-            i = todo[j]
-            item = item_record(ids[i], rows[i], result, score, answer_field, signature)
-            item["n"] = len(result.samples)
-            results[ids[i]] = item
-            written.add(j)
-            if writer:
-                writer.write(item)
-        if on_item:
-            on_item(len(results), len(rows))
+        def finish(keep_open: set[int]) -> None:
+            for j, result in enumerate(current):
+                if result is not None and j not in written and j not in keep_open:
+                    ledger.record(j, result, count_usage=False, n=len(result.samples))
+                    written.add(j)
+            ledger.progress()
 
-    try:
         draws = rounds.first()
         number = 0
         while draws:
@@ -169,11 +151,7 @@ def evaluate_adaptive(plan: Plan, engines: dict[str, Engine], rows: Sequence[dic
                 state = f"{len(draws)} inputs draw more" if draws else "done"
                 log(f"round {number}: {spent():,.0f} of {target.budget:,.0f} tokens spent, "
                     f"{len(written)} of {len(todo)} inputs finished; {state}")
-    finally:
-        if writer:
-            writer.close()
-    summary = summarize(rows, results, len(todo), time.perf_counter() - start, usage, target.budget)
-    return summary
+    return ledger.summary(target.budget)
 
 
 def _cached(plan: Plan, engines: dict[str, Engine]) -> dict[str, Engine]:

@@ -3,13 +3,12 @@
 Each actor (`EvalWorker`) makes its engines once (runtime/engines/setup.py,
 one model load per actor) and runs inputs with the executor's `run_one`,
 `batch_size` of them at once so its engine batches their calls. The driver
-does everything else exactly as `runtime/eval.py` does, with its pieces:
-it resumes from the results file (`resume`, `run_signature`), hands out the
-inputs still to run, turns each result into its line (`item_record`) and
-appends it as it arrives, feeds the one progress bar, and adds up the
-summary (`summarize`). Seeds come from (run seed, node, input), never from
-which actor ran an input, so a seed gives the same predictions with or
-without Ray. An actor that dies has its inputs run again on the others
+does everything else exactly as `runtime/eval.py` does, with its `Ledger`:
+it resumes from the results file, hands out the inputs still to run, turns
+each result into its line and appends it as it arrives, feeds the one
+progress bar, and adds up the summary. Seeds come from (run seed, node,
+input), never from which actor ran an input, so a seed gives the same
+predictions with or without Ray. An actor that dies has its inputs run again on the others
 (runtime/distributed/pool.py); the call cache is served by one actor on the
 driver's machine (runtime/distributed/cache.py).
 """
@@ -17,23 +16,19 @@ driver's machine (runtime/distributed/cache.py).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ttsc.common.errors import UserError
 from ttsc.compiler.plan import Plan
 from ttsc.runtime.cache import CallCache
-from ttsc.runtime.data import ResultsWriter
 from ttsc.runtime.distributed.cache import RemoteCallCache
 from ttsc.runtime.distributed.cluster import drop_driver_paths
 from ttsc.runtime.distributed.pool import WorkerEvent
 from ttsc.runtime.distributed.workers import RayOptions, ray_workers
-from ttsc.runtime.engines.base import Usage
 from ttsc.runtime.engines.setup import make_engines
-from ttsc.runtime.eval import EvalSummary, item_record, resume, run_signature, summarize
+from ttsc.runtime.eval import EvalSummary, Ledger
 from ttsc.runtime.executor import Executor, InputResult
-from ttsc.runtime.scorers import get_scorer
 
 __all__ = ["EvalWorker", "RayOptions", "evaluate_on_ray"]  # RayOptions: where callers always found it
 
@@ -75,35 +70,17 @@ def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
     (connected, worker ready, worker lost), `on_event` the events themselves."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
-    score = get_scorer(scorer)
-    signature = run_signature(plan, seed)
-    start = time.perf_counter()
-    state = resume(rows, out, signature, force)
-    ids, todo, results = state.ids, state.todo, state.results
-    usage = Usage()
-    if on_item:
-        on_item(len(results), len(rows))
-    if not todo:
-        return summarize(rows, results, 0, time.perf_counter() - start, usage)
-
-    inputs = [{p: rows[i][p] for p in plan.params} for i in todo]
-    writer = ResultsWriter(out) if out is not None else None
-    try:
+    with Ledger(plan, rows, scorer=scorer, answer_field=answer_field, seed=seed, out=out,
+                force=force, on_item=on_item) as ledger:
+        if not ledger.todo:
+            return ledger.summary()
+        inputs = ledger.inputs
         with ray_workers(EvalWorker, lambda server: (plan, engine, device, server, seed),
                          options=options, specs=plan.models.values(), engine=engine,
-                         device=device, cache=cache, most=len(todo), per_worker=batch_size,
+                         device=device, cache=cache, most=len(inputs), per_worker=batch_size,
                          log=log, on_event=on_event) as pool:
-            for j, result in pool.run(range(len(todo)),
+            for j, result in pool.run(range(len(inputs)),
                                       lambda actor, j: actor.run_one.remote(inputs[j])):
-                i = todo[j]
-                item = item_record(ids[i], rows[i], result, score, answer_field, signature)
-                results[ids[i]] = item
-                usage = usage + result.total_usage
-                if writer:
-                    writer.write(item)
-                if on_item:
-                    on_item(len(results), len(rows))
-    finally:
-        if writer:
-            writer.close()
-    return summarize(rows, results, len(todo), time.perf_counter() - start, usage)
+                ledger.record(j, result)
+                ledger.progress()
+    return ledger.summary()

@@ -240,3 +240,28 @@ def test_backoff_and_retry_after_parsing():
     assert retry_after(httpx.Headers({"Retry-After": "3"})) == 3.0
     assert retry_after(httpx.Headers({})) is None
     assert retry_after(httpx.Headers({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0
+
+
+def test_an_op_the_server_cannot_serve_is_a_compile_error_before_any_work(tmp_path, capsys):
+    """A plain OpenAI-style server has no tokenizer route, so it cannot continue
+    a candidate (`extend`): `run` and `eval` ask the server what it serves and
+    stop at the op, after one probe request, with exit status 2."""
+    source = tmp_path / "ext.tts"
+    source.write_text('model policy = "tiny-random"\nprompt solve = "{question}"\n'
+                      "strategy s(question) {\n"
+                      "    c = extend(policy, generate(policy, solve, n=2, max_tokens=4), max_tokens=4)\n"
+                      "    return vote(extract(c, number))\n}\n")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 3 + 4?", "answer": "7"}\n')
+    with FakeOpenAIServer() as fake:
+        model = f"policy={fake.spec()}"
+        assert main(["run", str(source), "--input", "question=x", "--model", model]) == 2
+        err = capsys.readouterr().err
+        assert f"{source}:4:9: error: `extend` cannot run on model `policy`" in err
+        assert "assistant_prefix" in err
+        assert main(["eval", str(source), "--data", str(data), "--model", model, "--no-cache"]) == 2
+        assert "`extend` cannot run on model `policy`" in capsys.readouterr().err
+        assert fake.completions == 2  # the two probes, nothing else
+        # Compiling alone asks no server: the declaration of a capable one.
+        assert main(["compile", str(source), "--model", model]) == 0
+        assert fake.completions == 2

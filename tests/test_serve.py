@@ -276,3 +276,19 @@ def test_serve_cli_errors(tmp_path):
     (tmp_path / "s.tts").write_text(TINY)
     assert main(["serve", str(tmp_path / "s.tts"), "--strategy", "nope"]) == 2
     assert main(["serve", str(tmp_path / "s.tts"), "--port", "70000"]) == 2
+
+
+def test_an_op_the_upstream_cannot_serve_stops_the_start(tmp_path):
+    """The upstream (a plain OpenAI-style server: no tokenizer route) cannot
+    continue a candidate: `serve` says so at the op and exits 2, serving nothing."""
+    tts = tmp_path / "ext.tts"
+    tts.write_text('model policy = "openai:http://127.0.0.1:1/v1#fake"\nprompt solve = "{question}"\n'
+                   "strategy relay(question) {\n"
+                   "    return extend(policy, generate(policy, solve, n=1, max_tokens=4), max_tokens=4)\n}\n")
+    with FakeOpenAIServer() as upstream:
+        done = subprocess.run([sys.executable, "-P", "-m", "ttsc.cli", "serve", str(tts), "--model",
+                               f"policy={upstream.spec()}", "--port", str(free_port())],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert f"{tts}:4:12: error: `extend` cannot run on model `policy`" in done.stderr
+        assert upstream.completions == 1  # the probe

@@ -105,16 +105,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compile(args: argparse.Namespace, budget_tokens: float | None = None) -> Any:
+def _compile(args: argparse.Namespace, budget_tokens: float | None = None,
+             probe: bool = False) -> Any:
     """The file compiled for the command's models (`--model`) and engine
     (`--engine`: an op it cannot serve is an error here, before anything
-    loads); its warnings printed."""
+    loads; with `probe`, a server is asked what it serves); its warnings
+    printed."""
     from ttsc.compiler.pipeline import compile_file
     from ttsc.runtime.engines.setup import capabilities_of
 
     compiled = compile_file(args.file, args.strategy, budget_tokens,
                             models=_key_values(getattr(args, "model", []), "--model"),
-                            capabilities=capabilities_of(getattr(args, "engine", "auto")))
+                            capabilities=capabilities_of(getattr(args, "engine", "auto"), probe))
     _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
     return compiled
 
@@ -124,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ttsc.compiler.explain import trace_table
     from ttsc.runtime.executor import Executor
 
-    plan = _compile(args).plan
+    plan = _compile(args, probe=True).plan
     inputs = _key_values(args.input, "--input")
     unknown = [k for k in inputs if k not in plan.params]
     if unknown:
@@ -174,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ttsc.runtime.eval import evaluate, load_dataset, load_results, run_signature
     from ttsc.runtime.scorers import get_scorer
 
-    plan = _compile(args, budget_tokens=args.budget_tokens).plan
+    plan = _compile(args, budget_tokens=args.budget_tokens, probe=True).plan
     # Everything that can be checked is checked before any model loads.
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})",
@@ -309,20 +311,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     names: list[str | None] = ([args.strategy] if args.strategy else
                                list(build(parse(source, str(args.file))).info.strategies) or [None])
     overrides = _key_values(args.model, "--model")
-    plans = {}
+    plans, named = {}, {}
     for name in names:
         compiled = compile_source(source, str(args.file), name, models=overrides,
                                   capabilities=capabilities_of(args.engine))
         _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
         plans[compiled.plan.strategy] = compiled.plan
+        named[compiled.plan.strategy] = name
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: expected a port number from 1 to 65535")
     api_key = args.api_key or os.environ.get("TTSC_SERVE_API_KEY") or None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per upstream call
-    service = Service(plans, engines_for(plans, args.engine, args.device,
-                                         open_cache(args.cache) if args.cache else None))
+    engines = engines_for(plans, args.engine, args.device,
+                          open_cache(args.cache) if args.cache else None)
+    for strategy, by_model in engines.items():  # what each server serves, now asked of it
+        compile_source(source, str(args.file), named[strategy], models=overrides,
+                       capabilities={m: e.capabilities for m, e in by_model.items()})
+    service = Service(plans, engines)
     models = sorted({f"{m}={spec}" for plan in plans.values() for m, spec in plan.models.items()})
     _stderr(f"ttsc serve: {', '.join(plans)} on http://{args.host}:{args.port}/v1 "
             f"(models: {', '.join(models)}; {'API key required' if api_key else 'no API key'}); "

@@ -19,8 +19,10 @@ against the engine before anything loads; an engine built with default options
 has exactly those capabilities (tests/test_engine_registry.py). The openai
 engine's real capabilities depend on the server and are probed on first use;
 its declaration is what it serves on a server with a tokenizer route and
-token ids in its log-probabilities (llama.cpp), and an op a weaker server
-cannot serve fails when it runs, naming what the server lacks.
+token ids in its log-probabilities (llama.cpp). `ttsc run` and `eval` ask
+the server itself before compiling (setup.capabilities_of with `probe`),
+`serve` once its engines are up, so an op a weaker server cannot serve is a
+compile-time error at the op; `ttsc compile` alone asks no server.
 
 A new engine calls `register_engine` with its factory, capabilities and spec
 forms.

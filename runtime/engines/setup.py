@@ -11,15 +11,27 @@ from ttsc.common.capabilities import Capabilities
 from ttsc.compiler.plan import Plan
 from ttsc.runtime.cache import CachedEngine, CallCache
 from ttsc.runtime.engines.base import Engine
-from ttsc.runtime.engines.registry import engine_capabilities, make_engine
+from ttsc.runtime.engines.registry import engine_capabilities, engine_kind, make_engine
 
 DEFAULT = "default"
 
 
-def capabilities_of(engine: str = "auto") -> Callable[[str], Capabilities]:
+def capabilities_of(engine: str = "auto", probe: bool = False) -> Callable[[str], Capabilities]:
     """What `compile_file(..., capabilities=)` asks: a spec's engine's capabilities
-    under `--engine`, from the registry's declarations (nothing loads)."""
-    return lambda spec: engine_capabilities(spec, engine)
+    under `--engine`, from the registry's declarations (nothing loads). With
+    `probe`, a server (`openai:` specs) is asked itself, one short request, so
+    that an op it cannot serve is an error at compile time, not mid-run."""
+
+    def of(spec: str) -> Capabilities:
+        if probe and engine_kind(spec, engine) == "openai":
+            server = make_engine(spec, engine=engine)
+            try:
+                return server.capabilities
+            finally:
+                server.close()
+        return engine_capabilities(spec, engine)
+
+    return of
 
 
 def open_cache(path: str | Path | None = DEFAULT) -> CallCache | None:

@@ -194,3 +194,32 @@ def test_bad_ray_input(tmp_path, capsys, flags, message):
                  "--out", str(tmp_path / "o"), *flags])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_ray")
+def test_a_ray_search_on_the_embedded_model_draws_what_one_without_ray_draws(tmp_path, capsys):
+    """Two actors, each loading the embedded model once, each with its own
+    computations (separate call caches): every configuration both searches
+    tried predicts the same answers, item by item (seeds come from what a
+    call computes, and the paged engine is batch-invariant)."""
+    path = tmp_path / "space.tts"
+    path.write_text(SPACE.replace("tiny-random", "smollm2-135m").replace("MAX", "12"))
+    predictions = {}
+    for arm, extra in (("plain", []), ("ray", ["--ray", "--ray-actors", "2"])):
+        out = tmp_path / arm
+        assert main(["search", str(path), "--data", str(DEV), "--limit", "6", "--trials", "3",
+                     "--out", str(out), "--cache", str(tmp_path / f"{arm}.db"), "--json",
+                     "--quiet", *extra]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["trials"] == 3
+        by_config = {}
+        for r in lines(out / "trials.jsonl"):
+            items = lines(Path(r["files"]["results"]))
+            by_config[tuple(sorted(r["knobs"].items()))] = {i["id"]: i["prediction"] for i in items}
+        by_config["greedy"] = {i["id"]: i["prediction"] for i in lines(out / "greedy.jsonl")}
+        predictions[arm] = by_config
+    both = set(predictions["plain"]) & set(predictions["ray"])
+    assert "greedy" in both and len(both) >= 2
+    for config in both:
+        assert predictions["ray"][config] == predictions["plain"][config], config

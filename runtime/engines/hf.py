@@ -44,6 +44,7 @@ from ttsc.runtime.engines.base import (
     Engine,
     FinishReason,
     find_stop,
+    matched_stop,
     NextTokenRequest,
     Prompt,
     SampleOutput,
@@ -78,6 +79,7 @@ class _Row:
     generator: torch.Generator | None = None
     searched_chars: int = 0  # stop strings were searched in text[:searched_chars]
     context_text: str | None = None
+    stop: str | None = None  # the stop string that ended it
 
     @property
     def is_finished(self) -> bool:
@@ -161,7 +163,7 @@ class HFEngine(Engine):
             for row in rows:
                 out = results[row.request_index]
                 out.completions.append(Completion(
-                    row.text, row.token_ids, row.logprobs, row.finish_reason or "length"))
+                    row.text, row.token_ids, row.logprobs, row.finish_reason or "length", row.stop))
                 # Every row prefills its own prompt: nothing is reused.
                 out.usage += Usage(prompt_tokens=len(row.prompt_ids),
                                    prompt_tokens_computed=len(row.prompt_ids),
@@ -337,6 +339,7 @@ class HFEngine(Engine):
             row.searched_chars = len(text)
             if cut is not None:
                 row.text = text[:cut]
+                row.stop = matched_stop(text, cut, row.params.stop)
                 row.finish_reason = "stop"
                 return
         if len(row.token_ids) >= row.max_new_tokens:

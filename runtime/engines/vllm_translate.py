@@ -147,7 +147,8 @@ def read_completion(out: Any, *, decode: Callable[[list[int]], str],
     if reason == "stop":
         hits = [p for p in (text.find(s) for s in stop if s) if p >= 0]
         text = text[:min(hits)] if hits else out.text
-    return Completion(text, ids, logprobs, reason)
+    return Completion(text, ids, logprobs, reason,
+                      out.stop_reason if reason == "stop" else None)
 
 
 def prompt_usage(output: Any) -> Usage:

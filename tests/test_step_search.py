@@ -108,3 +108,14 @@ def test_the_paged_engine_says_which_stop_string_cut_a_completion(tiny_model):
 
 def test_the_hf_engine_says_which_stop_string_cut_a_completion(tiny_model):
     _stop_after_first_tokens(HFEngine(tiny_model))
+
+
+def test_an_openai_server_that_names_the_matched_stop_string_is_believed():
+    from ttsc.runtime.engines.openai import OpenAIEngine
+
+    engine = object.__new__(OpenAIEngine)  # _completion reads only the reply
+    params = SamplingParams(stop=("\n\n", "."))
+    said = engine._completion({"text": "Step 1", "finish_reason": "stop", "stop_reason": "\n\n"}, params)
+    assert (said.finish_reason, said.stop) == ("stop", "\n\n")
+    silent = engine._completion({"text": "Step 1", "finish_reason": "stop"}, params)
+    assert (silent.finish_reason, silent.stop) == ("stop", None)  # the op falls back, or does not guess

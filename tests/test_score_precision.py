@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from engine_contract import logprobs_of
-from ttsc.runtime.engines.base import NextTokenRequest, Prompt
+from engine_contract import logprobs_of, totals_of
+from ttsc.runtime.engines.base import ContinuationRequest, NextTokenRequest, Prompt
+from ttsc.runtime.engines.hf import HFEngine
 from ttsc.runtime.engines.paged.engine import PagedEngine
 from ttsc.runtime.models import load_model
 
@@ -37,6 +38,10 @@ def _scores(loaded, dtype, reqs):
         engine.close()
 
 
+def distinct(ps: list[float]) -> int:
+    return len({round(p, 6) for p in ps})
+
+
 def test_a_bf16_model_reads_score_logits_in_fp32(tiny_model):
     engine = PagedEngine(tiny_model, dtype=torch.bfloat16, kv_memory_bytes=16 << 20)
     model = engine.runner.model
@@ -56,6 +61,18 @@ def test_bf16_verifier_scores_are_as_distinct_as_fp32_on_the_embedded_model():
     loaded = load_model("smollm2-135m", device="cpu")
     reqs = _verifier_requests(256)
     bf16, fp32 = _scores(loaded, torch.bfloat16, reqs), _scores(loaded, torch.float32, reqs)
-    distinct = lambda ps: len({round(p, 6) for p in ps})  # noqa: E731
     assert distinct(bf16) >= 0.8 * distinct(fp32), (distinct(bf16), distinct(fp32))
     assert max(abs(a - b) for a, b in zip(bf16, fp32)) < 0.05
+
+
+@pytest.mark.slow
+def test_the_hf_engine_reads_a_bf16_models_scores_in_fp32():
+    reqs = _verifier_requests(128)
+    half = HFEngine(load_model("smollm2-135m", device="cpu", dtype=torch.bfloat16))
+    full = HFEngine(load_model("smollm2-135m", device="cpu", dtype=torch.float32))
+    bf16, fp32 = (_p_yes(logprobs_of(e.score_next(reqs))) for e in (half, full))
+    assert distinct(bf16) >= 0.8 * distinct(fp32), (distinct(bf16), distinct(fp32))
+    assert max(abs(a - b) for a, b in zip(bf16, fp32)) < 0.05
+    asked = [ContinuationRequest(r.prompt, " Yes, it is.") for r in reqs[:4]]
+    lo, hi = (totals_of(e.score_continuations(asked)) for e in (half, full))
+    assert max(abs(a - b) for a, b in zip(lo, hi)) < 0.5

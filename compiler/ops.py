@@ -135,7 +135,5 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
     OpSig("agreement", (Arg("answers", Kind.VALUE, (T.ANSWERS,)),), T.NUMBER, False,
           "share of answers equal to the most frequent one"),
     OpSig("all_done", (Arg("candidates", Kind.VALUE, CANDS),), T.BOOL, False,
-          "true when every candidate has finished (end of sequence)"),
+          "true when every candidate has finished (end of sequence, or an empty step)"),
 ]}
-
-EXTRACTORS = ("number", "choice", "code", "regex")

@@ -167,7 +167,8 @@ class LayerWeights:
 
 
 class LlamaModel:
-    """Weights plus pure functions of them; no state between calls."""
+    """Weights plus pure functions of them; no state between calls (but for
+    the fp32 copy of the output head that scores make once, `logits_fp32`)."""
 
     def __init__(self, cfg: ModelConfig, embed: torch.Tensor, layers: list[LayerWeights],
                  norm: torch.Tensor, lm_head: Linear, head_weight: torch.Tensor | None = None):

@@ -64,6 +64,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("seed", True, None, lo=0, doc="sample i of a request uses seed + i"),
     Setting("k", True, None, lo=1, auto_ok=True, auto_grid=(1, 2, 4, 8, 16),
             doc="how many candidates top/rank keep"),
+    Setting("window", True, 8, lo=1, doc="tokens per group of the confidence op (min, tail)"),
 ]}
 SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
 AUTO_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.auto_ok)

@@ -49,6 +49,7 @@ class Op(str, Enum):
     RUN_TESTS = "run_tests"
     AGREEMENT = "agreement"
     ALL_DONE = "all_done"
+    CONFIDENCE = "confidence"
     CONCAT = "concat"
     COMPARE = "compare"
     LOGIC = "logic"  # and / or / not
@@ -62,7 +63,8 @@ LLM_OPS = frozenset({Op.GENERATE, Op.EXTEND, Op.VERIFY, Op.SCORE, Op.RANK, Op.CR
                      Op.FUSE, Op.REFINE, Op.UNIT_TESTS})
 # Ops whose output is a function of their inputs alone (no sampling).
 PURE_OPS = frozenset({Op.EXTRACT, Op.VOTE, Op.BEST, Op.TOP, Op.AGREEMENT, Op.ALL_DONE, Op.CONCAT,
-                      Op.COMPARE, Op.LOGIC, Op.CONST, Op.SLICE, Op.RUN_TESTS, Op.VERIFY, Op.SCORE})
+                      Op.COMPARE, Op.LOGIC, Op.CONST, Op.SLICE, Op.RUN_TESTS, Op.VERIFY, Op.SCORE,
+                      Op.CONFIDENCE})
 
 
 @dataclass

@@ -105,7 +105,8 @@ def candidate_counts(graph: Graph, outer: dict[str, int | None]) -> dict[str, in
             counts[node.id] = n
         elif node.op is Op.EXTEND:
             counts[node.id] = c("candidates") * n if c("candidates") is not None and n else None
-        elif node.op in (Op.EXTRACT, Op.VERIFY, Op.SCORE, Op.CRITIQUE, Op.REFINE, Op.RUN_TESTS):
+        elif node.op in (Op.EXTRACT, Op.VERIFY, Op.SCORE, Op.CRITIQUE, Op.REFINE, Op.RUN_TESTS,
+                         Op.CONFIDENCE):
             counts[node.id] = c("candidates")
         elif node.op is Op.TOP:
             k, m = fixed_int(a, "k"), c("candidates")

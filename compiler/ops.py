@@ -37,7 +37,7 @@ class Kind(str, Enum):
     PROMPT = "prompt"  # a prompt name
     EXTRACTOR = "extractor"  # number | choice | code | regex("...")
     CONST = "const"  # a compile-time constant (number, string, list, auto, range, choice)
-    AGG = "agg"  # min | last | prod
+    AGG = "agg"  # a name from the argument's `names` (min | last | prod for score)
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class Arg:
     required: bool = True
     default: Any = None
     positional: bool = True  # may be given by position
+    names: tuple[str, ...] = ()  # the names a Kind.AGG argument accepts
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ def setting(name: str, default: Any = None) -> Arg:
     return Arg(name, Kind.CONST, (T.NUMBER,), False,
                SETTINGS[name].default if default is None else default, False)
 
+
+EXTRACTORS = ("number", "choice", "code", "regex")
+AGGS = ("min", "last", "prod")  # how `score` aggregates its step scores
+CONFIDENCE_AGGS = ("mean", "min", "tail")  # how `confidence` aggregates token logprobs
 
 CANDS = (T.CANDIDATES,)
 SAMPLING = (
@@ -98,14 +103,20 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
     OpSig("verify", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT), T.SCORES, True,
           "P(Yes) of an LLM judge for each candidate, read from next-token log-probabilities"),
     OpSig("score", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT,
-                    Arg("agg", Kind.AGG, (), False, "min", False)), T.SCORES, True,
+                    Arg("agg", Kind.AGG, (), False, "min", False, AGGS)), T.SCORES, True,
           "step-level scores (P(Yes) after each step), aggregated by min, last or prod"),
     OpSig("best", (Arg("candidates", Kind.VALUE, (T.CANDIDATES, T.ANSWERS)),
                    Arg("by", Kind.VALUE, (T.SCORES,), True, None, False)), T.TEXT, False,
           "the candidate with the highest score"),
     OpSig("top", (Arg("candidates", Kind.VALUE, CANDS), Arg("by", Kind.VALUE, (T.SCORES,), True, None, False),
-                  Arg("k", Kind.CONST, (T.NUMBER,), True, None, False)), T.CANDIDATES, False,
-          "the k highest-scoring candidates, best first"),
+                  Arg("k", Kind.CONST, (T.NUMBER,), True, None, False),
+                  Arg("distinct", Kind.CONST, (T.BOOL,), False, False, False)), T.CANDIDATES, False,
+          "the k highest-scoring candidates, best first; distinct=true keeps identical ones once"),
+    OpSig("confidence", (Arg("candidates", Kind.VALUE, CANDS),
+                         Arg("agg", Kind.AGG, (), False, "mean", False, CONFIDENCE_AGGS),
+                         setting("window")), T.SCORES, False,
+          "how sure the model was of each candidate, from its own token log-probabilities: "
+          "exp of the mean (mean), of the lowest window (min) or of the last window (tail)"),
     OpSig("rank", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT, setting("k"),
                    *RANK_SAMPLING), T.CANDIDATES, True,
           "listwise LLM ranking; keeps the top k if given"),
@@ -124,8 +135,5 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
     OpSig("agreement", (Arg("answers", Kind.VALUE, (T.ANSWERS,)),), T.NUMBER, False,
           "share of answers equal to the most frequent one"),
     OpSig("all_done", (Arg("candidates", Kind.VALUE, CANDS),), T.BOOL, False,
-          "true when every candidate has finished (end of sequence)"),
+          "true when every candidate has finished (end of sequence, or an empty step)"),
 ]}
-
-EXTRACTORS = ("number", "choice", "code", "regex")
-AGGS = ("min", "last", "prod")

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from ttsc.common.prompts import Prompt, PromptDef, default_prompt, render_prompt
 from ttsc.common.sampling import SamplingParams
+from ttsc.compiler.ops import SIGNATURES
 from ttsc.runtime.engines.base import Completion, NextTokenRequest, SampleRequest
 from ttsc.runtime.extract import extract
 from ttsc.runtime.replies import parse_ranking, parse_unit_tests
@@ -55,9 +56,64 @@ def best(items: list, by: list[float]) -> str:
     return item.text if isinstance(item, Candidate) else (item or "")
 
 
-def top(cands: list[Candidate], by: list[float], k: int) -> list[Candidate]:
+def top(cands: list[Candidate], by: list[float], k: int, distinct: bool = False) -> list[Candidate]:
+    """The k highest-scoring candidates, best first (ties by position). With
+    `distinct`, a candidate identical to one already kept (same prompt, text
+    and stop string) is skipped: beams that a search would extend the same way
+    count once, so k beams are k different partial solutions."""
     order = sorted(range(len(cands)), key=lambda j: (-by[j], j))
-    return [cands[j] for j in order[:k]]
+    kept: list[Candidate] = []
+    seen: set[tuple] = set()
+    for j in order:
+        if len(kept) == k:
+            break
+        c = cands[j]
+        if distinct:
+            key = (repr(c.prompt), c.text, c.stop, c.finished)
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(c)
+    return kept
+
+
+def confidence(cands: list[Candidate], agg: str = "mean", window: int = 8) -> list[float]:
+    """How sure the model was of each candidate, from its own token
+    log-probabilities (no model call), as a probability in (0, 1]:
+
+    - mean: exp(mean token logprob), the inverse of the perplexity (the
+      perplexity-weighted vote of "Bridging Internal Probability and
+      Self-Consistency");
+    - min: the lowest group confidence of DeepConf: exp of the lowest mean
+      logprob over any `window` consecutive tokens (the weakest stretch);
+    - tail: DeepConf's tail confidence, exp(mean logprob of the last `window`
+      tokens), where the final answer is written.
+
+    DeepConf's token confidence is the mean of the top-k logprobs at each
+    position; the engine contract reports only the sampled token's, which is
+    what is averaged here. A candidate with no tokens or no logprobs scores 0
+    (no evidence), so weights stay non-negative and it sorts last."""
+    return [_confidence(c.logprobs, agg, window) for c in cands]
+
+
+def _confidence(logprobs: tuple[float, ...] | None, agg: str, window: int) -> float:
+    if not logprobs:
+        return 0.0
+    lps = list(logprobs)
+    if agg == "mean":
+        return math.exp(sum(lps) / len(lps))
+    if agg == "tail":
+        tail = lps[-window:]
+        return math.exp(sum(tail) / len(tail))
+    if agg == "min":
+        w = min(window, len(lps))
+        run = sum(lps[:w])
+        lowest = run
+        for i in range(w, len(lps)):
+            run += lps[i] - lps[i - w]
+            lowest = min(lowest, run)
+        return math.exp(lowest / w)
+    raise ValueError(f"unknown confidence aggregation {agg!r}")
 
 
 def run_tests(cands: list[Candidate], tests: list[Candidate]) -> list[float]:
@@ -87,7 +143,11 @@ def host_op(op: str, attrs: dict[str, Any], args: dict[str, Value]) -> Value:
     if op == "best":
         return best(args["candidates"], args["by"])
     if op == "top":
-        return top(args["candidates"], args["by"], int(attrs["k"]))
+        return top(args["candidates"], args["by"], int(attrs["k"]), bool(attrs.get("distinct")))
+    if op == "confidence":
+        sig = SIGNATURES["confidence"]  # an unset aggregation is the table's default
+        return confidence(args["candidates"], attrs.get("agg") or sig.arg("agg").default,
+                          int(attrs.get("window") or sig.arg("window").default))
     if op == "agreement":
         return agreement(args["answers"])
     if op == "all_done":
@@ -165,15 +225,35 @@ def _steps(text: str) -> list[str]:
     return [sep.join(parts[:i + 1]) for i in range(len(parts))]
 
 
-def _candidate(c: Completion, prompt: Prompt, before: Candidate | None = None) -> Candidate:
-    """A candidate from a completion (continuing `before`, for extend)."""
-    logprob = float(sum(c.logprobs)) if len(c.logprobs) == len(c.token_ids) else None
+def _stop_of(c: Completion, attrs: dict[str, Any]) -> str | None:
+    """The stop string that cut `c`: the engine's word, else the op's only
+    stop string (a server that does not say which matched, an older cache
+    entry); None if it was not cut by one, or several could have matched."""
+    if c.finish_reason != "stop":
+        return None
+    if c.stop is not None:
+        return c.stop
+    stops = attrs.get("stop") or ()
+    stops = [stops] if isinstance(stops, str) else list(stops)
+    return stops[0] if len(stops) == 1 else None
+
+
+def _candidate(c: Completion, prompt: Prompt, attrs: dict[str, Any] | None = None,
+               before: Candidate | None = None) -> Candidate:
+    """A candidate from a completion; for extend, continuing `before`: the old
+    text, the stop string that cut it, then the new text. A continuation that
+    is cut at once (an empty step: the model writes the separator again) ends
+    the candidate, since continuing it would make no progress."""
+    logprobs = tuple(c.logprobs) if len(c.logprobs) == len(c.token_ids) else None
+    stop = _stop_of(c, attrs or {})
     if before is None:
-        return Candidate(c.text, prompt, c.finish_reason == "eos", len(c.token_ids), logprob)
-    total = (None if logprob is None or before.logprob_sum is None
-             else before.logprob_sum + logprob)
-    return Candidate(before.text + c.text, before.prompt, c.finish_reason == "eos",
-                     before.tokens + len(c.token_ids), total)
+        return Candidate(c.text, prompt, c.finish_reason == "eos", len(c.token_ids), logprobs, stop)
+    joined = (None if logprobs is None or before.logprobs is None else before.logprobs + logprobs)
+    tokens = before.tokens + len(c.token_ids)
+    if c.finish_reason == "stop" and not c.text.strip():
+        return Candidate(before.text, before.prompt, True, tokens, joined, before.stop)
+    return Candidate(before.continued_text + c.text, before.prompt, c.finish_reason == "eos",
+                     tokens, joined, stop)
 
 
 class LLMOp(ABC):
@@ -204,7 +284,7 @@ class Generate(LLMOp):
 
     def collect(self, attrs, args, reqs, results):
         (completions,), (req,) = results, reqs
-        return [_candidate(c, req.prompt) for c in completions]
+        return [_candidate(c, req.prompt, attrs) for c in completions]
 
 
 class UnitTests(Generate):
@@ -215,7 +295,7 @@ class Extend(LLMOp):
     """Continue each unfinished candidate; finished ones pass through once."""
 
     def requests(self, attrs, args, ctx):
-        return [SampleRequest(c.prompt.continued(c.text),
+        return [SampleRequest(c.prompt.continued(c.continued_text),
                               _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 1000 * i)))
                 for i, c in enumerate(args["candidates"]) if not c.finished]
 
@@ -227,7 +307,7 @@ class Extend(LLMOp):
                 out.append(c)
                 continue
             for comp in next(it):
-                out.append(_candidate(comp, c.prompt, before=c))
+                out.append(_candidate(comp, c.prompt, attrs, before=c))
         return out
 
 
@@ -276,7 +356,7 @@ class Critique(LLMOp):
                 for i, c in enumerate(args["candidates"])]
 
     def collect(self, attrs, args, reqs, results):
-        return [_candidate(r[0], q.prompt) for r, q in zip(results, reqs)]
+        return [_candidate(r[0], q.prompt, attrs) for r, q in zip(results, reqs)]
 
 
 class Refine(Critique):

@@ -183,9 +183,11 @@ def test_beam_search_extends_unfinished_candidates():
     engine = ScriptedEngine({"solve": ["step"]}, finish="stop")
     body = ("strategy s(question) {\n b = generate(policy, solve, n=4, stop=\"\\n\")\n"
             " repeat 2 until all_done(b) {\n  b = top(b, by=verify(judge, b, check), k=2)\n"
-            "  b = extend(policy, b, n=3)\n }\n return best(b, by=verify(judge, b, check))\n}\n")
+            "  b = extend(policy, b, n=3, stop=\"\\n\")\n }\n return best(b, by=verify(judge, b, check))\n}\n")
     result = run(body, [{"question": "solve it"}], engine)
-    assert result.outputs == ["stepstepstep"]  # two extensions of a first step
+    # Two extensions of a first step, each after the separator that cut the step before
+    # (this asserted "stepstepstep" while extend dropped the separators).
+    assert result.outputs == ["step\nstep\nstep"]
 
 
 def test_every_llm_op_runs_on_a_real_tiny_model(tiny_model):

@@ -107,6 +107,7 @@ def test_stop_string_cuts_text_keeps_tokens(tok):
                         decode=decode_with(tok, []), eos_ids=frozenset(), stop=(" jumps", " fox"))
     assert c.finish_reason == "stop"
     assert c.text == "The quick brown"  # cut before the earliest stop string
+    assert c.stop == " fox"  # which one: `extend` puts it back
     assert c.token_ids == ids and len(c.logprobs) == len(ids)
 
 

@@ -18,7 +18,7 @@ from ttsc.common.errors import Span, did_you_mean
 from ttsc.common.knobs import Auto, Choice, Range, is_knob
 from ttsc.common.sampling import AUTO_SETTINGS, SETTINGS
 from ttsc.compiler.build.context import BAD, Context, span_of
-from ttsc.compiler.ops import AGGS, EXTRACTORS, Arg, Kind
+from ttsc.compiler.ops import EXTRACTORS, Arg, Kind, T
 from ttsc.dsl import ast
 from ttsc.dsl.unparse import unparse_expr
 
@@ -69,9 +69,11 @@ def static_arg(ctx: Context, arg: Arg, value: ast.Expr, func: str) -> Any:
                 did_you_mean(name, EXTRACTORS) if name else None)
         return BAD
     if arg.kind is Kind.AGG:
-        if isinstance(value, ast.Name) and value.id in AGGS:
+        if isinstance(value, ast.Name) and value.id in arg.names:
             return value.id
-        ctx.err(f"{where} must be one of {', '.join(AGGS)}", span_of(value))
+        name = value.id if isinstance(value, ast.Name) else ""
+        ctx.err(f"{where} must be one of {', '.join(arg.names)}", span_of(value),
+                did_you_mean(name, arg.names) if name else None)
         return BAD
     return _const(ctx, arg, value, where)
 
@@ -122,6 +124,11 @@ def _const(ctx: Context, arg: Arg, value: ast.Expr, where: str) -> Any:
     setting = SETTINGS.get(name)
     if name == "stop":
         return _stop(ctx, value, where)
+    if arg.types == (T.BOOL,):
+        if isinstance(value, ast.Bool):
+            return value.value
+        ctx.err(f"{where} must be true or false", span_of(value))
+        return BAD
     if isinstance(value, ast.Auto):
         if setting.auto_ok:
             return Auto()

@@ -26,7 +26,7 @@ from ttsc.common.sampling import SamplingParams, check_sampling
 
 __all__ = ["Capabilities", "Completion", "ContinuationOutput", "ContinuationRequest", "Engine",
            "FinishReason", "NextTokenRequest", "Prompt", "SampleOutput", "SampleRequest",
-           "SamplingParams", "ScoreOutput", "Usage", "check_sampling", "total_usage"]
+           "SamplingParams", "ScoreOutput", "Usage", "check_sampling", "matched_stop", "total_usage"]
 
 FinishReason = Literal["stop", "length", "eos"]
 
@@ -43,6 +43,7 @@ class Completion:
     token_ids: list[int]
     logprobs: list[float]  # log-probability of each generated token (after temperature)
     finish_reason: FinishReason
+    stop: str | None = None  # the stop string that ended it ("stop"), when the engine knows
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,12 @@ def find_stop(text: str, stops: Sequence[str], searched: int) -> int | None:
     start = max(0, searched - max(len(s) for s in stops) - 4)
     hits = [p for p in (text.find(s, start) for s in stops if s) if p >= 0]
     return min(hits) if hits else None
+
+
+def matched_stop(text: str, cut: int, stops: Sequence[str]) -> str:
+    """Which of `stops` starts at `cut` in `text` (find_stop's answer); the
+    longest, where one stop string begins another."""
+    return max((s for s in stops if s and text.startswith(s, cut)), key=len)
 
 
 class Engine(ABC):

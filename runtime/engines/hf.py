@@ -44,6 +44,7 @@ from ttsc.runtime.engines.base import (
     Engine,
     FinishReason,
     find_stop,
+    matched_stop,
     NextTokenRequest,
     Prompt,
     SampleOutput,
@@ -78,6 +79,7 @@ class _Row:
     generator: torch.Generator | None = None
     searched_chars: int = 0  # stop strings were searched in text[:searched_chars]
     context_text: str | None = None
+    stop: str | None = None  # the stop string that ended it
 
     @property
     def is_finished(self) -> bool:
@@ -110,6 +112,7 @@ class HFEngine(Engine):
             raise UserError("max_batch_size and max_batch_tokens must be at least 1")
         self.loaded = loaded
         self.model = loaded.model
+        self._head_fp32: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.max_batch_size = max_batch_size
@@ -161,7 +164,7 @@ class HFEngine(Engine):
             for row in rows:
                 out = results[row.request_index]
                 out.completions.append(Completion(
-                    row.text, row.token_ids, row.logprobs, row.finish_reason or "length"))
+                    row.text, row.token_ids, row.logprobs, row.finish_reason or "length", row.stop))
                 # Every row prefills its own prompt: nothing is reused.
                 out.usage += Usage(prompt_tokens=len(row.prompt_ids),
                                    prompt_tokens_computed=len(row.prompt_ids),
@@ -278,12 +281,33 @@ class HFEngine(Engine):
 
     @torch.inference_mode()
     def _forward_last(self, ids_list: list[list[int]], keep: int) -> torch.Tensor:
-        """Logits of the last `keep` positions of each (left-padded) row: [B, keep, V]."""
+        """Logits of the last `keep` positions of each (left-padded) row: [B, keep, V],
+        for scores: in fp32 even when the model is not (see `_fp32_head`)."""
         input_ids, mask = self._left_pad(ids_list)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        head = self._fp32_head()
+        if head is not None:
+            hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask,
+                                              position_ids=positions, use_cache=False).last_hidden_state
+            weight, bias = head
+            return torch.nn.functional.linear(hidden[:, -keep:].float(), weight, bias)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          use_cache=False, logits_to_keep=_last(input_ids, keep))
         return out.logits
+
+    def _fp32_head(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The output head in fp32, for a half-precision model, or None. In
+        bf16 a logit near 10 moves in steps of 1/16, so a verifier's P(Yes)
+        over hundreds of candidates took a few dozen values; scores read fp32
+        logits from the model's last hidden state instead. Models whose logits
+        are more than a linear head of it (a final soft cap) keep their own."""
+        if self.model.dtype == torch.float32 or getattr(self.model.config, "final_logit_softcapping", None):
+            return None
+        if self._head_fp32 is None:
+            head = self.model.get_output_embeddings()
+            bias = getattr(head, "bias", None)
+            self._head_fp32 = (head.weight.float(), None if bias is None else bias.float())
+        return self._head_fp32
 
     @torch.inference_mode()
     def _generate(self, rows: list[_Row]) -> None:
@@ -337,6 +361,7 @@ class HFEngine(Engine):
             row.searched_chars = len(text)
             if cut is not None:
                 row.text = text[:cut]
+                row.stop = matched_stop(text, cut, row.params.stop)
                 row.finish_reason = "stop"
                 return
         if len(row.token_ids) >= row.max_new_tokens:

@@ -348,7 +348,9 @@ class OpenAIEngine(Engine):
             tokens = tokens[:-1]  # llama.cpp lists the end-of-sequence token; the contract does not
         ids = [t.id for t in tokens]
         token_ids = [int(i) for i in ids if i is not None] if None not in ids else []
-        return Completion(text, token_ids, [t.logprob for t in tokens], finish)
+        matched = choice.get("stop_reason", choice.get("matched_stop"))
+        stop = matched if finish == "stop" and isinstance(matched, str) else None
+        return Completion(text, token_ids, [t.logprob for t in tokens], finish, stop)
 
     @staticmethod
     def _finish(choice: dict[str, Any], p: SamplingParams, tokens: list[Token]) -> FinishReason:

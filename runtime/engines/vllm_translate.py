@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from ttsc.runtime.engines.base import Completion, FinishReason, SamplingParams, Usage
+from ttsc.runtime.engines.base import Completion, FinishReason, SamplingParams, Usage, matched_stop
 
 # vLLM's value for "no top-k cut": -1 is accepted by every vLLM release (newer
 # ones also take 0, older ones only -1).
@@ -144,10 +144,12 @@ def read_completion(out: Any, *, decode: Callable[[list[int]], str],
     else:
         raise VllmOutputError(f"vLLM ended a request with finish_reason={out.finish_reason!r}")
     text = decode(ids)
+    matched = None
     if reason == "stop":
         hits = [p for p in (text.find(s) for s in stop if s) if p >= 0]
+        matched = matched_stop(text, min(hits), stop) if hits else out.stop_reason
         text = text[:min(hits)] if hits else out.text
-    return Completion(text, ids, logprobs, reason)
+    return Completion(text, ids, logprobs, reason, matched)
 
 
 def prompt_usage(output: Any) -> Usage:

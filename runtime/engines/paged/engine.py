@@ -75,6 +75,7 @@ from ttsc.runtime.engines.base import (
     ContinuationRequest,
     Engine,
     find_stop,
+    matched_stop,
     NextTokenRequest,
     Prompt,
     SampleOutput,
@@ -312,15 +313,15 @@ class PagedEngine(Engine):
             seqs[0].siblings = seqs[1:]
         return seqs
 
-    def _score_rows(self, logits: torch.Tensor, to_score: list) -> list[list[float]]:
-        """Log-probabilities of each score row's target tokens. With kernels on,
-        the fused verifier-scoring kernel reads them without a full softmax."""
-        picked = logits[[i for _, i, _ in to_score]]
+    def _score_rows(self, picked: torch.Tensor, to_score: list) -> list[list[float]]:
+        """Log-probabilities of each score row's target tokens, from the score
+        rows' fp32 logits (`picked`, in the order of `to_score`). With kernels
+        on, the fused verifier-scoring kernel reads them without a full softmax."""
         widths = {len(targets) for _, _, targets in to_score}
         if self.use_kernels and len(widths) == 1:
             from ttsc.kernels.verifier_scoring import choice_logprobs
 
-            ids = torch.tensor([targets for _, _, targets in to_score], device=logits.device)
+            ids = torch.tensor([targets for _, _, targets in to_score], device=picked.device)
             return choice_logprobs(picked, ids).tolist()
         logp = torch.log_softmax(picked, dim=-1, dtype=torch.float32)
         return [logp[r, targets].tolist() for r, (_, _, targets) in enumerate(to_score)]
@@ -452,7 +453,7 @@ class PagedEngine(Engine):
             return
         t0 = time.perf_counter()
         batch = self.scheduler.schedule()
-        logits, rows = self.runner.run(batch)
+        logits, rows, score_logits = self.runner.run(batch)
         self.scheduler.commit(batch)
         to_sample: list[tuple[Sequence, int]] = []
         to_score: list[tuple[Sequence, int, list[int]]] = []
@@ -468,7 +469,7 @@ class PagedEngine(Engine):
                 seq.num_forks = 0
                 to_sample.extend((child, i) for child in seq.siblings)
         if to_score:
-            for (seq, _, _), scores in zip(to_score, self._score_rows(logits, to_score)):
+            for (seq, _, _), scores in zip(to_score, self._score_rows(score_logits, to_score)):
                 seq.scores.append(scores)
         if to_sample:
             settings = [RowSettings(s.params.temperature, s.params.top_k, s.params.top_p,
@@ -508,6 +509,7 @@ class PagedEngine(Engine):
         if cut is None:
             return False
         seq.stop_text = text[:cut]
+        seq.stop = matched_stop(text, cut, seq.params.stop)
         return True
 
     def _decode(self, seq: Sequence) -> str:
@@ -521,7 +523,8 @@ class PagedEngine(Engine):
             return Completion("", [], [], "length")
         text = seq.stop_text if seq.finish_reason == "stop" else self._decode(seq)
         return Completion(text, seq.completion_token_ids, list(seq.logprobs),
-                          seq.finish_reason or "length")
+                          seq.finish_reason or "length",
+                          seq.stop if seq.finish_reason == "stop" else None)
 
     # ------------------------------------------------------------- usage
 

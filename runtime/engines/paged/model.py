@@ -167,15 +167,18 @@ class LayerWeights:
 
 
 class LlamaModel:
-    """Weights plus pure functions of them; no state between calls."""
+    """Weights plus pure functions of them; no state between calls (but for
+    the fp32 copy of the output head that scores make once, `logits_fp32`)."""
 
     def __init__(self, cfg: ModelConfig, embed: torch.Tensor, layers: list[LayerWeights],
-                 norm: torch.Tensor, lm_head: Linear):
+                 norm: torch.Tensor, lm_head: Linear, head_weight: torch.Tensor | None = None):
         self.cfg = cfg
         self.embed = embed  # [V, E]
         self.layers = layers
         self.norm = norm  # [E]
         self.lm_head = lm_head  # [V, E], may be tied to `embed`
+        self.head_weight = head_weight if head_weight is not None else embed  # unpacked, for fp32 rows
+        self._head_fp32: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.dtype = embed.dtype
         self.device = embed.device
         positions = torch.arange(cfg.max_position, dtype=torch.float32)
@@ -210,8 +213,8 @@ class LlamaModel:
                 gate_up=Linear(state[p + "gate_up"], maybe(p + "gate_up_bias")),
                 down=Linear(state[p + "down"], maybe(p + "down_bias"))))
         embed = state["embed"]
-        lm_head = Linear(state.get("lm_head", embed), maybe("lm_head_bias"))  # absent: tied to embed
-        return LlamaModel(cfg, embed, layers, state["norm"], lm_head)
+        head = state.get("lm_head", embed)  # absent: tied to embed
+        return LlamaModel(cfg, embed, layers, state["norm"], Linear(head, maybe("lm_head_bias")), head)
 
     # ------------------------------------------------------------- forward
 
@@ -255,6 +258,20 @@ class LlamaModel:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[R, E] -> logits [R, V] in the model dtype (softmaxes upcast as they read them)."""
         return self.lm_head(hidden)
+
+    def logits_fp32(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[R, E] -> logits [R, V] computed in fp32, for scores. In bf16 a logit
+        near 10 moves in steps of 1/16, so a verifier's P(Yes) over hundreds of
+        candidates took a few dozen values and `best`/`top` broke ties by
+        position; an fp32 product gives them their full resolution. The fp32
+        copy of the head is made on the first score and kept."""
+        if self.dtype == torch.float32:
+            return self.lm_head(hidden)
+        if self._head_fp32 is None:
+            bias = self.lm_head.bias
+            self._head_fp32 = (self.head_weight.float(), None if bias is None else bias.float())
+        weight, bias = self._head_fp32
+        return F.linear(hidden.float(), weight, bias)
 
 
 def engine_state(hf_model: Any, cfg: ModelConfig, device: torch.device,

@@ -68,17 +68,23 @@ class ModelRunner:
         pool.index_copy_(1, dst, pool.index_select(1, src))
 
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[LogitRow]]:
-        """Logits [R, V] (model dtype) for the rows that need them, and which rows those are."""
+    def run(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[LogitRow], torch.Tensor]:
+        """Logits [R, V] (model dtype) for the rows that need them, which rows
+        those are, and fp32 logits [S, V] of the score rows among them, in order."""
         self.copy_blocks(batch.copies)
         input_ids, positions, slots, hidden_rows, rows = self._flatten(batch)
         attn = PagedAttention(self.layers, self._tensor(slots), self.scale,
                               self._decode_meta(batch), self._prefill_meta(batch),
                               use_kernel=self.use_kernel, cpu_ops=self.model.cpu_ops)
         hidden = self.model.forward(self._tensor(input_ids), self._tensor(positions), attn)
+        vocab = self.model.cfg.vocab_size
         if not rows:
-            return hidden.new_empty(0, self.model.cfg.vocab_size), rows
-        return self.model.logits(hidden[self._tensor(hidden_rows)]), rows
+            return hidden.new_empty(0, vocab), rows, hidden.new_empty(0, vocab, dtype=torch.float32)
+        picked = hidden[self._tensor(hidden_rows)]
+        scored = [i for i, r in enumerate(rows) if r.seq.kind == SequenceKind.SCORE]
+        exact = (self.model.logits_fp32(picked[self._tensor(scored)]) if scored
+                 else hidden.new_empty(0, vocab, dtype=torch.float32))
+        return self.model.logits(picked), rows, exact
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

@@ -51,6 +51,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.searched_chars = 0  # stop strings were searched in the text up to here
         self.stop_text: str | None = None  # completion text cut before a stop string
+        self.stop: str | None = None  # the stop string that cut it
         self.num_forks = num_forks  # siblings to fork off once the prompt is prefilled
         self.siblings: list[Sequence] = []  # filled in by the fork, leader first
         self.was_admitted = False

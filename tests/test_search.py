@@ -4,17 +4,13 @@ call cache, resuming after kill -9, two objectives, and every bad input."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
 
+from kill_mid_trial import kill_mid_trial
 from ttsc.cli import main
 from ttsc.compiler.pipeline import compile_file, load_program
 from ttsc.runtime.data import Rows
@@ -209,27 +205,8 @@ def _states(study: Path) -> list[tuple[int, str, int]]:
 def test_kill_9_then_the_same_command_loses_no_trial_and_reruns_the_cut_one(space, tmp_path, capsys):
     out = tmp_path / "k"
     args = [str(space), "--data", str(BIG), "--trials", "4", "--out", str(out), "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "ttsc.cli", "search", *args],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     study = out / "study.db"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            states = _states(study)
-            # A finished trial, and one running with its configuration stored.
-            if any(s == "COMPLETE" for _, s, _ in states) and \
-                    any(s == "RUNNING" and k == 3 for _, s, k in states):
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.05)
-        else:
-            pytest.fail("the search never had a finished and a running trial at once")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    kill_mid_trial(["search", *args], lambda: [(s, k) for _, s, k in _states(study)], params=3)
     cut = [n for n, s, _ in _states(study) if s == "RUNNING"]
     kept = {t.number: (t.params, t.values) for t in load(study).trials
             if t.state == optuna.trial.TrialState.COMPLETE}

@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -19,6 +16,7 @@ import pytest
 pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ttsc[ray]'; "
                                   "scripts/install.sh installs it)")
 
+from kill_mid_trial import kill_mid_trial  # noqa: E402
 from ttsc.cli import main  # noqa: E402
 from ttsc.runtime.distributed.workers import RayOptions  # noqa: E402
 from ttsc.runtime.search import SearchOptions, search  # noqa: E402
@@ -141,27 +139,8 @@ def test_the_driver_killed_then_the_same_command_resumes(tmp_path, capsys, local
     out = tmp_path / "d"
     args = ["search", str(space(tmp_path, max_tokens=32)), "--data", str(BIG), "--limit", "12",
             "--trials", "4", "--out", str(out), "--quiet", "--ray", local_ray.address]
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "ttsc.cli", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     study = out / "study.journal"
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline:
-            states = _states(study)
-            # A finished trial, and one running with its configuration stored.
-            if any(s == optuna.trial.TrialState.COMPLETE for s, _ in states) and \
-                    any(s == optuna.trial.TrialState.RUNNING and k == 3 for s, k in states):
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.1)
-        else:
-            pytest.fail("the search never had a finished and a running trial at once")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    kill_mid_trial(args, lambda: [(s.name, k) for s, k in _states(study)], params=3, poll=0.1)
     before = journal(study)
     kept = {t.number: (t.params, t.values) for t in before
             if t.state == optuna.trial.TrialState.COMPLETE}

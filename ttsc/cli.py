@@ -115,8 +115,8 @@ def _compile(args: argparse.Namespace, budget_tokens: float | None = None,
     from ttsc.runtime.engines.setup import capabilities_of
 
     compiled = compile_file(args.file, args.strategy, budget_tokens,
-                            models=_key_values(getattr(args, "model", []), "--model"),
-                            capabilities=capabilities_of(getattr(args, "engine", "auto"), probe))
+                            models=_key_values(args.model, "--model"),
+                            capabilities=capabilities_of(args.engine, probe))
     _print_warnings(compiled.warnings, {compiled.program.file: compiled.program.source})
     return compiled
 

@@ -116,6 +116,9 @@ BUILTIN_SHAPES: dict[str, ModelShape] = {
     "smollm2-135m": ModelShape(num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3,
                                head_dim=64, intermediate_size=1536, vocab_size=49152,
                                tied_embeddings=True, source="builtin"),
+    "gemma3-270m": ModelShape(num_layers=18, hidden_size=640, num_heads=4, num_kv_heads=1,
+                              head_dim=256, intermediate_size=2048, vocab_size=262144,
+                              tied_embeddings=True, source="builtin"),
     # runtime.models.tiny_random_model(): 2 layers, hidden 64, 4 heads, 2 KV heads.
     "tiny-random": ModelShape(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
                               head_dim=16, intermediate_size=128, vocab_size=320,

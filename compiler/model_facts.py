@@ -191,6 +191,10 @@ CHARS_PER_TOKEN = 4.0  # the estimate when no tokenizer is cached (English text,
 CHATML_FRAME = ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
 CHATML_SYSTEM_FRAME = ("<|im_start|>system\n", "<|im_end|>\n<|im_start|>user\n",
                        "<|im_end|>\n<|im_start|>assistant\n")
+# Gemma 3's template (gemma3-270m): turns `user` and `model`, a system message
+# folded into the first user turn.
+GEMMA3_FRAME = ("<bos><start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n")
+GEMMA3_SYSTEM_FRAME = (GEMMA3_FRAME[0], "\n\n", GEMMA3_FRAME[1])
 SMOLLM2_DEFAULT_SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
                           "trained by Hugging Face<|im_end|>\n")
 
@@ -296,6 +300,8 @@ class PromptTokenizer:
         """Text around the message(s): [before, after] or [before system, between, after]."""
         if self.frames is not None:
             return list(self.frames["system" if system else "user"])
+        if self.spec == "gemma3-270m":
+            return list(GEMMA3_SYSTEM_FRAME if system else GEMMA3_FRAME)
         if system:
             return list(CHATML_SYSTEM_FRAME)
         if self.spec == "smollm2-135m":  # its template adds a default system turn

@@ -8,12 +8,14 @@
    prompt of examples/best_of_n.tts, at its temperature and max_tokens by
    default; each is right when its extracted number equals the answer
    (runtime/scorers.py, as `ttsc eval` scores it).
-2. each judge reads every candidate with two prompts: `chat`, the `check`
+2. each judge reads every candidate with three prompts: `chat`, the `check`
    prompt of examples/best_of_n.tts through the judge's chat template (what
-   `verify` does there), and `raw`, the same text as plain text ending in
-   "Answer:" (a `raw prompt`, for a pretrained model without chat training).
-   P(Yes) is the verify op's: softmax over the next-token log-probabilities
-   of "Yes" and "No".
+   `verify` does there); `raw`, the same text as plain text, a new line
+   after it (a `raw prompt`, for a pretrained model without chat training);
+   `fewshot`, four worked judgements (two right, two wrong) then the
+   question and only the candidate's extracted number ("none" without one),
+   as plain text. P(Yes) is the verify op's: softmax over the next-token
+   log-probabilities of "Yes" and "No".
 3. per judge and prompt: mean P(Yes) of right and of wrong candidates, the
    AUC (the chance that a random right candidate outscores a random wrong
    one, ties counting half; 0.5 is no signal), the number of distinct
@@ -36,7 +38,12 @@ from statistics import mean
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RAW_SUFFIX = "\nAnswer:"
+# A pretrained model answers Yes or No best at the start of a line: "Yes"
+# after "Answer:" would be scored without the space the model expects.
+FEW_SHOT = ("Question: What is 3 + 4?\nProposed answer: 7\nIs the proposed answer correct?\nYes\n\n"
+            "Question: What is 9 - 5?\nProposed answer: 3\nIs the proposed answer correct?\nNo\n\n"
+            "Question: What is 6 + 6?\nProposed answer: 12\nIs the proposed answer correct?\nYes\n\n"
+            "Question: What is 15 - 8?\nProposed answer: 9\nIs the proposed answer correct?\nNo\n\n")
 
 
 def log(msg: str) -> None:
@@ -65,7 +72,7 @@ def main() -> None:
 
     from ttsc.common.prompts import PromptDef, render_prompt
     from ttsc.compiler.pipeline import compile_file
-    from ttsc.runtime.engines.base import NextTokenRequest, SampleRequest, SamplingParams
+    from ttsc.runtime.engines.base import NextTokenRequest, Prompt, SampleRequest, SamplingParams
     from ttsc.runtime.engines.registry import engine_kind, make_engine
     from ttsc.runtime.extract import extract
     from ttsc.runtime.ops import YES_NO, _p_yes
@@ -102,12 +109,16 @@ def main() -> None:
     for judge in [j.strip() for j in args.judges.split(",") if j.strip()]:
         t1 = time.perf_counter()
         engine = make_engine(judge, device="cpu")
-        for style in ("chat", "raw"):
+        for style in ("chat", "raw", "fewshot"):
             prompts = []
             for i, text, _ in cands:
                 p = render_prompt(check, {"question": rows[i]["question"], "candidate": text})
                 if style == "raw":
-                    p = type(p)(raw=p.messages[-1][1].rstrip() + RAW_SUFFIX)
+                    p = Prompt(raw=p.messages[-1][1].rstrip() + "\n")
+                elif style == "fewshot":
+                    p = Prompt(raw=f"{FEW_SHOT}Question: {rows[i]['question']}\nProposed answer: "
+                                   f"{extract(text, 'number') or 'none'}\n"
+                                   "Is the proposed answer correct?\n")
                 prompts.append(NextTokenRequest(p, YES_NO))
             scores = [_p_yes(o.logprobs) for o in engine.score_next(prompts)]
             yes_right = [s for s, (_, _, ok) in zip(scores, cands) if ok]

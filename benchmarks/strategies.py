@@ -386,11 +386,11 @@ def main() -> int:
             report[name] = {"spec": spec, "items": len(rows),
                             "rows": [r.as_dict() for r in table_rows], "skipped": skipped,
                             "beat_greedy": [r.name for r in table_rows if r.flag]}
+            plot(results, Path(args.plot))  # after each data set: a cut-short run keeps its plot
     finally:
         pool.close()
     plot_path = Path(args.plot)
     if results:
-        plot(results, plot_path)
         log(f"plot: {plot_path}")
     print(json.dumps({"data": report, "limit": args.limit, "out": str(out),
                       "plot": str(plot_path) if results else None,

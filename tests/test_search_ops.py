@@ -264,3 +264,10 @@ def test_the_examples_compile():
     for name in ("particle_filter", "dvts", "first_finish", "budget_forcing"):
         path = Path(__file__).parent.parent / "examples" / f"{name}.tts"
         assert compile_source(path.read_text(), str(path)).plan is not None
+
+
+def test_two_first_finish_calls_are_not_merged_into_one():
+    plan = plan_of("strategy s(question) {\n a = generate(policy, solve, n=4, first=2)\n"
+                   " b = generate(policy, solve, n=4, first=2)\n return vote(extract(a + b, number))\n}\n")
+    gens = [n for n in plan.region.nodes.values() if n.op == "generate"]
+    assert [(g.attrs["n"], g.attrs["first"]) for g in gens] == [(4, 2), (4, 2)]

@@ -65,8 +65,12 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("k", True, None, lo=1, auto_ok=True, auto_grid=(1, 2, 4, 8, 16),
             doc="how many candidates top/rank keep"),
     Setting("window", True, 8, lo=1, doc="tokens per group of the confidence op (min, tail)"),
+    # Search ops (particle filtering, DVTS, first-finish search).
+    Setting("first", True, None, lo=1,
+            doc="keep the first k of the n samples to finish (first-finish search)"),
+    Setting("groups", True, None, lo=1, doc="independent subtrees `top` keeps its k best of (DVTS)"),
 ]}
-SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
+SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "first")
 AUTO_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.auto_ok)
 
 
@@ -87,14 +91,19 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None  # sample i of a request uses seed + i
     ignore_eos: bool = False  # forced length, for benchmarks
+    # First-finish search: keep the `first` samples that finish first (fewest
+    # tokens; cut by max_tokens counts as not finished); None keeps all n.
+    first: int | None = None
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("n", "temperature", "top_p", "top_k", "max_tokens", "seed"):
+        for name in ("n", "temperature", "top_p", "top_k", "max_tokens", "seed", "first"):
             value = getattr(self, name)
             problem = SETTINGS[name].problem(value, in_request=True)
             if problem:
                 out.append(f"{name} {problem} (got {value})")
+        if self.first is not None and self.n and self.first > self.n:
+            out.append(f"first must be at most n (got first={self.first}, n={self.n})")
         return out
 
     def check(self) -> None:

@@ -50,6 +50,7 @@ class Op(str, Enum):
     AGREEMENT = "agreement"
     ALL_DONE = "all_done"
     CONFIDENCE = "confidence"
+    RESAMPLE = "resample"  # particle filtering: draw candidates by their weights (seeded)
     CONCAT = "concat"
     COMPARE = "compare"
     LOGIC = "logic"  # and / or / not

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ttsc.compiler import cost
 from ttsc.compiler.ir import Graph, Node, Op
 from ttsc.compiler.ops import T
 
@@ -101,6 +102,8 @@ def candidate_counts(graph: Graph, outer: dict[str, int | None]) -> dict[str, in
         n = fixed_int(a, "n")
         if node.op is Op.INPUT:
             counts[node.id] = outer.get(a.get("name", ""))
+        elif node.op is Op.GENERATE and fixed_int(a, "first"):
+            counts[node.id] = min(fixed_int(a, "first"), n) if n else None  # first-finish: k kept
         elif node.op in (Op.GENERATE, Op.FUSE, Op.UNIT_TESTS):
             counts[node.id] = n
         elif node.op is Op.EXTEND:
@@ -108,9 +111,15 @@ def candidate_counts(graph: Graph, outer: dict[str, int | None]) -> dict[str, in
         elif node.op in (Op.EXTRACT, Op.VERIFY, Op.SCORE, Op.CRITIQUE, Op.REFINE, Op.RUN_TESTS,
                          Op.CONFIDENCE):
             counts[node.id] = c("candidates")
+        elif node.op is Op.TOP and a.get("groups") is not None:  # DVTS: k per subtree
+            k, g, m = fixed_int(a, "k"), fixed_int(a, "groups"), c("candidates")
+            kept = k * g if k is not None and g is not None else None
+            counts[node.id] = min(kept, m) if kept is not None and m is not None else kept
         elif node.op is Op.TOP:
             k, m = fixed_int(a, "k"), c("candidates")
             counts[node.id] = min(k, m) if k is not None and m is not None else k
+        elif node.op is Op.RESAMPLE:
+            counts[node.id] = fixed_int(a, "k")
         elif node.op is Op.RANK:
             k, m = fixed_int(a, "k"), c("candidates")
             counts[node.id] = (min(k, m) if k is not None and m is not None
@@ -149,6 +158,8 @@ def candidate_lengths(graph: Graph, outer: dict[str, int], made: Made = max_toke
         mt = made(node) if node.op in MAKES_TEXT or node.op is Op.EXTEND else 0
         if node.op is Op.INPUT:
             lengths[node.id] = outer.get(a.get("name", ""), 0)
+        elif node.op is Op.GENERATE and first_finish(node, made) is not None:
+            lengths[node.id] = round(first_finish(node, made).kept_length)
         elif node.op in MAKES_TEXT:
             lengths[node.id] = mt
         elif node.op is Op.RANK:
@@ -162,6 +173,15 @@ def candidate_lengths(graph: Graph, outer: dict[str, int], made: Made = max_toke
         else:
             lengths[node.id] = max((lengths.get(s, 0) for s in node.inputs.values()), default=0)
     return lengths
+
+
+def first_finish(node: Node, made: Made = max_tokens) -> "cost.FirstFinish | None":
+    """What a `generate(..., n, first=k)` is expected to generate in all and
+    keep per sample, from `made` (one sample's length); None without `first`."""
+    n, k = fixed_int(node.attrs, "n"), fixed_int(node.attrs, "first")
+    if node.op is not Op.GENERATE or not n or not k or k >= n:
+        return None
+    return cost.first_finish_tokens(n, k, made(node), max_tokens(node))
 
 
 def source_prompt(graph: Graph, nid: str, sources: dict[str, Node]) -> Node | None:

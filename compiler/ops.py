@@ -88,13 +88,34 @@ N = setting("n")
 CRITIQUE_SAMPLING = (setting("temperature", 0.0), setting("max_tokens", 128))
 RANK_SAMPLING = (setting("temperature", 0.0), setting("max_tokens", 64))
 MODEL = Arg("model", Kind.MODEL)
+
+# -- search ops (particle filtering, DVTS, first-finish search, budget forcing)
+# Kept together so they read as one block beside the other ops.
+RESAMPLE_WEIGHS = ("odds", "linear")  # how `resample` turns scores into weights
+# generate(..., first=k): keep the k samples that finish first (FFS); the
+# paged engine stops the others, other engines keep the k shortest.
+FIRST = setting("first")
+# extend(..., force="Wait,"): budget forcing (s1), a text put after each candidate.
+FORCE = Arg("force", Kind.CONST, (T.TEXT,), False, None, False)
+# top(..., groups=G): DVTS, the k best of each of G subtrees.
+GROUPS = setting("groups")
+SEARCH_OPS = (
+    OpSig("resample", (Arg("candidates", Kind.VALUE, CANDS),
+                       Arg("by", Kind.VALUE, (T.SCORES,), True, None, False),
+                       Arg("k", Kind.CONST, (T.NUMBER,), True, None, False),
+                       Arg("weigh", Kind.AGG, (), False, "odds", False, RESAMPLE_WEIGHS),
+                       setting("seed")), T.CANDIDATES, False,
+          "draw k candidates with replacement, each with probability from its score: "
+          "odds (softmax of the scores' logits, s/(1-s) normalized) or linear (s normalized)"),
+)
 OPT_PROMPT = Arg("prompt", Kind.PROMPT, required=False)
 
 SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
-    OpSig("generate", (MODEL, Arg("prompt", Kind.PROMPT), N, *SAMPLING), T.CANDIDATES, True,
-          "sample n completions of a prompt"),
-    OpSig("extend", (MODEL, Arg("candidates", Kind.VALUE, CANDS), N, *SAMPLING), T.CANDIDATES, True,
-          "continue each unfinished candidate with n continuations"),
+    OpSig("generate", (MODEL, Arg("prompt", Kind.PROMPT), N, *SAMPLING, FIRST), T.CANDIDATES, True,
+          "sample n completions of a prompt; first=k keeps the k that finish first"),
+    OpSig("extend", (MODEL, Arg("candidates", Kind.VALUE, CANDS), N, *SAMPLING, FORCE), T.CANDIDATES,
+          True, "continue each unfinished candidate with n continuations; force=\"Wait,\" "
+          "continues every candidate, finished or not, after that text"),
     OpSig("extract", (Arg("candidates", Kind.VALUE, CANDS), Arg("how", Kind.EXTRACTOR)), T.ANSWERS,
           False, "pull an answer out of each candidate: number, choice, code or regex(\"...\")"),
     OpSig("vote", (Arg("answers", Kind.VALUE, (T.ANSWERS,)),
@@ -110,8 +131,9 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
           "the candidate with the highest score"),
     OpSig("top", (Arg("candidates", Kind.VALUE, CANDS), Arg("by", Kind.VALUE, (T.SCORES,), True, None, False),
                   Arg("k", Kind.CONST, (T.NUMBER,), True, None, False),
-                  Arg("distinct", Kind.CONST, (T.BOOL,), False, False, False)), T.CANDIDATES, False,
-          "the k highest-scoring candidates, best first; distinct=true keeps identical ones once"),
+                  Arg("distinct", Kind.CONST, (T.BOOL,), False, False, False), GROUPS), T.CANDIDATES, False,
+          "the k highest-scoring candidates, best first; distinct=true keeps identical ones once; "
+          "groups=G keeps the k best of each of G independent subtrees"),
     OpSig("confidence", (Arg("candidates", Kind.VALUE, CANDS),
                          Arg("agg", Kind.AGG, (), False, "mean", False, CONFIDENCE_AGGS),
                          setting("window")), T.SCORES, False,
@@ -132,6 +154,7 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
           "write n sets of Python assert statements for the question"),
     OpSig("run_tests", (Arg("candidates", Kind.VALUE, CANDS), Arg("tests", Kind.VALUE, CANDS)), T.SCORES,
           False, "fraction of the tests each candidate's code passes, in a sandbox"),
+    *SEARCH_OPS,
     OpSig("agreement", (Arg("answers", Kind.VALUE, (T.ANSWERS,)),), T.NUMBER, False,
           "share of answers equal to the most frequent one"),
     OpSig("all_done", (Arg("candidates", Kind.VALUE, CANDS),), T.BOOL, False,

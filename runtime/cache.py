@@ -33,8 +33,10 @@ KEY_VERSION = 2  # bump when the meaning of a cached value changes
 
 def call_key(model: str, kind: str, request: Any) -> str:
     """sha256 hex digest naming one call: model spec, kind and request fields."""
-    payload = {"v": KEY_VERSION, "model": model, "kind": kind,
-               "request": dataclasses.asdict(request)}
+    fields = dataclasses.asdict(request)
+    if fields.get("params", {}).get("first", 0) is None:
+        del fields["params"]["first"]  # keys made before first-finish search existed stay valid
+    payload = {"v": KEY_VERSION, "model": model, "kind": kind, "request": fields}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -179,7 +181,26 @@ class CachedEngine(Engine):
     # --- sampling -----------------------------------------------------------
 
     def sample(self, requests: Sequence[SampleRequest]) -> list[SampleOutput]:
-        return self._sample(list(requests), lambda _, batch: self.inner.sample(batch))
+        requests = list(requests)
+        if any(r.params.first is not None for r in requests):
+            return self._sample_first(requests)
+        return self._sample(requests, lambda _, batch: self.inner.sample(batch))
+
+    def _sample_first(self, requests: list[SampleRequest]) -> list[SampleOutput]:
+        """First-finish requests (params.first=k) are not cached: which k of
+        the n samples are kept, and what stopping the others saved, depends on
+        the whole request, while the cache keeps one entry per sample. They go
+        straight to the inner engine."""
+        plain = [i for i, r in enumerate(requests) if r.params.first is None]
+        first = [i for i, r in enumerate(requests) if r.params.first is not None]
+        out: list[SampleOutput | None] = [None] * len(requests)
+        if plain:
+            for i, o in zip(plain, self._sample([requests[i] for i in plain],
+                                                lambda _, batch: self.inner.sample(batch))):
+                out[i] = o
+        for i, o in zip(first, self.inner.sample([requests[i] for i in first])):
+            out[i] = o
+        return out  # type: ignore[return-value]
 
     def extend(self, candidates: Sequence[tuple[Prompt, str]],
                params: SamplingParams) -> list[SampleOutput]:

@@ -116,6 +116,9 @@ def usage_summary(u: Usage, seconds: float) -> str:
             f"({u.prompt_tokens_computed} prompt + {u.generated_tokens} generated tokens; "
             f"{u.prompt_tokens + u.generated_tokens} requested, "
             f"{u.prompt_tokens_reused} prompt tokens reused), {seconds:.1f} s")
+    if u.samples_stopped:  # first-finish search
+        line += (f"; {u.samples_stopped} samples stopped early "
+                 f"(up to {u.tokens_saved} tokens not generated)")
     if u.cache_hits or u.cache_misses:
         line += f"; call cache: {u.cache_hits} hits, {u.cache_misses} misses"
     return line
@@ -278,7 +281,7 @@ class _InputRun:
                 self.usage[stage.model] = self.usage.get(stage.model, Usage()) + usage
             else:
                 for nid in stage.nodes:
-                    env[nid] = self.host_value(region, nid, env, stage.kind)
+                    env[nid] = self.host_value(region, nid, env, stage.kind, path, round_)
             trace = StageTrace(path + stage.id, stage.kind, [region.nodes[n].op for n in stage.nodes],
                                stage.model, requests, time.perf_counter() - t0,
                                usage.as_dict() if stage.kind == "llm" else {}, round_)
@@ -286,9 +289,12 @@ class _InputRun:
             if self.ex.on_stage:
                 self.ex.on_stage(trace)
 
-    def host_value(self, region: Region, nid: str, env: Env, kind: str) -> Any:
+    def host_value(self, region: Region, nid: str, env: Env, kind: str, path: str = "",
+                   round_: int | None = None) -> Any:
         node = region.nodes[nid]
         args = {role: env[src] for role, src in node.inputs.items()}
+        if node.op == "resample":
+            return host_op(node.op, self._resample_attrs(node, path, round_), args)
         if kind == "kernel":
             from ttsc.runtime.aggregate import run_vote_kernel
 
@@ -322,6 +328,15 @@ class _InputRun:
             env[nid] = op.collect(attrs, args, reqs, values[kind][start:start + len(reqs)])
         usage = total_usage(outputs["sample"]) + total_usage(outputs["score"])
         return sum(len(b) for b in batches.values()), usage
+
+    def _resample_attrs(self, node: Any, path: str, round_: int | None) -> dict[str, Any]:
+        """`resample` draws with a seed like a sampling op's: the node's own
+        seed plus the round, or one derived from (run seed, node, input,
+        round), so an input's draws do not depend on its batch mates."""
+        seed_path = self.seed_paths[path] + node.facts.get("seed_key", node.id)
+        seed = (int(node.attrs["seed"]) + (round_ or 0) if node.attrs.get("seed") is not None
+                else self._seed_fn(seed_path, round_)(0))
+        return {**node.attrs, "seed": seed}
 
     def _attrs(self, attrs: dict[str, Any], node_path: str) -> dict[str, Any]:
         override = self.settings.get(node_path)

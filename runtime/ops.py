@@ -9,7 +9,9 @@ LLM node in a stage, for every input, into one engine call.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from collections import Counter
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from typing import Any, Callable
 from ttsc.common.prompts import Prompt, PromptDef, default_prompt, render_prompt
 from ttsc.common.sampling import SamplingParams
 from ttsc.compiler.ops import SIGNATURES
-from ttsc.runtime.engines.base import Completion, NextTokenRequest, SampleRequest
+from ttsc.runtime.engines.base import Completion, NextTokenRequest, SampleRequest, first_finished
 from ttsc.runtime.extract import extract
 from ttsc.runtime.replies import parse_ranking, parse_unit_tests
 from ttsc.runtime.sandbox import run_python_tests
@@ -116,6 +118,56 @@ def _confidence(logprobs: tuple[float, ...] | None, agg: str, window: int) -> fl
     raise ValueError(f"unknown confidence aggregation {agg!r}")
 
 
+# -------------------------------------------- host ops of the search strategies
+
+def top_per_group(cands: list[Candidate], by: list[float], k: int, groups: int,
+                  distinct: bool = False) -> list[Candidate]:
+    """DVTS (Beeching et al.): the candidates form `groups` independent
+    subtrees, a candidate descending from sample i of the first `generate`
+    belonging to subtree i mod groups; the k best of each subtree (as `top`),
+    subtree by subtree. A subtree never takes another's places, so one strong
+    line of reasoning cannot crowd out the others."""
+    out: list[Candidate] = []
+    for g in range(groups):
+        members = [j for j, c in enumerate(cands) if c.root % groups == g]
+        out += top([cands[j] for j in members], [by[j] for j in members], k, distinct)
+    return out
+
+
+def resample_weights(scores: list[float], weigh: str = "odds") -> list[float]:
+    """Resampling probabilities from scores in [0, 1] (a judge's P(Yes), a
+    confidence). `odds`: softmax of the scores' logits, so a candidate is drawn
+    with probability proportional to s / (1 - s), as the particle filter of
+    Puri et al. (its_hub) weighs its reward model's scores; `linear`:
+    proportional to s. Scores are clipped to [1e-6, 1 - 1e-6]; all-zero
+    weights draw uniformly."""
+    clipped = [min(max(float(s), 1e-6), 1 - 1e-6) for s in scores]
+    if weigh == "odds":
+        logits = [math.log(s / (1 - s)) for s in clipped]
+        top_logit = max(logits)
+        raw = [math.exp(x - top_logit) for x in logits]
+    elif weigh == "linear":
+        raw = clipped
+    else:
+        raise ValueError(f"unknown resampling weights {weigh!r}")
+    total = sum(raw)
+    return [w / total for w in raw] if total > 0 else [1 / len(raw)] * len(raw)
+
+
+def resample(cands: list[Candidate], by: list[float], k: int, weigh: str = "odds",
+             seed: int = 0) -> list[Candidate]:
+    """Multinomial resampling (particle filtering, Puri et al. 2025): k
+    candidates drawn with replacement, each with probability from its score
+    (`resample_weights`), in the order drawn. Likely partial solutions are
+    copied, unlikely ones dropped, yet a low score is not a death sentence
+    the way it is in `top`. Deterministic for a given seed."""
+    if not cands or k <= 0:
+        return []
+    weights = resample_weights(by, weigh)
+    rng = random.Random(seed)
+    return rng.choices(cands, weights=weights, k=k)
+
+
 def run_tests(cands: list[Candidate], tests: list[Candidate]) -> list[float]:
     """Fraction of all generated asserts each candidate's code passes."""
     # parse_unit_tests keeps only the valid assert lines of a model's reply.
@@ -142,8 +194,15 @@ def host_op(op: str, attrs: dict[str, Any], args: dict[str, Value]) -> Value:
         return vote(args["answers"], args.get("weights"))
     if op == "best":
         return best(args["candidates"], args["by"])
+    if op == "top" and attrs.get("groups") is not None:
+        return top_per_group(args["candidates"], args["by"], int(attrs["k"]), int(attrs["groups"]),
+                             bool(attrs.get("distinct")))
     if op == "top":
         return top(args["candidates"], args["by"], int(attrs["k"]), bool(attrs.get("distinct")))
+    if op == "resample":  # the executor sets `seed` (the node's own, or one derived per input)
+        return resample(args["candidates"], args["by"], int(attrs["k"]),
+                        attrs.get("weigh") or SIGNATURES["resample"].arg("weigh").default,
+                        int(attrs.get("seed") or 0))
     if op == "confidence":
         sig = SIGNATURES["confidence"]  # an unset aggregation is the table's default
         return confidence(args["candidates"], attrs.get("agg") or sig.arg("agg").default,
@@ -284,7 +343,9 @@ class Generate(LLMOp):
 
     def collect(self, attrs, args, reqs, results):
         (completions,), (req,) = results, reqs
-        return [_candidate(c, req.prompt, attrs) for c in completions]
+        completions = first_finished(completions, attrs.get("first"))
+        return [dataclasses.replace(_candidate(c, req.prompt, attrs), root=i)
+                for i, c in enumerate(completions)]
 
 
 class UnitTests(Generate):
@@ -292,23 +353,39 @@ class UnitTests(Generate):
 
 
 class Extend(LLMOp):
-    """Continue each unfinished candidate; finished ones pass through once."""
+    """Continue each unfinished candidate; finished ones pass through once.
+    With `force` (budget forcing), every candidate, finished or not, is
+    continued after the forcing text, which stays in its text."""
 
     def requests(self, attrs, args, ctx):
         return [SampleRequest(c.prompt.continued(c.continued_text),
                               _params(attrs, int(attrs["n"]), _explicit_seed(attrs, ctx, 1000 * i)))
-                for i, c in enumerate(args["candidates"]) if not c.finished]
+                for i, c in enumerate(_to_extend(args["candidates"], attrs.get("force")))
+                if not c.finished]
 
     def collect(self, attrs, args, reqs, results):
         out: list[Candidate] = []
         it = iter(results)
-        for c in args["candidates"]:
+        for c in _to_extend(args["candidates"], attrs.get("force")):
             if c.finished:
                 out.append(c)
                 continue
             for comp in next(it):
-                out.append(_candidate(comp, c.prompt, attrs, before=c))
+                out.append(dataclasses.replace(_candidate(comp, c.prompt, attrs, before=c), root=c.root))
         return out
+
+
+# ------------------------------------- LLM-op helpers of the search strategies
+
+def _to_extend(cands: list[Candidate], force: str | None) -> list[Candidate]:
+    """The candidates `extend` continues: as they are, or, budget forcing
+    (s1, Muennighoff et al. 2025), each with the forcing text appended after
+    its text (and the stop string that cut it) and marked unfinished, so that
+    even an answer the model ended is continued after "Wait,"."""
+    if not force:
+        return cands
+    return [dataclasses.replace(c, text=c.continued_text + force, stop=None, finished=False)
+            for c in cands]
 
 
 class Verify(LLMOp):

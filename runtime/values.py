@@ -20,6 +20,9 @@ class Candidate:
       the new, so the model continues after the separator it wrote.
     - `logprobs`: the log-probability of each generated token, when the
       engine reported them (the `confidence` op reads them).
+    - `root`: which sample of the `generate` call it descends from (extend
+      keeps its parent's): the subtree `top(..., groups=G)` files it under
+      (DVTS).
     """
 
     text: str
@@ -28,6 +31,7 @@ class Candidate:
     tokens: int = 0
     logprobs: tuple[float, ...] | None = None
     stop: str | None = None
+    root: int = 0
 
     @property
     def logprob_sum(self) -> float | None:

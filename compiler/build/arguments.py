@@ -124,6 +124,8 @@ def _const(ctx: Context, arg: Arg, value: ast.Expr, where: str) -> Any:
     setting = SETTINGS.get(name)
     if name == "stop":
         return _stop(ctx, value, where)
+    if arg.types == (T.TEXT,):
+        return _text_const(ctx, value, where)
     if arg.types == (T.BOOL,):
         if isinstance(value, ast.Bool):
             return value.value
@@ -177,6 +179,20 @@ def _stop(ctx: Context, value: ast.Expr, where: str) -> Any:
         options = _options(ctx, value, lambda a: _stop(ctx, a, where))
         return BAD if options is BAD else Choice(options)
     ctx.err(f"{where} must be a string or a list of strings", span_of(value))
+    return BAD
+
+
+def _text_const(ctx: Context, value: ast.Expr, where: str) -> Any:
+    """A constant string (`force="Wait,"`), or a choice of strings."""
+    if isinstance(value, ast.String):
+        if not value.value:
+            ctx.err(f"{where} must not be empty", value.span)
+            return BAD
+        return value.value
+    if isinstance(value, ast.Call) and value.func == "choice":
+        options = _options(ctx, value, lambda a: _text_const(ctx, a, where))
+        return BAD if options is BAD else Choice(options)
+    ctx.err(f"{where} must be a string", span_of(value))
     return BAD
 
 

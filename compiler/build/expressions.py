@@ -219,6 +219,8 @@ def _variants(ctx: Context, e: ast.Call, sig: OpSig, inputs: dict[str, str], att
 
 def _one(ctx: Context, e: ast.Call, sig: OpSig, inputs: dict[str, str], attrs: dict[str, Any],
          sites: dict[str, str], scope: Scope) -> str | None:
+    if not _first_fits(ctx, e, attrs):
+        return None
     inputs = dict(inputs)
     if sig.is_llm:
         holes = bind_holes(ctx, e, sig, attrs, scope)
@@ -227,6 +229,17 @@ def _one(ctx: Context, e: ast.Call, sig: OpSig, inputs: dict[str, str], attrs: d
         inputs.update(holes)
     return scope.graph.add(Op(sig.name), sig.result, inputs, attrs, e.span,
                            meta={"knob_sites": dict(sites)} if sites else None).id
+
+
+def _first_fits(ctx: Context, e: ast.Call, attrs: dict[str, Any]) -> bool:
+    """First-finish search keeps k of the n samples: k must not exceed n."""
+    first, n = attrs.get("first"), attrs.get("n")
+    if isinstance(first, (int, float)) and isinstance(n, (int, float)) and first > n:
+        kw = next((k for k in e.kwargs if k.name == "first"), None)
+        ctx.err(f"`first={first:g}` keeps more samples than the n={n:g} that `{e.func}` draws",
+                kw.span if kw else e.span, "first=k keeps the k of the n samples that finish first")
+        return False
+    return True
 
 
 def _fits(ctx: Context, e: ast.Call, arg: Any, nid: str, value: ast.Expr, scope: Scope) -> bool:

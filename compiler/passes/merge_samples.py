@@ -17,6 +17,7 @@ from ttsc.compiler.passes.walk import graphs
 def _mergeable(node: Node) -> bool:
     return (node.op is Op.GENERATE and isinstance(node.attrs.get("n"), int)
             and node.attrs.get("seed") is None
+            and node.attrs.get("first") is None  # first-finish keeps k of its own n
             and not any(is_knob(v) for v in node.attrs.values()))
 
 

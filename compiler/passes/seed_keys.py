@@ -50,7 +50,7 @@ def _graph(graph: Graph, outer: dict[str, str]) -> None:
         # The same structure twice in one graph: the first, the second, ...
         seen[digest] = seen.get(digest, 0) + 1
         keys[node.id] = digest if seen[digest] == 1 else _digest([digest, seen[digest]])
-        if node.is_llm or node.op is Op.LOOP:
+        if node.is_llm or node.op in (Op.LOOP, Op.RESAMPLE):  # resample draws with a seed too
             node.meta["seed_key"] = keys[node.id][:16]
     outer.update(keys)
 

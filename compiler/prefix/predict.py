@@ -205,6 +205,9 @@ class _Analyzer:
         seq = self.sequence(node, spec, call=None, node_key=node.id, lens=list_lens)
         if node.op is Op.RANK:
             return [Request(node.id, seq, 1, mt, len(seq))]
+        ffs = ir_analysis.first_finish(node, self.made)
+        if ffs is not None:  # first-finish search: the n rows stop once k finished
+            return [Request(node.id, seq, n, round(ffs.generated / n), len(seq))]
         return [Request(node.id, seq, n, mt, len(seq))]
 
     def _shared(self, node: Node, spec: str, lens: dict) -> int:

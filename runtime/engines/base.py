@@ -26,7 +26,8 @@ from ttsc.common.sampling import SamplingParams, check_sampling
 
 __all__ = ["Capabilities", "Completion", "ContinuationOutput", "ContinuationRequest", "Engine",
            "FinishReason", "NextTokenRequest", "Prompt", "SampleOutput", "SampleRequest",
-           "SamplingParams", "ScoreOutput", "Usage", "check_sampling", "matched_stop", "total_usage"]
+           "SamplingParams", "ScoreOutput", "Usage", "check_sampling", "first_finished", "matched_stop",
+           "total_usage"]
 
 FinishReason = Literal["stop", "length", "eos"]
 
@@ -77,6 +78,12 @@ class Usage:
     generated_tokens: int = 0
     cache_hits: int = 0  # samples and scores answered from the call cache
     cache_misses: int = 0  # samples and scores the call cache had to compute
+    # First-finish search (generate(..., first=k)): samples the engine stopped
+    # once k had finished, and the tokens they did not generate, counted up to
+    # their max_tokens (at most what was saved: how far they would have run is
+    # unknown). Their tokens generated before the stop are in generated_tokens.
+    samples_stopped: int = 0
+    tokens_saved: int = 0
 
     @property
     def tokens_computed(self) -> int:
@@ -127,6 +134,24 @@ class ContinuationOutput:
 
     logprob: float
     usage: Usage = field(default_factory=Usage)
+
+
+def first_finish_key(c: Completion, index: int) -> tuple[bool, int, int]:
+    """How early a sample finished, for first-finish search: samples decode
+    in lockstep, so the first to finish has the fewest tokens (ties by
+    position); one cut by max_tokens did not finish and ranks after all that did."""
+    return (c.finish_reason == "length", len(c.token_ids), index)
+
+
+def first_finished(completions: list[Completion], k: int | None) -> list[Completion]:
+    """The k completions that finished first (`first_finish_key`), in that
+    order; all of them when k is None or there are no more than k. The paged
+    engine stops the others and returns k already; for engines that generate
+    all n this is the fallback (their usage counts all n: they computed them)."""
+    if k is None or len(completions) <= k:
+        return list(completions)
+    order = sorted(range(len(completions)), key=lambda i: first_finish_key(completions[i], i))
+    return [completions[i] for i in order[:int(k)]]
 
 
 def find_stop(text: str, stops: Sequence[str], searched: int) -> int | None:

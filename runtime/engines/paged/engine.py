@@ -75,6 +75,7 @@ from ttsc.runtime.engines.base import (
     ContinuationRequest,
     Engine,
     find_stop,
+    first_finished,
     matched_stop,
     NextTokenRequest,
     Prompt,
@@ -157,6 +158,7 @@ class PagedEngine(Engine):
         self._pending: list[Sequence] = []
         self._stepping = False
         self._tokenizer_lock = threading.RLock()  # fast tokenizers refuse concurrent use
+        self._first_groups: list[list[Sequence]] = []  # first-finish requests still running
 
     @classmethod
     def from_spec(cls, spec: str, *, device: str | None = None, dtype: torch.dtype | str | None = None,
@@ -220,7 +222,7 @@ class PagedEngine(Engine):
                 # prompt is in; without it, each computes its own prompt.
                 submitted.extend(seqs if not self.prefix_cache else seqs[:1])
         self._serve(submitted, watched)
-        return [SampleOutput([self._completion(s) for s in seqs], self._account(seqs)) for seqs in groups]
+        return [SampleOutput(self._kept(seqs), self._account(seqs)) for seqs in groups]
 
     def score_next(self, requests: Seq[NextTokenRequest]) -> list[ScoreOutput]:
         seqs = []
@@ -308,6 +310,8 @@ class PagedEngine(Engine):
         if max_new != params.max_tokens:
             params = dataclasses.replace(params, max_tokens=max_new)
         seqs = [Sequence(ids, params, (base + i) & prompting.SEED_MASK) for i in range(params.n)]
+        if params.first is not None and params.first < params.n and params.max_tokens > 0:
+            self._group_first(seqs)
         if self.prefix_cache:  # samples 1.. fork from sample 0 once its prompt is in
             seqs[0].num_forks = params.n - 1
             seqs[0].siblings = seqs[1:]
@@ -438,6 +442,7 @@ class PagedEngine(Engine):
         with self._cond:
             seqs = self._pending + self.scheduler.abort_all()
             self._pending = []
+            self._first_groups = []  # their sequences are all failed below
         for seq in seqs + [child for seq in seqs if seq.num_forks for child in seq.siblings]:
             seq.error = exc
             seq.status = SequenceStatus.FINISHED
@@ -478,7 +483,10 @@ class PagedEngine(Engine):
             rows_logits = logits if picked == list(range(len(rows))) else logits[picked]
             tokens, logprobs = self._sample_rows(rows_logits, settings)
             for (seq, _), token, logprob in zip(to_sample, tokens, logprobs):
-                self._append(seq, token, logprob)
+                if not seq.stopped:  # first-finish search stopped it earlier in this step
+                    self._append(seq, token, logprob)
+        if self._first_groups:
+            self._stop_slower()
         for seq in batch.sequences:
             if seq.kind == SequenceKind.SCORE and seq.num_cached_tokens == seq.num_tokens:
                 self.scheduler.finish(seq)
@@ -526,6 +534,47 @@ class PagedEngine(Engine):
                           seq.finish_reason or "length",
                           seq.stop if seq.finish_reason == "stop" else None)
 
+    # ------------------------------------------------ first-finish search
+
+    def _group_first(self, seqs: list[Sequence]) -> None:
+        """Mark a request's samples as one first-finish group (params.first=k)."""
+        for i, seq in enumerate(seqs):
+            seq.first_group = seqs
+            seq.group_index = i
+        with self._cond:
+            self._first_groups.append(seqs)
+
+    def _stop_slower(self) -> None:
+        """After a step: in each first-finish group where k samples have
+        finished (end of sequence or stop string), stop every sample that can
+        no longer finish among the first k, so its remaining tokens are never
+        generated. A running sample holding c tokens can still finish with c
+        (its next token may end it), so it is stopped only when (c, its
+        position) comes after the k-th finished sample's (tokens, position);
+        in lockstep decoding that is all of them, at once. A sample behind the
+        others (preempted and recomputed) runs on until it is too long too,
+        so the k kept are exactly the k shortest, as engines without stopping
+        choose them (`first_finished`)."""
+        for group in list(self._first_groups):
+            k = group[0].params.first
+            done = sorted((s.num_completion_tokens, s.group_index) for s in group
+                          if s.is_finished and not s.stopped and s.finish_reason in ("eos", "stop"))
+            if len(done) >= k:
+                tokens, index = done[k - 1]
+                for seq in group:
+                    if not seq.is_finished and (seq.num_completion_tokens, seq.group_index) > (tokens, index):
+                        seq.stopped = True
+                        self.scheduler.cancel(seq)
+            if all(s.is_finished for s in group):
+                with self._cond:
+                    self._first_groups.remove(group)
+
+    def _kept(self, seqs: list[Sequence]) -> list[Completion]:
+        """A request's completions: all n, or the first k to finish (params.first)."""
+        if not seqs or seqs[0].first_group is None:
+            return [self._completion(s) for s in seqs]
+        return first_finished([self._completion(s) for s in seqs if not s.stopped], seqs[0].params.first)
+
     # ------------------------------------------------------------- usage
 
     def _account(self, seqs: list[Sequence]) -> Usage:
@@ -537,8 +586,11 @@ class PagedEngine(Engine):
         computed = sum(s.num_prompt_computed for s in seqs)  # forked samples computed none
         with self._cond:
             self._prompt_tokens_requested += requested
+        stopped = [s for s in seqs if s.stopped]
         return Usage(calls=1, prompt_tokens=requested, prompt_tokens_computed=computed,
-                     prompt_tokens_reused=requested - computed, generated_tokens=generated)
+                     prompt_tokens_reused=requested - computed, generated_tokens=generated,
+                     samples_stopped=len(stopped),
+                     tokens_saved=sum(s.params.max_tokens - s.num_completion_tokens for s in stopped))
 
     def _account_score(self, seq: Sequence) -> Usage:
         requested = seq.num_prompt_tokens

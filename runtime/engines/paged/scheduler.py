@@ -245,6 +245,13 @@ class Scheduler:
         self._release(seq)
         seq.status = SequenceStatus.FINISHED
 
+    def cancel(self, seq: Sequence) -> None:
+        """End `seq` before it finished, waiting or running (first-finish
+        search stops the samples that can no longer be among the first k)."""
+        if seq.status == SequenceStatus.WAITING and seq in self.waiting:
+            self.waiting.remove(seq)
+        self.finish(seq)
+
     def abort_all(self) -> list[Sequence]:
         """Drop every waiting and running sequence (after a failed step), releasing
         their blocks; the sequences, for the engine to fail."""

@@ -63,6 +63,12 @@ class Sequence:
         self.num_radix_hit_tokens = 0
         self.num_prompt_computed = 0
         self.error: BaseException | None = None  # set when a failed engine step ended it
+        # First-finish search: the request's samples (when it keeps only the
+        # first k to finish), this one's place among them, and whether the
+        # engine stopped it before it finished.
+        self.first_group: list[Sequence] | None = None
+        self.group_index = 0
+        self.stopped = False
 
     # ------------------------------------------------------------ counts
 

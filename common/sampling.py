@@ -65,6 +65,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("k", True, None, lo=1, auto_ok=True, auto_grid=(1, 2, 4, 8, 16),
             doc="how many candidates top/rank keep"),
     Setting("window", True, 8, lo=1, doc="tokens per group of the confidence op (min, tail)"),
+    # The strategy library's filter: DeepConf keeps the most confident share, then votes.
+    Setting("keep", False, None, lo=0, hi=1, lo_open=True,
+            doc="the share of candidates top keeps (at least one)"),
 ]}
 SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed")
 AUTO_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.auto_ok)

@@ -21,10 +21,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ttsc.compiler.ir import Graph, Node, Op
-from ttsc.compiler.ops import T
+from ttsc.compiler.ops import T, keep_count
 
 # Ops whose candidates are new text of up to max_tokens tokens.
 MAKES_TEXT = (Op.GENERATE, Op.FUSE, Op.UNIT_TESTS, Op.CRITIQUE, Op.REFINE)
+MAKES_TEXT = MAKES_TEXT + (Op.DEBATE,)  # the strategy library's debate: one revision per agent
 
 
 def fixed_int(attrs: dict[str, Any], key: str) -> int | None:
@@ -108,9 +109,14 @@ def candidate_counts(graph: Graph, outer: dict[str, int | None]) -> dict[str, in
         elif node.op in (Op.EXTRACT, Op.VERIFY, Op.SCORE, Op.CRITIQUE, Op.REFINE, Op.RUN_TESTS,
                          Op.CONFIDENCE):
             counts[node.id] = c("candidates")
+        elif node.op is Op.TOP and a.get("keep") is not None:
+            m = c("candidates")
+            counts[node.id] = keep_count(a["keep"], m) if m is not None else None
         elif node.op is Op.TOP:
             k, m = fixed_int(a, "k"), c("candidates")
             counts[node.id] = min(k, m) if k is not None and m is not None else k
+        elif node.op is Op.DEBATE:
+            counts[node.id] = c("candidates")
         elif node.op is Op.RANK:
             k, m = fixed_int(a, "k"), c("candidates")
             counts[node.id] = (min(k, m) if k is not None and m is not None

@@ -2,9 +2,10 @@
 
 `run_one` walks the plan for one input: a plain dispatch loop over its stages.
 A host stage evaluates its nodes; an LLM stage makes one engine call per kind
-(sample, score) holding every request its nodes need for this input; a loop
-stage runs its `until` and body regions until the input's condition holds or
-the rounds run out.
+(sample, score) holding every request its nodes need for this input (an op
+played in rounds, such as a knockout, then sends each round of every such
+op in the stage in one call: `play_rounds`); a loop stage runs its `until`
+and body regions until the input's condition holds or the rounds run out.
 
 `run` runs many inputs at once, each in its own worker thread, keeping at
 most `concurrency` in flight and starting the next input as soon as one

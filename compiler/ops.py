@@ -10,9 +10,9 @@ and fills unset settings from it, so every plan node carries its settings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
-import math
 from typing import Any
 
 from ttsc.common.sampling import SETTINGS

@@ -230,3 +230,24 @@ def test_keep_filters_then_votes():
     body = "strategy s(question) {\n c = generate(policy, solve, n=8)\n return vote(extract(top(c, by=confidence(c), keep=%s), number))\n}\n"
     assert run(body % "0.25", [{"question": "q"}], engine).outputs == ["2"]
     assert run(body % "1", [{"question": "q"}], engine).outputs == ["1"]
+
+
+# ------------------------------------------------------------------ repeated sampling
+
+def test_repeated_sampling_reports_coverage_by_the_unbiased_estimator():
+    from pathlib import Path
+
+    from ttsc.runtime.eval import evaluate
+    from ttsc.runtime.metrics import pass_at_k
+
+    path = Path(__file__).resolve().parent.parent / "examples/repeated_sampling.tts"
+    plan = compile_source(path.read_text(), str(path)).plan
+    engine = ScriptedEngine({"2 + 2": ["Answer: 4", "Answer: 5", "Answer: 5", "Answer: 5"],
+                             "3 + 3": ["Answer: 7"]})
+    rows = [{"question": "What is 2 + 2?", "answer": "4"}, {"question": "What is 3 + 3?", "answer": "6"}]
+    summary = evaluate(plan, {"policy": engine}, rows)
+    assert list(summary.pass_at) == [1, 2, 4, 8, 16, 32]
+    # 8 of the first item's 32 samples are right, none of the second's
+    for k, v in summary.pass_at.items():
+        assert v == pytest.approx((pass_at_k(32, 8, k) + 0.0) / 2)
+    assert summary.pass_at[32] == 0.5

@@ -124,6 +124,35 @@ def test_eval_writes_results_and_resumes(tiny_file, tmp_path, capsys):
     assert sorted(r["id"] for r in rows) == ["0", "1", "2", "3", "4"]
 
 
+def test_eval_greedy_baseline_beside_the_strategy(tiny_file, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "question": f"What is {i} + 1?", "answer": str(i % 3)})
+                            + "\n" for i in range(6)))
+    assert main(["eval", str(tiny_file), "--data", str(data), "--quiet", "--greedy", "--json",
+                 "--no-cache"]) == 0
+    text = capsys.readouterr().out
+    both = json.loads(text.strip().splitlines()[-1])
+    assert "greedy " in text and "vs greedy" in text
+    # The baseline is exactly the file's first generator decoded greedily.
+    greedy = tmp_path / "greedy.tts"
+    greedy.write_text(TINY.replace("n=3", "n=1, temperature=0"))
+    assert main(["eval", str(greedy), "--data", str(data), "--quiet", "--json", "--no-cache"]) == 0
+    alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert both["greedy"]["accuracy"] == alone["accuracy"]
+    assert both["greedy"]["tokens_per_input"] == alone["tokens_per_input"]
+    assert both["items"] == both["greedy"]["items"] == 6
+
+
+def test_eval_greedy_needs_a_generate_checked_before_loading(tmp_path, capsys):
+    path = tmp_path / "tests_only.tts"
+    path.write_text('model m = "smollm2-135m"\nprompt p = "{question}"\nstrategy s(question) {\n'
+                    '    tests = unit_tests(m, p, n=2)\n    return best(tests, by=run_tests(tests, tests))\n}\n')
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "a", "answer": "1"}\n')
+    assert main(["eval", str(path), "--data", str(data), "--greedy"]) == 2
+    assert "has no `generate`, so there is no greedy decoding" in capsys.readouterr().err
+
+
 def test_eval_malformed_line_names_line(tiny_file, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text('{"question": "a", "answer": "1"}\n{"question": oops}\n')

@@ -15,7 +15,7 @@ from ttsc.cli import main
 from ttsc.compiler.pipeline import compile_file, load_program
 from ttsc.runtime.data import Rows
 from ttsc.runtime.scorers import check_golds
-from ttsc.runtime.search.baseline import greedy_source
+from ttsc.runtime.baseline import greedy_source
 from ttsc.runtime.search.report import Record, pareto_front
 from ttsc.runtime.search.run import holdout_split
 from ttsc.runtime.search.space import load_space

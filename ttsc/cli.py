@@ -176,7 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ttsc.runtime.eval import evaluate, load_dataset, load_results, run_signature
     from ttsc.runtime.scorers import get_scorer
 
-    plan = _compile(args, budget_tokens=args.budget_tokens, probe=True).plan
+    compiled = _compile(args, budget_tokens=args.budget_tokens, probe=True)
+    plan = compiled.plan
     # Everything that can be checked is checked before any model loads.
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})",
@@ -196,6 +197,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.calibration:
         raise UserError("--calibration is read only for `n=auto` under a total token budget",
                         hint="add --budget-tokens T, or `budget { tokens <= T total }` to the file")
+    greedy_plan = _greedy_plan(compiled, args) if args.greedy else None
     cache = open_cache(_cache_path(args))
     if not args.quiet:
         _stderr(plan_summary(plan))
@@ -206,6 +208,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         common = dict(scorer=args.scorer, answer_field=args.answer_field, seed=args.seed,
                       batch_size=args.batch_size, out=args.out,
                       on_item=lambda done, total: progress.update(task, completed=done))
+        greedy = None
+        if greedy_plan is not None:
+            # First, and with no results file: its calls come from the call
+            # cache on a rerun, and a resumed --out stays the strategy's own.
+            g_common = {**common, "out": None}
+            if ray is not None:
+                from ttsc.runtime.distributed.evaluate import evaluate_on_ray
+
+                greedy = evaluate_on_ray(greedy_plan, rows, options=ray, engine=args.engine,
+                                         device=args.device, cache=cache, log=None, **g_common)
+            else:
+                greedy = evaluate(greedy_plan, engines, rows, **g_common)
+            progress.update(task, completed=0)
         if ray is not None:
             from ttsc.runtime.distributed.evaluate import evaluate_on_ray
 
@@ -217,22 +232,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             summary = evaluate_adaptive(plan, engines, rows, target, values,
                                         log=None if args.quiet else progress.console.print, **common)
-    print(eval_report(summary, plan.strategy, args))
+    print(eval_report(summary, plan.strategy, args, greedy))
     if args.json:
-        print(json.dumps(summary.as_dict()))
+        print(json.dumps({**summary.as_dict(), **({"greedy": greedy.as_dict()} if greedy else {})}))
     return 0
 
 
-def eval_report(summary: Any, strategy: str, args: argparse.Namespace) -> str:
+def _greedy_plan(compiled: Any, args: argparse.Namespace) -> Any:
+    """The plan of greedy decoding with the strategy's first generator
+    (runtime/baseline.py), compiled for the same models and engine."""
+    from ttsc.compiler.pipeline import compile_source
+    from ttsc.runtime.baseline import greedy_source
+    from ttsc.runtime.engines.setup import capabilities_of
+
+    program = compiled.program
+    text = greedy_source(program.source, program.file, compiled.plan, args.scorer)
+    return compile_source(text, f"{program.file} (greedy decoding)",
+                          models=_key_values(args.model, "--model"),
+                          capabilities=capabilities_of(args.engine)).plan
+
+
+def eval_report(summary: Any, strategy: str, args: argparse.Namespace, greedy: Any = None) -> str:
     lines = [f"strategy       {strategy} ({args.file})",
              f"data           {args.data} ({summary.items} items"
              + (f", {summary.items - summary.run_items} resumed from {args.out}" if
                 summary.run_items < summary.items else "") + ")"]
+    if greedy is not None:
+        glo, ghi = greedy.accuracy_ci
+        lines.append(f"greedy         {greedy.accuracy:7.1%}   (n=1, temperature 0, the first generator; "
+                     f"95% CI {glo:.1%} to {ghi:.1%}; {greedy.tokens_per_input:.1f} tokens/input)")
     if summary.sample_accuracy is not None:
         lines.append(f"single sample  {summary.sample_accuracy:7.1%}   (mean accuracy of one sample)")
     lo, hi = summary.accuracy_ci
     lines.append(f"accuracy       {summary.accuracy:7.1%}   ({summary.correct}/{summary.items}; "
                  f"95% CI {lo:.1%} to {hi:.1%})")
+    if greedy is not None:
+        gain = 100 * (summary.accuracy - greedy.accuracy)
+        lines.append(f"vs greedy      {gain:+6.1f} points   at {summary.tokens_per_input / max(greedy.tokens_per_input, 1e-9):.1f}x "
+                     "its tokens per input")
     if summary.pass_at:
         lines.append("coverage       " + ", ".join(f"pass@{k} {v:.1%}" for k, v in summary.pass_at.items())
                      + "   (unbiased estimator over each item's samples)")
@@ -463,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibration", metavar="PATH",
                    help="the calibration to allocate with (default: the one `ttsc calibrate FILE` "
                         "stored)")
+    c.add_argument("--greedy", action="store_true",
+                   help="first evaluate greedy decoding (the strategy's first generator, n=1, "
+                        "temperature 0: what a user has without a strategy) on the same items, and "
+                        "print the strategy's gain against it")
     c.add_argument("--json", action="store_true", help="also print the summary as one JSON line")
     c.add_argument("--quiet", action="store_true", help="no plan summary or progress bar")
     add_ray_flags(c, "the inputs", "; same results file and answers")

@@ -43,7 +43,7 @@ from ttsc.runtime.engines.setup import open_cache
 from ttsc.runtime.eval import load_dataset
 from ttsc.runtime.scorers import check_golds
 from ttsc.runtime.search import report
-from ttsc.runtime.search.baseline import greedy_source
+from ttsc.runtime.baseline import greedy_source
 from ttsc.runtime.search.engines import EnginePool
 from ttsc.runtime.search.space import Space, load_space
 from ttsc.runtime.search.study import (SAMPLERS, StudyLock, default_study_path, ensure_writable, finished,

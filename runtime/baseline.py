@@ -1,10 +1,11 @@
-"""Greedy decoding: the baseline every search table starts with.
+"""Greedy decoding: the baseline every accuracy table starts with (`ttsc
+search`'s table, `ttsc eval --greedy`).
 
 It is what a user has without any strategy: the space's first generator
 (model, prompt, token limit and stop strings as the space's default compiles
 them) asked once at temperature 0, its answer read by the space's own
-extractor. It is written as a .tts file beside the search's results, so it
-can be rerun with `ttsc eval`.
+extractor. It is written as .tts source (search keeps it beside its
+results), so it can be rerun with `ttsc eval`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def greedy_source(source: str, file: str, plan: Plan, scorer: str) -> str:
     generate = next((n for n in nodes if n.op == "generate"), None)
     if generate is None:
         raise UserError(f"{file}: strategy `{plan.strategy}` has no `generate`, so there is no "
-                        "greedy decoding to compare the search with")
+                        "greedy decoding to compare it with")
     a = generate.attrs
     module = parse(source, file)
     kept = tuple(d for d in module.definitions if isinstance(d, (ast.ModelDef, ast.PromptDef)))
@@ -57,7 +58,7 @@ def greedy_source(source: str, file: str, plan: Plan, scorer: str) -> str:
             f"    sample = generate({a['model']}, {a['prompt']}, {', '.join(settings)})\n"
             f"    return vote(extract(sample, {how}))\n}}\n")
     header = (f"# Greedy decoding: the first generator of `{plan.strategy}` ({file}), one sample\n"
-              "# at temperature 0. `ttsc search` compares every configuration with it.\n")
+              "# at temperature 0: what `ttsc search` and `ttsc eval --greedy` compare with.\n")
     return header + unparse(ast.Module(file, source, kept)) + "\n" + body
 
 

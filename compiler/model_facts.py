@@ -116,6 +116,9 @@ BUILTIN_SHAPES: dict[str, ModelShape] = {
     "smollm2-135m": ModelShape(num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3,
                                head_dim=64, intermediate_size=1536, vocab_size=49152,
                                tied_embeddings=True, source="builtin"),
+    "gemma3-270m": ModelShape(num_layers=18, hidden_size=640, num_heads=4, num_kv_heads=1,
+                              head_dim=256, intermediate_size=2048, vocab_size=262144,
+                              tied_embeddings=True, source="builtin"),
     # runtime.models.tiny_random_model(): 2 layers, hidden 64, 4 heads, 2 KV heads.
     "tiny-random": ModelShape(num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
                               head_dim=16, intermediate_size=128, vocab_size=320,
@@ -188,6 +191,10 @@ CHARS_PER_TOKEN = 4.0  # the estimate when no tokenizer is cached (English text,
 CHATML_FRAME = ("<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n")
 CHATML_SYSTEM_FRAME = ("<|im_start|>system\n", "<|im_end|>\n<|im_start|>user\n",
                        "<|im_end|>\n<|im_start|>assistant\n")
+# Gemma 3's template (gemma3-270m): turns `user` and `model`, a system message
+# folded into the first user turn.
+GEMMA3_FRAME = ("<bos><start_of_turn>user\n", "<end_of_turn>\n<start_of_turn>model\n")
+GEMMA3_SYSTEM_FRAME = (GEMMA3_FRAME[0], "\n\n", GEMMA3_FRAME[1])
 SMOLLM2_DEFAULT_SYSTEM = ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
                           "trained by Hugging Face<|im_end|>\n")
 
@@ -293,6 +300,8 @@ class PromptTokenizer:
         """Text around the message(s): [before, after] or [before system, between, after]."""
         if self.frames is not None:
             return list(self.frames["system" if system else "user"])
+        if self.spec == "gemma3-270m":
+            return list(GEMMA3_SYSTEM_FRAME if system else GEMMA3_FRAME)
         if system:
             return list(CHATML_SYSTEM_FRAME)
         if self.spec == "smollm2-135m":  # its template adds a default system turn

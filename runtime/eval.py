@@ -32,12 +32,12 @@ from typing import Any, Callable, Sequence
 
 from ttsc.common.errors import UserError
 from ttsc.compiler.plan import Plan
-from ttsc.runtime.data import (ResultsWriter, check_fields, check_unique_ids, load_done, load_jsonl,
-                               row_id)
+from ttsc.runtime.data import (ResultsWriter, Rows, check_fields, check_unique_ids, load_data,
+                               load_done, row_id)
 from ttsc.runtime.engines.base import Engine, Usage
 from ttsc.runtime.executor import Executor, InputResult
 from ttsc.runtime.metrics import bootstrap_ci, coverage
-from ttsc.runtime.scorers import Scorer, get_scorer
+from ttsc.runtime.scorers import DEFAULT_SCORER, Scorer, get_scorer, gold_of
 
 
 @dataclass
@@ -109,13 +109,14 @@ class EvalSummary:
 
 
 def load_dataset(path: str | Path, params: Sequence[str], answer_field: str = "answer",
-                 limit: int | None = None) -> list[dict[str, Any]]:
-    """The rows of a JSONL data set, checked: required fields, unique ids."""
+                 limit: int | None = None) -> Rows:
+    """The rows of a data set (a JSONL file or a `reasoning-gym:` spec),
+    checked: required fields, unique ids."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1 (got {limit})")
-    rows = load_jsonl(path)
+    rows = load_data(path)
     if limit is not None:
-        rows = type(rows)(rows[:limit], rows.line_numbers[:limit])
+        rows = rows.head(limit)
     if not rows:
         raise UserError(f"{path}: no data rows")
     check_fields(rows, path, [*params, answer_field])
@@ -123,15 +124,33 @@ def load_dataset(path: str | Path, params: Sequence[str], answer_field: str = "a
     return rows
 
 
+def scorer_for(rows: Sequence[dict[str, Any]], explicit: str | None = None) -> str:
+    """The scorer to use: --scorer when given, else the one the data selects
+    (reasoning-gym data: its tasks' own), else the default."""
+    return explicit or getattr(rows, "scorer", None) or DEFAULT_SCORER
+
+
 # ------------------------------------------------------------------ provenance
 
 
-def run_signature(plan: Plan, seed: int) -> dict[str, Any]:
-    """What produced a results file: another plan, model or seed gives other answers."""
+def run_signature(plan: Plan, seed: int, data: str | None = None) -> dict[str, Any]:
+    """What produced a results file: another plan, model or seed gives other
+    answers. `data` is the spec of generated data (`Rows.source`): other
+    options generate other items under the same ids. A file's path is not
+    recorded (a file may move)."""
     computed = {k: v for k, v in plan.to_dict().items() if k not in ("file", "passes", "facts")}
     digest = hashlib.sha256(json.dumps(computed, sort_keys=True, default=str).encode()).hexdigest()
-    return {"plan": digest[:16], "strategy": plan.strategy, "models": dict(plan.models),
-            "seed": seed}
+    signature = {"plan": digest[:16], "strategy": plan.strategy, "models": dict(plan.models),
+                 "seed": seed}
+    if data is not None:
+        signature["data"] = data
+    return signature
+
+
+def _produced_by(signature: dict[str, Any]) -> str:
+    text = (f"strategy `{signature.get('strategy')}`, plan {signature.get('plan')}, "
+            f"models {signature.get('models')}, seed {signature.get('seed')}")
+    return text + (f", data {signature['data']}" if signature.get("data") else "")
 
 
 def load_results(out: str | Path, signature: dict[str, Any], force: bool = False
@@ -148,13 +167,11 @@ def load_results(out: str | Path, signature: dict[str, Any], force: bool = False
     for record in done.values():
         if record.get("produced_by") != signature:
             theirs = record.get("produced_by")
-            what = (f"strategy `{theirs.get('strategy')}`, plan {theirs.get('plan')}, "
-                    f"models {theirs.get('models')}, seed {theirs.get('seed')}"
-                    if isinstance(theirs, dict) else "an unknown run (no record of what produced it)")
+            what = (_produced_by(theirs) if isinstance(theirs, dict)
+                    else "an unknown run (no record of what produced it)")
             raise UserError(
-                f"{path}: these results were produced by {what}; this run is strategy "
-                f"`{signature['strategy']}`, plan {signature['plan']}, models {signature['models']}, "
-                f"seed {signature['seed']}",
+                f"{path}: these results were produced by {what}; this run is "
+                f"{_produced_by(signature)}",
                 hint="use another --out file, or --force to start over (the old file is kept as "
                      f"{path.name}.old)")
     return done
@@ -185,10 +202,10 @@ def resume(rows: Sequence[dict[str, Any]], out: str | Path | None, signature: di
 def item_record(item_id: str, row: dict[str, Any], result: InputResult, score: Scorer,
                 answer_field: str, signature: dict[str, Any]) -> dict[str, Any]:
     """One results line: the prediction, its score, the samples, what it cost."""
-    gold = str(row[answer_field])
+    gold = gold_of(row, answer_field)
     pred = result.output
     usage = result.total_usage
-    item: dict[str, Any] = {"id": item_id, "prediction": pred, "answer": gold,
+    item: dict[str, Any] = {"id": item_id, "prediction": pred, "answer": str(gold),
                             "correct": bool(score(pred, gold))}
     if result.sample_answers is not None:
         item["samples"] = result.sample_answers
@@ -219,12 +236,13 @@ class Ledger:
     calls. `evaluate`, the Ray driver and adaptive rounds keep theirs here.
     A context manager: leaving it closes the results file."""
 
-    def __init__(self, plan: Plan, rows: Sequence[dict[str, Any]], *, scorer: str = "number",
+    def __init__(self, plan: Plan, rows: Sequence[dict[str, Any]], *, scorer: str = DEFAULT_SCORER,
                  answer_field: str = "answer", seed: int = 0, out: str | Path | None = None,
-                 force: bool = False, on_item: Callable[[int, int], None] | None = None):
+                 force: bool = False, on_item: Callable[[int, int], None] | None = None,
+                 data: str | None = None):
         self.rows, self.answer_field, self.on_item = rows, answer_field, on_item
         self.score = get_scorer(scorer)
-        self.signature = run_signature(plan, seed)
+        self.signature = run_signature(plan, seed, data)
         self.start = time.perf_counter()
         state = resume(rows, out, self.signature, force)
         self.ids, self.todo, self.results = state.ids, state.todo, state.results
@@ -264,15 +282,17 @@ class Ledger:
 
 
 def evaluate(plan: Plan, engines: dict[str, Engine], rows: Sequence[dict[str, Any]], *,
-             scorer: str = "number", answer_field: str = "answer", seed: int = 0,
+             scorer: str = DEFAULT_SCORER, answer_field: str = "answer", seed: int = 0,
              batch_size: int = 8, out: str | Path | None = None, force: bool = False,
-             on_item: Callable[[int, int], None] | None = None) -> EvalSummary:
+             on_item: Callable[[int, int], None] | None = None,
+             data: str | None = None) -> EvalSummary:
     """Run `plan` on every row, score against `answer_field`, write per-item lines.
-    `batch_size` inputs are in flight at once."""
+    `batch_size` inputs are in flight at once; `data`, the spec of generated
+    rows, is recorded in each line (see `run_signature`)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
     with Ledger(plan, rows, scorer=scorer, answer_field=answer_field, seed=seed, out=out,
-                force=force, on_item=on_item) as ledger:
+                force=force, on_item=on_item, data=data) as ledger:
 
         def finished(j: int, result: InputResult) -> None:
             ledger.record(j, result)

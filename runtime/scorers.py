@@ -3,7 +3,8 @@
 A scorer is `(prediction, gold) -> bool`; a None prediction (nothing extracted)
 is always wrong. Predictions and golds are read leniently, so a strategy that
 returns whole text ("... Answer: 8") and a GSM8K-style gold ("... #### 8") both
-score.
+score. The gold a scorer gets is a `Gold`: the answer's text, which also
+carries its data row, for a scorer that needs more than the answer.
 
   number      numeric equality after normalisation, tolerance 1e-6
   exact       equality after trimming, collapsing whitespace and casefolding
@@ -11,6 +12,9 @@ score.
   regex       the gold is a regular expression the prediction must fullmatch
   unit_tests  the gold is Python assert statements; the prediction is code that
               must pass them all in the sandbox
+  reasoning_gym  the row's reasoning-gym task scores the prediction with its own
+              `score_answer` (full credit only); the default for
+              `reasoning-gym:TASK` data (runtime/reasoning_gym_data.py)
 """
 
 from __future__ import annotations
@@ -26,6 +30,24 @@ from ttsc.runtime.sandbox import run_python_tests
 Scorer = Callable[[str | None, str], bool]
 
 NUMBER_TOLERANCE = 1e-6
+DEFAULT_SCORER = "number"  # when neither --scorer nor the data chooses one
+
+
+class Gold(str):
+    """A gold answer: its text, and the data row it came from (`row`; None
+    when unknown), which a scorer such as reasoning_gym reads."""
+
+    row: dict[str, Any] | None
+
+    def __new__(cls, text: str, row: dict[str, Any] | None = None) -> "Gold":
+        gold = super().__new__(cls, text)
+        gold.row = row
+        return gold
+
+
+def gold_of(row: dict[str, Any], answer_field: str = "answer") -> Gold:
+    """The gold answer of a data row, for a scorer."""
+    return Gold(str(row[answer_field]), row)
 
 
 def parse_number(text: str) -> Fraction | None:
@@ -82,12 +104,22 @@ def score_unit_tests(prediction: str | None, gold: str) -> bool:
     return run_python_tests(code, gold).all_passed
 
 
+def score_reasoning_gym(prediction: str | None, gold: str) -> bool:
+    row = getattr(gold, "row", None)
+    if row is None:
+        raise ValueError("the reasoning_gym scorer reads the gold's data row: pass gold_of(row)")
+    from ttsc.runtime.reasoning_gym_data import score
+
+    return prediction is not None and score(prediction, row, str(gold))
+
+
 _SCORERS: dict[str, Scorer] = {
     "number": score_number,
     "exact": score_exact,
     "choice": score_choice,
     "regex": score_regex,
     "unit_tests": score_unit_tests,
+    "reasoning_gym": score_reasoning_gym,
 }
 SCORERS = tuple(_SCORERS)
 
@@ -106,6 +138,11 @@ def check_golds(name: str, rows: Sequence[dict[str, Any]], path: str, answer_fie
     (a `number` scorer on letters, a `choice` scorer on numbers, a `regex`
     gold that is no pattern): every item would score wrong, silently."""
     get_scorer(name)
+    if name == "reasoning_gym":
+        from ttsc.runtime.reasoning_gym_data import check_rows
+
+        check_rows(rows, path)
+        return
     readable: dict[str, Callable[[str], str | None]] = {
         "number": lambda g: None if parse_number(g) is not None else "is not a number",
         "choice": lambda g: None if _letter(g) is not None else "is not a choice letter (A-E)",

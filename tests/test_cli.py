@@ -79,6 +79,17 @@ def test_compile_for_other_models_and_an_engine(tiny_file, capsys):
     assert f"engine `paged` cannot serve `{remote}`" in capsys.readouterr().err
 
 
+def test_paged_engine_with_gemma_is_exit_2_saying_why(tiny_file, capsys):
+    """The paged forward is Llama-shaped: asked for Gemma 3 it refuses before
+    anything loads, naming what Gemma needs and the engine that serves it."""
+    assert main(["run", str(tiny_file), "--input", "question=x", "--model", "policy=gemma3-270m",
+                 "--engine", "paged"]) == 2
+    err = capsys.readouterr().err
+    assert "engine `paged` cannot serve `gemma3-270m`: Gemma 3 interleaves sliding-window" in err
+    assert "engines for this model: hf" in err and "Traceback" not in err
+    assert main(["compile", str(tiny_file), "--model", "policy=gemma3-270m", "--emit", "json"]) == 0
+
+
 def test_unknown_strategy_is_exit_2(capsys):
     assert main(["compile", str(ROOT / "examples/best_of_n.tts"), "--strategy", "best_of"]) == 2
     err = capsys.readouterr().err

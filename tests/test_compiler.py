@@ -172,6 +172,16 @@ def test_example_compiles_and_plan_round_trips(path):
     json.loads(text)  # plain JSON
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_models_load_here(path):
+    """Every example runs on this machine: its models are built in (installed
+    by scripts/install.sh, loaded with no network), not downloads."""
+    from ttsc.common.specs import BUILTIN_MODELS
+
+    compiled = compile_source(path.read_text(), str(path))
+    assert set(compiled.plan.models.values()) <= set(BUILTIN_MODELS), compiled.plan.models
+
+
 def test_examples_exist():
     names = {p.name for p in EXAMPLES}
     assert {"self_consistency.tts", "best_of_n.tts", "weighted_vote.tts", "archon.tts",

@@ -137,6 +137,29 @@ def test_prompt_tokenizer_estimate_without_cache():
     assert tok.encode("abcdefghXYZ")[:2] == tok.encode("abcdefghQRS")[:2]
 
 
+def test_prompt_tokenizer_frames_gemma_as_its_template_does(monkeypatch, tmp_path):
+    """Without a cached tokenizer, gemma3-270m's prompts are framed with its
+    own turns (not ChatML): the frames are what its chat template writes."""
+    import jinja2
+
+    from ttsc.runtime.models import GEMMA3_CHAT_TEMPLATE
+
+    monkeypatch.setenv("TTSC_CACHE_DIR", str(tmp_path))  # nothing cached
+    tok = model_facts.prompt_tokenizer("gemma3-270m")
+    assert not tok.exact
+    template = jinja2.Environment().from_string(GEMMA3_CHAT_TEMPLATE)
+
+    def render(*messages):
+        return template.render(messages=[{"role": r, "content": c} for r, c in messages],
+                               bos_token="<bos>", add_generation_prompt=True)
+
+    pre, post = tok.frame(system=False)
+    assert pre + "Say Yes." + post == render(("user", "Say Yes."))
+    before, between, after = tok.frame(system=True)
+    assert before + "Be brief." + between + "Say Yes." + after == render(("system", "Be brief."),
+                                                                         ("user", "Say Yes."))
+
+
 def test_prompt_tokenizer_is_exact_once_cached(tiny_model):
     model_facts.cache_model_facts("tiny-random", tiny_model)
     tok = model_facts.prompt_tokenizer("tiny-random")

@@ -40,8 +40,29 @@ def test_capabilities_load_nothing(monkeypatch) -> None:
     # Nor is torch imported: the compiler asks before anything heavy loads.
     code = ("import sys; from ttsc.runtime.engines.registry import engine_capabilities; "
             "engine_capabilities('smollm2-135m'); engine_capabilities('hf:org/name', 'hf'); "
+            "engine_capabilities('gemma3-270m'); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-P", "-c", code], check=True)
+
+
+def test_auto_picks_the_hf_engine_for_gemma() -> None:
+    """Gemma 3 is not Llama-shaped: `auto` skips the paged engine for it, and
+    asking for the paged engine says why; Llama-shaped models keep it."""
+    assert engine_kinds("gemma3-270m") == ["hf", "vllm"]
+    assert engine_kind("gemma3-270m") == "hf" and engine_kind(" Gemma3-270M ", "hf") == "hf"
+    assert engine_kind("smollm2-135m") == "paged" and engine_kind("tiny-random") == "paged"
+    with pytest.raises(UserError, match="engine `paged` cannot serve `gemma3-270m`: Gemma 3 ") as err:
+        engine_kind("gemma3-270m", "paged")
+    assert "sliding-window" in err.value.message and "Llama-shaped" in err.value.message
+    assert err.value.hint == "engines for this model: hf, vllm"
+    assert engine_capabilities("gemma3-270m") == engine_capabilities("smollm2-135m", "hf")
+
+
+def test_paged_model_types_are_what_its_forward_accepts() -> None:
+    from ttsc.runtime.engines.paged.model import SUPPORTED_MODEL_TYPES
+    from ttsc.runtime.engines.registry import PAGED_MODEL_TYPES
+
+    assert PAGED_MODEL_TYPES == SUPPORTED_MODEL_TYPES
 
 
 def test_kinds_and_mistakes() -> None:

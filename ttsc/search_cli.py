@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ttsc.common.errors import UserError
+from ttsc.data_flags import DATA_FORMS, SCORER_HELP
 from ttsc.ray_flags import add_ray_flags, ray_options
 
 DESCRIPTION = """\
@@ -50,8 +51,8 @@ def add_parser(sub: Any, runtime_flags: Any) -> None:
                        help="search a space of strategies for the best configuration",
                        description=DESCRIPTION, epilog=EXAMPLES)
     c.add_argument("file", metavar="SPACE.tts")
-    c.add_argument("--data", required=True, metavar="DEV.jsonl",
-                   help="the data the search scores configurations on")
+    c.add_argument("--data", required=True, metavar="DEV",
+                   help=f"the data the search scores configurations on: {DATA_FORMS}")
     c.add_argument("--trials", type=int, required=True, metavar="N",
                    help="finished trials the study ends with (a rerun adds only what is missing)")
     c.add_argument("--out", required=True, metavar="DIR", help="where everything is written")
@@ -61,14 +62,16 @@ def add_parser(sub: Any, runtime_flags: Any) -> None:
                    help="the Optuna study, rerun to resume: SQLite (default DIR/study.db), or an "
                         "Optuna journal for a PATH ending .journal (with --ray it must be one; "
                         "default DIR/study.journal, under --out)")
-    c.add_argument("--test", metavar="TEST.jsonl", help="held-out data to re-evaluate the winners on")
+    c.add_argument("--test", metavar="TEST",
+                   help="held-out data to re-evaluate the winners on (a JSONL file or a "
+                        "reasoning-gym: spec, as --data)")
     c.add_argument("--holdout", type=float, metavar="F",
                    help="hold out this fraction of --data (a seeded split) instead of --test")
     c.add_argument("--budget-tokens", type=float, metavar="T",
                    help="a token budget per input, the constraint every trial is held to "
                         "(the same as `budget { tokens <= T per input }`)")
     c.add_argument("--limit", type=int, help="only the first N items of --data")
-    c.add_argument("--scorer", default="number", help="number (default), exact, choice or regex")
+    c.add_argument("--scorer", help=SCORER_HELP)
     c.add_argument("--answer-field", default="answer", help="field holding the gold answer")
     c.add_argument("--parallel", type=int, default=1, metavar="K",
                    help="trials in flight at once (with --ray: on each actor); their calls "

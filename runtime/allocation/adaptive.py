@@ -104,10 +104,11 @@ def evaluate_adaptive(plan: Plan, engines: dict[str, Engine], rows: Sequence[dic
                       answer_field: str = "answer", seed: int = 0, batch_size: int = 8,
                       out: str | Path | None = None, force: bool = False,
                       on_item: Callable[[int, int], None] | None = None,
-                      log: Callable[[str], None] | None = None) -> EvalSummary:
+                      log: Callable[[str], None] | None = None,
+                      data: str | None = None) -> EvalSummary:
     """Evaluate `plan`, allocating `target`'s n across `rows` within its budget."""
     with Ledger(plan, rows, scorer=scorer, answer_field=answer_field, seed=seed, out=out,
-                force=force, on_item=on_item) as ledger:
+                force=force, on_item=on_item, data=data) as ledger:
         todo = ledger.todo
         spent_before = sum(r["tokens"]["computed"] for r in ledger.results.values())
         executor = Executor(plan, _cached(plan, engines), seed=seed)

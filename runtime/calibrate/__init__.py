@@ -40,6 +40,7 @@ from ttsc.runtime.allocation.pilot import DEFAULT_PILOT_FEATURE, PILOT_FEATURES
 from ttsc.runtime.calibrate.fit import fit_model, fit_vote_table, verifier_reliability
 from ttsc.runtime.calibrate.pool import PilotSamples, draw_pool
 from ttsc.runtime.engines.base import Engine
+from ttsc.runtime.scorers import gold_of
 
 DEFAULT_SAMPLES = 16
 DEFAULT_PILOT = 4
@@ -89,7 +90,7 @@ def calibrate(plan: Plan, engines: dict[str, Engine], rows: Sequence[dict[str, A
         f"max_tokens={gen.attrs.get('max_tokens')}, temperature={gen.attrs.get('temperature'):g}")
 
     def gold(row: dict[str, Any]) -> str:
-        return str(row[answer_field])
+        return gold_of(row, answer_field)  # the answer, carrying its row (reasoning_gym reads it)
 
     pool = draw_pool(plan, engines, rows, gen, samples=samples, how=how, gold=gold,
                      is_right=scorer, verifiers=verifiers, seed=seed, concurrency=concurrency,
@@ -123,7 +124,7 @@ def calibrate(plan: Plan, engines: dict[str, Engine], rows: Sequence[dict[str, A
 
 def calibrate_file(file: str | Path, data: str | Path, *, strategy: str | None = None,
                    samples: int = DEFAULT_SAMPLES, pilot: int = DEFAULT_PILOT,
-                   scorer: str = "number", answer_field: str = "answer", limit: int | None = None,
+                   scorer: str | None = None, answer_field: str = "answer", limit: int | None = None,
                    engine: str = "auto", device: str | None = None, cache: str | Path | None = None,
                    seed: int = 0, group_field: str | None = "difficulty",
                    pilot_feature: str = DEFAULT_PILOT_FEATURE, vote_table: bool = True,
@@ -132,14 +133,16 @@ def calibrate_file(file: str | Path, data: str | Path, *, strategy: str | None =
                    save: bool = True, log: Callable[[str], None] = print) -> Calibration:
     """Compile FILE, check the data, then draw, fit and (with `save`) store.
     `max_tokens` replaces the generate's own; `models` points model names at
-    other specs, as `--model` does."""
+    other specs, as `--model` does. `scorer` None: the one the data selects
+    (`scorer_for`)."""
     from ttsc.compiler.pipeline import compile_file
     from ttsc.runtime.engines.setup import capabilities_of, close_engines, make_engines, open_cache
-    from ttsc.runtime.eval import load_dataset
+    from ttsc.runtime.eval import load_dataset, scorer_for
     from ttsc.runtime.scorers import get_scorer
 
     plan = compile_file(file, strategy, models=models, capabilities=capabilities_of(engine)).plan
     rows = load_dataset(data, plan.params, answer_field, limit)
+    scorer = scorer_for(rows, scorer)
     is_right = get_scorer(scorer)
     gen, _, _ = calibration_target(plan)
     if max_tokens is not None:

@@ -62,7 +62,8 @@ def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
                     batch_size: int = 8, out: str | Path | None = None, force: bool = False,
                     on_item: Callable[[int, int], None] | None = None,
                     on_event: Callable[[WorkerEvent], None] | None = None,
-                    log: Callable[[str], None] | None = None) -> EvalSummary:
+                    log: Callable[[str], None] | None = None,
+                    data: str | None = None) -> EvalSummary:
     """`runtime.eval.evaluate` with the inputs run on Ray actors (a process
     already connected to Ray stays on its cluster). `batch_size` inputs run at
     once on each actor. `cache` (the driver's open call cache) is handed to a
@@ -71,7 +72,7 @@ def evaluate_on_ray(plan: Plan, rows: Sequence[dict[str, Any]], *,
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
     with Ledger(plan, rows, scorer=scorer, answer_field=answer_field, seed=seed, out=out,
-                force=force, on_item=on_item) as ledger:
+                force=force, on_item=on_item, data=data) as ledger:
         if not ledger.todo:
             return ledger.summary()
         inputs = ledger.inputs

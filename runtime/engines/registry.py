@@ -10,8 +10,15 @@ picks.
     torch: smollm2-135m, tiny-random,     paged (the fast torch engine), hf,
            hf:ORG/NAME, a directory,      vllm (hf:ORG/NAME and directories
            gguf:PATH                      only; the optional extra ttsc[vllm])
+    torch: gemma3-270m                    hf (the paged forward is Llama-shaped)
     vllm:ORG/NAME                         vllm
     openai:URL#MODEL                      openai (any OpenAI-compatible server)
+
+An engine may also refuse single specs (`refuses`): the paged engine runs
+only Llama-shaped forwards, so it refuses a built-in model of another
+architecture (Gemma 3), and `auto` then picks the next engine. For other
+specs the architecture is known only once the model's config is read: the
+paged engine then says at load time what it does not support.
 
 `engine_capabilities(spec, engine)` answers from the declarations alone, without
 loading the model or importing torch, so the compiler can check every op
@@ -36,16 +43,20 @@ from typing import Any, Callable
 
 from ttsc.common.capabilities import Capabilities
 from ttsc.common.errors import UserError, did_you_mean
-from ttsc.common.specs import resolve_spec, spec_form
+from ttsc.common.specs import builtin_architecture, resolve_spec, spec_form
 from ttsc.runtime.engines.base import Engine
 
 EngineFactory = Callable[..., Engine]
+# Why an engine cannot serve a (canonical) spec, or None when it can; decided
+# without loading anything.
+Refusal = Callable[[str], "str | None"]
 
 
 @dataclass(frozen=True)
 class EngineKind:
     factory: EngineFactory
     capabilities: Capabilities  # with the engine's default options
+    refuses: Refusal | None = None
 
 
 # spec form -> engine kinds that serve it, preferred first
@@ -55,9 +66,11 @@ _KINDS: dict[str, EngineKind] = {}
 
 
 def register_engine(kind: str, factory: EngineFactory, capabilities: Capabilities,
-                    spec_forms: tuple[str, ...] = ("torch",), preferred: bool = False) -> None:
-    """Make engine `kind` available for the given spec forms."""
-    _KINDS[kind] = EngineKind(factory, capabilities)
+                    spec_forms: tuple[str, ...] = ("torch",), preferred: bool = False,
+                    refuses: Refusal | None = None) -> None:
+    """Make engine `kind` available for the given spec forms (except the specs
+    `refuses` gives a reason for)."""
+    _KINDS[kind] = EngineKind(factory, capabilities, refuses)
     for form in spec_forms:
         kinds = SPEC_ENGINES.setdefault(form, [])
         if kind in kinds:
@@ -68,24 +81,35 @@ def register_engine(kind: str, factory: EngineFactory, capabilities: Capabilitie
             kinds.append(kind)
 
 
+def _refusal(kind: str, canonical: str) -> str | None:
+    refuses = _KINDS[kind].refuses
+    return refuses(canonical) if refuses is not None else None
+
+
 def engine_kinds(spec: str) -> list[str]:
     """Engine kinds that can serve `spec`, the `auto` choice first."""
-    return [k for k in SPEC_ENGINES.get(spec_form(spec), []) if k in _KINDS]
+    canonical = resolve_spec(spec)
+    return [k for k in SPEC_ENGINES.get(spec_form(canonical), [])
+            if k in _KINDS and _refusal(k, canonical) is None]
 
 
 def engine_kind(spec: str, engine: str = "auto") -> str:
     """The engine kind that serves `spec` when `engine` is asked for; UserError
     when none can (a malformed spec, an unknown engine, a spec it cannot serve)."""
-    form = spec_form(resolve_spec(spec))
-    kinds = [k for k in SPEC_ENGINES.get(form, []) if k in _KINDS]
+    canonical = resolve_spec(spec)
+    form = spec_form(canonical)
+    kinds = engine_kinds(canonical)
+    if engine == "auto" and kinds:
+        return kinds[0]
+    if engine in kinds:
+        return engine
+    if engine in _KINDS and engine in SPEC_ENGINES.get(form, []):  # serves the form, not this model
+        raise UserError(f"engine `{engine}` cannot serve `{spec}`: {_refusal(engine, canonical)}",
+                        hint="engines for this model: " + (", ".join(kinds) or "none in this build"))
     if not kinds:
         raise UserError(f"no engine in this build serves `{spec}` ({form} models)",
                         hint="supported here: built-in models, hf:ORG/NAME, local "
                              "directories and gguf:PATH")
-    if engine == "auto":
-        return kinds[0]
-    if engine in kinds:
-        return engine
     if engine in _KINDS:
         raise UserError(f"engine `{engine}` cannot serve `{spec}`",
                         hint="engines for this model: " + ", ".join(kinds))
@@ -158,7 +182,28 @@ PAGED_CAPABILITIES = Capabilities(max_concurrency=256, prefix_cache=True)
 OPENAI_CAPABILITIES = Capabilities(max_concurrency=16, prefix_cache=False)
 
 register_engine("hf", _make_hf, HF_CAPABILITIES, ("torch",))
-register_engine("paged", _make_paged, PAGED_CAPABILITIES, ("torch",), preferred=True)  # the fast one
+# The paged forward (paged/model.py) runs these transformers model types only.
+PAGED_MODEL_TYPES = ("llama", "qwen2", "mistral")
+# What a built-in model of another architecture needs that the paged forward
+# lacks; adding it would touch every layer of the Llama forward and its CPU
+# kernels (attention windows, per-layer RoPE tables, an activation).
+_PAGED_MISSING = {
+    "gemma3_text": "Gemma 3 interleaves sliding-window (512-token) and global attention "
+                   "layers with a RoPE base per layer type, normalizes q and k, has four "
+                   "norms per layer, GELU-tanh and a scaled embedding; the paged engine's "
+                   "forward is Llama-shaped",
+}
+
+
+def _paged_refuses(canonical: str) -> str | None:
+    arch = builtin_architecture(canonical)
+    if arch is None or arch in PAGED_MODEL_TYPES:
+        return None
+    return _PAGED_MISSING.get(arch, f"the paged engine's forward does not run `{arch}` models")
+
+
+register_engine("paged", _make_paged, PAGED_CAPABILITIES, ("torch",), preferred=True,  # the fast one
+                refuses=_paged_refuses)
 register_engine("openai", _make_openai, OPENAI_CAPABILITIES, ("openai",))
 # vLLM with its defaults: 256 sequences in flight, automatic prefix caching.
 VLLM_CAPABILITIES = Capabilities(max_concurrency=256, prefix_cache=True)

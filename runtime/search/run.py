@@ -23,6 +23,7 @@ under `out`:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -40,7 +41,7 @@ from ttsc.compiler.plan import Plan
 from ttsc.compiler.space import concrete_source
 from ttsc.runtime.data import Rows
 from ttsc.runtime.engines.setup import open_cache
-from ttsc.runtime.eval import load_dataset
+from ttsc.runtime.eval import load_dataset, scorer_for
 from ttsc.runtime.scorers import check_golds
 from ttsc.runtime.search import report
 from ttsc.runtime.baseline import greedy_source
@@ -69,7 +70,7 @@ class SearchOptions:
     holdout: float | None = None
     seed: int = 0
     strategy: str | None = None
-    scorer: str = "number"
+    scorer: str | None = None  # None: the one the data selects (`scorer_for`)
     answer_field: str = "answer"
     limit: int | None = None
     budget_tokens: float | None = None
@@ -113,6 +114,7 @@ def prepare(o: SearchOptions) -> Prepared:
         if name not in _model_names(space):
             raise UserError(f"--model {name}=...: the file defines no model `{name}`")
     rows = load_dataset(o.data, space.params, o.answer_field, o.limit)
+    o = dataclasses.replace(o, scorer=scorer_for(rows, o.scorer))
     check_golds(o.scorer, rows, o.data, o.answer_field)
     test_rows = None
     if o.test is not None and o.holdout is not None:
@@ -173,7 +175,7 @@ def holdout_split(rows: Rows, fraction: float, seed: int, path: str) -> tuple[Ro
 def signature(p: Prepared) -> dict[str, Any]:
     """What makes two searches the same search (a study refuses another)."""
     o = p.options
-    data = json.dumps([dict(r) for r in p.rows], sort_keys=True)
+    data = json.dumps([dict(r) for r in p.rows], sort_keys=True, default=str)
     return {"space": p.space.signature(), "strategy": p.space.strategy,
             "data": hashlib.sha256(data.encode()).hexdigest()[:16], "objectives": list(p.objectives),
             "scorer": o.scorer, "answer_field": o.answer_field, "seed": o.seed,
@@ -196,6 +198,7 @@ def _token_budget(space: Space) -> float | None:
 def search(o: SearchOptions, on_event: Event | None = None) -> dict[str, Any]:
     """Run the search `o` describes; returns its summary (also in summary.json)."""
     p = prepare(o)
+    o = p.options  # with the scorer the data selects filled in
     emit = on_event or (lambda kind, data: None)
     start = time.perf_counter()
     with StudyLock(p.study_path):

@@ -112,7 +112,7 @@ def greedy_file(out: Path) -> Path:
     """Greedy decoding as a .tts file: self_consistency.tts's model, prompt and
     max_tokens, one sample at temperature 0."""
     from ttsc.compiler.pipeline import compile_file
-    from ttsc.runtime.search.baseline import greedy_source
+    from ttsc.runtime.baseline import greedy_source
 
     source_file = EXAMPLES / f"{REFERENCE}.tts"
     plan = compile_file(source_file).plan
@@ -134,7 +134,7 @@ def discover(wanted: list[str] | None) -> tuple[list[Strategy], dict[str, str]]:
     """The library's strategies that run, and the skipped ones with why."""
     from ttsc.common.errors import UserError
     from ttsc.compiler.pipeline import compile_file
-    from ttsc.runtime.search.baseline import nodes_in_order
+    from ttsc.runtime.baseline import nodes_in_order
 
     files = {p.stem: p for p in sorted(EXAMPLES.glob("*.tts"))}
     order = [n for n in LIBRARY if n in files] + sorted(n for n in files if n not in LIBRARY)

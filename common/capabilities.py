@@ -52,6 +52,7 @@ OP_NEEDS: dict[str, tuple[str, ...]] = {
     "extend": ("assistant_prefix",),
     "verify": ("next_token_scores",),
     "score": ("next_token_scores",),
+    "knockout": ("next_token_scores",), "debate": (),  # the strategy library's ops
 }
 
 

@@ -131,6 +131,12 @@ OP_HOLES: dict[str, dict[str, str]] = {
     "fuse": {"candidates": "list", "critiques": "list"},
     "rank": {"candidates": "list"},
 }
+# The strategy library's ops: a knockout match shows two candidates; a debate
+# agent sees its own answer and, numbered, the other agents' answers.
+OP_HOLES.update({
+    "knockout": {"candidate_a": "call", "candidate_b": "call"},
+    "debate": {"candidate": "call", "others": "call"},
+})
 
 
 # ------------------------------------------------------- the shipped prompts
@@ -187,6 +193,26 @@ UNIT_TESTS = PromptDef(
           "input and comparing with the expected output. Do not write the function itself."),
 )
 
+# A pairwise judge (J1 / V_1-style), read as P(A) against P(B) of its next token.
+KNOCKOUT = PromptDef(
+    system="You are a careful judge of answers.",
+    user=("Problem: {question}\n\n"
+          "Answer A:\n{candidate_a}\n\n"
+          "Answer B:\n{candidate_b}\n\n"
+          "Which answer is correct? Reply with the letter only: A or B."),
+)
+
+# After the debate prompt of Du et al. (2023).
+DEBATE = PromptDef(
+    system=None,
+    user=("{question}\n\n"
+          "Your previous answer:\n{candidate}\n\n"
+          "These are the answers to the problem from other agents:\n{others}\n\n"
+          "Using the reasoning from other agents as additional advice, can you give an updated "
+          "answer? Examine your answer and that of the other agents step by step, and keep the "
+          "answer format the problem asks for."),
+)
+
 # The shipped prompt of each op that has one; a .tts file can pass its own.
 DEFAULT_PROMPTS: dict[str, PromptDef] = {
     "verify": VERIFY,
@@ -196,6 +222,8 @@ DEFAULT_PROMPTS: dict[str, PromptDef] = {
     "fuse": FUSE,
     "refine": REFINE,
     "unit_tests": UNIT_TESTS,
+    "knockout": KNOCKOUT,
+    "debate": DEBATE,
 }
 
 

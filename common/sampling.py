@@ -69,6 +69,9 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("first", True, None, lo=1,
             doc="keep the first k of the n samples to finish (first-finish search)"),
     Setting("groups", True, None, lo=1, doc="independent subtrees `top` keeps its k best of (DVTS)"),
+    # The strategy library's filter: DeepConf keeps the most confident share, then votes.
+    Setting("keep", False, None, lo=0, hi=1, lo_open=True,
+            doc="the share of candidates top keeps (at least one)"),
 ]}
 SAMPLING_KEYS = ("n", "temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "first")
 AUTO_SETTINGS = tuple(name for name, s in SETTINGS.items() if s.auto_ok)

@@ -51,6 +51,8 @@ class Op(str, Enum):
     ALL_DONE = "all_done"
     CONFIDENCE = "confidence"
     RESAMPLE = "resample"  # particle filtering: draw candidates by their weights (seeded)
+    KNOCKOUT = "knockout"  # the strategy library's pairwise judge
+    DEBATE = "debate"  # the strategy library's multi-agent round
     CONCAT = "concat"
     COMPARE = "compare"
     LOGIC = "logic"  # and / or / not
@@ -66,6 +68,9 @@ LLM_OPS = frozenset({Op.GENERATE, Op.EXTEND, Op.VERIFY, Op.SCORE, Op.RANK, Op.CR
 PURE_OPS = frozenset({Op.EXTRACT, Op.VOTE, Op.BEST, Op.TOP, Op.AGREEMENT, Op.ALL_DONE, Op.CONCAT,
                       Op.COMPARE, Op.LOGIC, Op.CONST, Op.SLICE, Op.RUN_TESTS, Op.VERIFY, Op.SCORE,
                       Op.CONFIDENCE})
+# The strategy library's ops: both call a model; a knockout reads scores only.
+LLM_OPS = LLM_OPS | {Op.KNOCKOUT, Op.DEBATE}
+PURE_OPS = PURE_OPS | {Op.KNOCKOUT}
 
 
 @dataclass

@@ -22,10 +22,11 @@ from typing import Any, Callable
 
 from ttsc.compiler import cost
 from ttsc.compiler.ir import Graph, Node, Op
-from ttsc.compiler.ops import T
+from ttsc.compiler.ops import T, keep_count
 
 # Ops whose candidates are new text of up to max_tokens tokens.
 MAKES_TEXT = (Op.GENERATE, Op.FUSE, Op.UNIT_TESTS, Op.CRITIQUE, Op.REFINE)
+MAKES_TEXT = MAKES_TEXT + (Op.DEBATE,)  # the strategy library's debate: one revision per agent
 
 
 def fixed_int(attrs: dict[str, Any], key: str) -> int | None:
@@ -115,11 +116,16 @@ def candidate_counts(graph: Graph, outer: dict[str, int | None]) -> dict[str, in
             k, g, m = fixed_int(a, "k"), fixed_int(a, "groups"), c("candidates")
             kept = k * g if k is not None and g is not None else None
             counts[node.id] = min(kept, m) if kept is not None and m is not None else kept
+        elif node.op is Op.TOP and a.get("keep") is not None:
+            m = c("candidates")
+            counts[node.id] = keep_count(a["keep"], m) if m is not None else None
         elif node.op is Op.TOP:
             k, m = fixed_int(a, "k"), c("candidates")
             counts[node.id] = min(k, m) if k is not None and m is not None else k
         elif node.op is Op.RESAMPLE:
             counts[node.id] = fixed_int(a, "k")
+        elif node.op is Op.DEBATE:
+            counts[node.id] = c("candidates")
         elif node.op is Op.RANK:
             k, m = fixed_int(a, "k"), c("candidates")
             counts[node.id] = (min(k, m) if k is not None and m is not None

@@ -49,6 +49,10 @@ def _requests(node: Node, counts: dict[str, int | None]) -> tuple[int | None, in
         return 1, 1
     if node.op is Op.SCORE:
         return None, None  # one verifier call per step: known at run time only
+    if node.op is Op.DEBATE:
+        return m, m
+    if node.op is Op.KNOCKOUT:  # m - 1 matches, each read in both orders; nothing sampled
+        return (2 * (m - 1) if m else 0) if m is not None else None, 0
     return None, None
 
 

@@ -10,6 +10,7 @@ and fills unset settings from it, so every plan node carries its settings.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -58,6 +59,10 @@ class OpSig:
     result: T
     is_llm: bool
     doc: str
+    # Groups of arguments of which exactly one must be given (top: k or keep).
+    one_of: tuple[tuple[str, ...], ...] = ()
+    # (a, b): argument a needs argument b (top: groups= keeps k= per subtree).
+    needs: tuple[tuple[str, str], ...] = ()
 
     def arg(self, name: str) -> Arg | None:
         return next((a for a in self.args if a.name == name), None)
@@ -130,10 +135,12 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
                    Arg("by", Kind.VALUE, (T.SCORES,), True, None, False)), T.TEXT, False,
           "the candidate with the highest score"),
     OpSig("top", (Arg("candidates", Kind.VALUE, CANDS), Arg("by", Kind.VALUE, (T.SCORES,), True, None, False),
-                  Arg("k", Kind.CONST, (T.NUMBER,), True, None, False),
-                  Arg("distinct", Kind.CONST, (T.BOOL,), False, False, False), GROUPS), T.CANDIDATES, False,
-          "the k highest-scoring candidates, best first; distinct=true keeps identical ones once; "
-          "groups=G keeps the k best of each of G independent subtrees"),
+                  Arg("k", Kind.CONST, (T.NUMBER,), False, None, False),
+                  Arg("distinct", Kind.CONST, (T.BOOL,), False, False, False),
+                  Arg("keep", Kind.CONST, (T.NUMBER,), False, None, False), GROUPS), T.CANDIDATES, False,
+          "the k highest-scoring candidates (or the best `keep` share of them), best first; "
+          "distinct=true keeps identical ones once; groups=G keeps the k best of each of G "
+          "independent subtrees", one_of=(("k", "keep"),), needs=(("groups", "k"),)),
     OpSig("confidence", (Arg("candidates", Kind.VALUE, CANDS),
                          Arg("agg", Kind.AGG, (), False, "mean", False, CONFIDENCE_AGGS),
                          setting("window")), T.SCORES, False,
@@ -159,4 +166,19 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
           "share of answers equal to the most frequent one"),
     OpSig("all_done", (Arg("candidates", Kind.VALUE, CANDS),), T.BOOL, False,
           "true when every candidate has finished (end of sequence, or an empty step)"),
+    # ---- the strategy library's judging and debating ops (knockout, debate)
+    OpSig("knockout", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT), T.TEXT, True,
+          "a knockout tournament: pairs compared by the judge's next-token P(A) vs P(B), "
+          "both orders, winners advance round by round; the last one standing"),
+    OpSig("debate", (MODEL, Arg("candidates", Kind.VALUE, CANDS), OPT_PROMPT, *SAMPLING), T.CANDIDATES,
+          True, "one debate round: each candidate (an agent's answer) is revised after reading "
+          "the other agents' answers"),
 ]}
+
+
+def keep_count(keep: Any, m: int) -> int:
+    """How many of m candidates `top(keep=share)` keeps: the share rounded up,
+    at least one (read by the runtime's `top` and the compiler's counts)."""
+    if not isinstance(keep, (int, float)):  # a knob not solved yet: all of them, at most
+        return m
+    return min(m, max(1, math.ceil(keep * m - 1e-9))) if m else 0

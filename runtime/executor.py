@@ -2,9 +2,10 @@
 
 `run_one` walks the plan for one input: a plain dispatch loop over its stages.
 A host stage evaluates its nodes; an LLM stage makes one engine call per kind
-(sample, score) holding every request its nodes need for this input; a loop
-stage runs its `until` and body regions until the input's condition holds or
-the rounds run out.
+(sample, score) holding every request its nodes need for this input (an op
+played in rounds, such as a knockout, then sends each round of every such
+op in the stage in one call: `play_rounds`); a loop stage runs its `until`
+and body regions until the input's condition holds or the rounds run out.
 
 `run` runs many inputs at once, each in its own worker thread, keeping at
 most `concurrency` in flight and starting the next input as soon as one
@@ -30,13 +31,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 from ttsc.common.errors import UserError
 from ttsc.common.sampling import SAMPLING_KEYS
 from ttsc.compiler.plan import Plan, Region, Stage
-from ttsc.runtime.engines.base import Engine, Usage, total_usage
-from ttsc.runtime.ops import LLM_OPS, OpContext, host_op
+from ttsc.runtime.engines.base import Engine, NextTokenRequest, Usage, total_usage
+from ttsc.runtime.ops import LLM_OPS, OpContext, RoundsOp, host_op
 
 Env = dict[str, Any]  # node id -> value, for one input
 # Per-input overrides of sampling settings: node path -> {setting: value}.
@@ -258,6 +259,34 @@ def _sample_answers(region: Region, env: Env, out: str) -> tuple[list[Any] | Non
     return env[src.id], env[src.inputs["candidates"]]
 
 
+def play_rounds(engine: Engine, games: dict[str, Generator], env: Env) -> tuple[int, Usage]:
+    """Play ops that need several engine calls (a knockout) to their ends.
+    Each round sends the next requests of every game still playing in one
+    engine call per kind, so a stage's knockouts advance in step; a game's
+    value goes to `env` when it returns. Returns (requests sent, usage)."""
+    requests, usage = 0, Usage()
+    results: dict[str, list | None] = {nid: None for nid in games}  # None starts a game
+    while results:
+        batches: dict[str, list] = {"sample": [], "score": []}
+        spans = []
+        for nid, got in results.items():
+            try:
+                reqs = games[nid].send(got)
+            except StopIteration as done:
+                env[nid] = done.value
+                continue
+            kind = "score" if reqs and isinstance(reqs[0], NextTokenRequest) else "sample"
+            spans.append((nid, kind, len(batches[kind]), len(reqs)))
+            batches[kind].extend(reqs)
+        samples = engine.sample(batches["sample"]) if batches["sample"] else []
+        scores = engine.score_next(batches["score"]) if batches["score"] else []
+        values = {"sample": [o.completions for o in samples], "score": [o.logprobs for o in scores]}
+        usage = usage + total_usage(samples) + total_usage(scores)
+        requests += len(batches["sample"]) + len(batches["score"])
+        results = {nid: values[kind][start:start + n] for nid, kind, start, n in spans}
+    return requests, usage
+
+
 class _InputRun:
     """The walk of one input through the plan: its values, usage and trace."""
 
@@ -307,6 +336,7 @@ class _InputRun:
         engine = self.ex.engines[stage.model]
         batches: dict[str, list] = {"sample": [], "score": []}
         spans = []
+        games: dict[str, Generator] = {}  # ops played in rounds (runtime.ops.RoundsOp)
         for nid in stage.nodes:
             node = region.nodes[nid]
             op = LLM_OPS[node.op]
@@ -314,6 +344,9 @@ class _InputRun:
             seed_path = self.seed_paths[path] + node.facts.get("seed_key", nid)
             ctx = OpContext(self.ex.plan.prompts, self._seed_fn(seed_path, round_))
             args = {role: env[src] for role, src in node.inputs.items()}
+            if isinstance(op, RoundsOp):
+                games[nid] = op.play(attrs, args, ctx)
+                continue
             reqs = op.requests(attrs, args, ctx)
             batch = batches[op.kind]
             spans.append((nid, op, attrs, args, reqs, op.kind, len(batch)))
@@ -327,7 +360,11 @@ class _InputRun:
         for nid, op, attrs, args, reqs, kind, start in spans:
             env[nid] = op.collect(attrs, args, reqs, values[kind][start:start + len(reqs)])
         usage = total_usage(outputs["sample"]) + total_usage(outputs["score"])
-        return sum(len(b) for b in batches.values()), usage
+        requests = sum(len(b) for b in batches.values())
+        if games:
+            more, more_usage = play_rounds(engine, games, env)
+            requests, usage = requests + more, usage + more_usage
+        return requests, usage
 
     def _resample_attrs(self, node: Any, path: str, round_: int | None) -> dict[str, Any]:
         """`resample` draws with a seed like a sampling op's: the node's own

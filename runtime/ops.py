@@ -15,11 +15,11 @@ import random
 from collections import Counter
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from ttsc.common.prompts import Prompt, PromptDef, default_prompt, render_prompt
 from ttsc.common.sampling import SamplingParams
-from ttsc.compiler.ops import SIGNATURES
+from ttsc.compiler.ops import SIGNATURES, keep_count
 from ttsc.runtime.engines.base import Completion, NextTokenRequest, SampleRequest, first_finished
 from ttsc.runtime.extract import extract
 from ttsc.runtime.replies import parse_ranking, parse_unit_tests
@@ -198,7 +198,9 @@ def host_op(op: str, attrs: dict[str, Any], args: dict[str, Value]) -> Value:
         return top_per_group(args["candidates"], args["by"], int(attrs["k"]), int(attrs["groups"]),
                              bool(attrs.get("distinct")))
     if op == "top":
-        return top(args["candidates"], args["by"], int(attrs["k"]), bool(attrs.get("distinct")))
+        k = (int(attrs["k"]) if attrs.get("keep") is None
+             else keep_count(attrs["keep"], len(args["candidates"])))
+        return top(args["candidates"], args["by"], k, bool(attrs.get("distinct")))
     if op == "resample":  # the executor sets `seed` (the node's own, or one derived per input)
         return resample(args["candidates"], args["by"], int(attrs["k"]),
                         attrs.get("weigh") or SIGNATURES["resample"].arg("weigh").default,
@@ -467,7 +469,84 @@ class Rank(LLMOp):
         return ranked[:int(k)] if isinstance(k, int) else ranked
 
 
+# ------------------------------------------- the strategy library's LLM ops
+
+class RoundsOp(LLMOp):
+    """An op that needs several engine calls for one input, each depending on
+    the last (a knockout: round two pairs round one's winners). `play` is a
+    generator: it yields one round's requests, receives their results, and
+    returns the op's value. The executor sends each round of every such op in
+    a stage in one engine call per kind."""
+
+    def requests(self, attrs, args, ctx):
+        raise TypeError(f"{type(self).__name__} is played in rounds: call play()")
+
+    def collect(self, attrs, args, reqs, results):
+        raise TypeError(f"{type(self).__name__} is played in rounds: call play()")
+
+    @abstractmethod
+    def play(self, attrs: dict, args: dict, ctx: OpContext) -> Generator[list, list, Value]:
+        """Yield each round's requests; receive their results; return the value."""
+
+
+AB = ("A", "B")
+
+
+def _p_first(logprobs: list[float]) -> float:
+    """P(A) against P(B) of a judge's next token: P(the answer shown first wins)."""
+    return _p_yes(logprobs)
+
+
+class Knockout(RoundsOp):
+    """A knockout tournament (Chen et al. 2024, "A Simple and Provable Scaling
+    Law for the Test-Time Compute of LLMs"): candidates meet in pairs, the
+    judge's next-token P(A) against P(B) decides each match, winners advance
+    until one is left. Each match is read in both orders (A-B and B-A) and
+    the two readings averaged, so the judge's taste for a position cancels;
+    a tie goes to the candidate listed first. With an odd field the last
+    candidate advances without a match. m candidates take m - 1 matches, in
+    about log2(m) rounds, each round one engine call."""
+
+    kind = "score"
+
+    def play(self, attrs, args, ctx):
+        field = list(args["candidates"])
+        if not field:
+            return ""
+        pdef = _prompt_def("knockout", attrs, ctx)
+        holes = _holes(args)
+
+        def match(first: Candidate, second: Candidate) -> NextTokenRequest:
+            prompt = render_prompt(pdef, {**holes, "candidate_a": first.text,
+                                          "candidate_b": second.text})
+            return NextTokenRequest(prompt, AB)
+
+        while len(field) > 1:
+            pairs = [(field[i], field[i + 1]) for i in range(0, len(field) - 1, 2)]
+            bye = field[len(pairs) * 2:]
+            results = yield [r for a, b in pairs for r in (match(a, b), match(b, a))]
+            winners = []
+            for j, (a, b) in enumerate(pairs):
+                p_a = (_p_first(results[2 * j]) + 1.0 - _p_first(results[2 * j + 1])) / 2
+                winners.append(a if p_a >= 0.5 else b)
+            field = winners + bye
+        return field[0].text
+
+
+class Debate(Critique):
+    """One round of multi-agent debate (Du et al. 2023): each candidate is an
+    agent's answer; the agent reads the other agents' answers (numbered) and
+    writes an updated one. One sample per agent, all agents in one call."""
+
+    op = "debate"
+
+    def _holes_for(self, args, i, c):
+        others = [o for j, o in enumerate(args["candidates"]) if j != i]
+        return {**_holes(args), "candidate": c.text, "others": others or "(none)"}
+
+
 LLM_OPS: dict[str, LLMOp] = {
     "generate": Generate(), "unit_tests": UnitTests(), "extend": Extend(), "verify": Verify(),
     "score": Score(), "critique": Critique(), "refine": Refine(), "fuse": Fuse(), "rank": Rank(),
 }
+LLM_OPS.update({"knockout": Knockout(), "debate": Debate()})

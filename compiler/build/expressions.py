@@ -310,6 +310,17 @@ def _bind_args(ctx: Context, sig: OpSig, e: ast.Call) -> dict[str, ast.Expr] | N
             ctx.err(f"`{sig.name}` needs argument `{arg.name}`", e.span,
                     f"signature: {signature(sig)}")
             ok = False
+    for group in sig.one_of:
+        given = [name for name in group if name in bound]
+        if len(given) != 1:
+            either = " or ".join(f"`{name}=`" for name in group)
+            ctx.err(f"`{sig.name}` takes {either}" + (", not both" if given else ""),
+                    e.span, f"signature: {signature(sig)}")
+            ok = False
+    for a, b in sig.needs:
+        if a in bound and b not in bound:
+            ctx.err(f"`{sig.name}` with `{a}=` needs `{b}=`", e.span, f"signature: {signature(sig)}")
+            ok = False
     return bound if ok else None
 
 

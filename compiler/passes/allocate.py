@@ -220,7 +220,7 @@ class _Builder:
         elif node.op is Op.EXTEND:
             info.count = mul(cands.count, self._table(info, lambda o: o["n"]))
             info.length = add(cands.length, self._table(info, lambda o: o["max_tokens"]))
-        elif node.op in (Op.CRITIQUE, Op.REFINE):
+        elif node.op in (Op.CRITIQUE, Op.REFINE, Op.DEBATE):
             info.count = cands.count
             info.length = self._table(info, lambda o: o["max_tokens"])
         elif node.op in (Op.TOP, Op.RANK):
@@ -316,6 +316,13 @@ class _Builder:
         elif op in (Op.CRITIQUE, Op.REFINE):
             extra = crits.length if (op is Op.REFINE and crits) else ZERO
             prefill = add(S, mul(m, add(own, length, extra)))
+            gen, steps = mul(m, mt), mt
+        elif op is Op.KNOCKOUT:  # m - 1 matches, each read in both orders: two candidates a prompt
+            prefill = add(S, mul(Const(2), mul(add(m, Const(-1)), add(own, length, length))))
+            gen, steps = ZERO, ZERO
+        elif op is Op.DEBATE:  # per agent: its own answer and the m - 1 others', listed
+            others = mul(add(m, Const(-1)), add(length, Const(LIST_ITEM_TOKENS)))
+            prefill = add(S, mul(m, add(own, length, others)))
             gen, steps = mul(m, mt), mt
         else:  # EXTEND: the source prompt once, each candidate's text, n continuations each
             prefill = add(F, mul(m, length))

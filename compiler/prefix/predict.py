@@ -192,10 +192,16 @@ class _Analyzer:
                             len(base)) for i in range(m)]
         layout_lens = {"candidate": cand_len,
                        "critique": lengths.get(node.inputs.get("critiques", ""), 0)}
+        calls = m
+        if node.op in (Op.KNOCKOUT, Op.DEBATE):  # the strategy library's ops
+            layout_lens.update(candidate_a=cand_len, candidate_b=cand_len,
+                               others=max(m - 1, 0) * (cand_len + LIST_ITEM_TOKENS))
+            # A knockout: m - 1 matches, each read in both orders.
+            calls = 2 * max(m - 1, 0) if node.op is Op.KNOCKOUT else m
         if op_holes(op, "call"):
             out = []
-            gen = mt if node.op in (Op.CRITIQUE, Op.REFINE) else 0
-            for i in range(m):
+            gen = mt if node.op in (Op.CRITIQUE, Op.REFINE, Op.DEBATE) else 0
+            for i in range(calls):
                 seq = self.sequence(node, spec, call=i, node_key=node.id, lens=layout_lens)
                 out.append(Request(node.id, seq, 1, gen, self._shared(node, spec, layout_lens)))
             return out

@@ -32,7 +32,8 @@ SAMPLING_OPS = {"generate": ("n", "temperature", "max_tokens"),
                 "fuse": ("n", "temperature", "max_tokens"),
                 "extend": ("n", "temperature", "max_tokens"),
                 "critique": ("temperature", "max_tokens"),
-                "refine": ("temperature", "max_tokens")}
+                "refine": ("temperature", "max_tokens"),
+                "debate": ("temperature", "max_tokens")}  # the strategy library's debate
 
 
 def sampling_nodes(region: Region, path: str = "") -> list[tuple[str, str]]:

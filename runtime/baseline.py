@@ -21,7 +21,7 @@ from ttsc.dsl.unparse import number, unparse
 
 # The extractor when the space has none: what the scorer reads.
 SCORER_EXTRACTORS = {"number": "number", "choice": "choice", "unit_tests": "code"}
-WHOLE_TEXT = r'regex("(?s)^\s*(.*?)\s*$")'
+WHOLE_TEXT = "regex(" + quote(r"(?s)^\s*(.*?)\s*$") + ")"
 
 
 def nodes_in_order(region: Region) -> Iterator[PlanNode]:

@@ -154,6 +154,20 @@ def test_eval_greedy_baseline_beside_the_strategy(tiny_file, tmp_path, capsys):
     assert both["items"] == both["greedy"]["items"] == 6
 
 
+def test_eval_greedy_of_a_strategy_without_an_extractor(tmp_path, capsys):
+    """No extract in the strategy: greedy decoding reads the whole text (a
+    regex with backslashes, written as a valid .tts string)."""
+    path = tmp_path / "best.tts"
+    path.write_text('model policy = "tiny-random"\nprompt solve = """{question}"""\n'
+                    'strategy s(question) {\n    c = generate(policy, solve, n=2, max_tokens=4)\n'
+                    '    return best(c, by=verify(policy, c))\n}\n')
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "a", "answer": "1"}\n')
+    assert main(["eval", str(path), "--data", str(data), "--greedy", "--scorer", "exact", "--quiet",
+                 "--no-cache", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["greedy"]["items"] == 1
+
+
 def test_eval_greedy_needs_a_generate_checked_before_loading(tmp_path, capsys):
     path = tmp_path / "tests_only.tts"
     path.write_text('model m = "smollm2-135m"\nprompt p = "{question}"\nstrategy s(question) {\n'

@@ -201,7 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.calibration:
         raise UserError("--calibration is read only for `n=auto` under a total token budget",
                         hint="add --budget-tokens T, or `budget { tokens <= T total }` to the file")
-    greedy_plan = _greedy_plan(compiled, args) if args.greedy else None
+    greedy_plan = _greedy_plan(compiled, args, scorer) if args.greedy else None
     cache = open_cache(_cache_path(args))
     if not args.quiet:
         _stderr(plan_summary(plan))
@@ -242,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _greedy_plan(compiled: Any, args: argparse.Namespace) -> Any:
+def _greedy_plan(compiled: Any, args: argparse.Namespace, scorer: str) -> Any:
     """The plan of greedy decoding with the strategy's first generator
     (runtime/baseline.py), compiled for the same models and engine."""
     from ttsc.compiler.pipeline import compile_source
@@ -250,7 +250,7 @@ def _greedy_plan(compiled: Any, args: argparse.Namespace) -> Any:
     from ttsc.runtime.engines.setup import capabilities_of
 
     program = compiled.program
-    text = greedy_source(program.source, program.file, compiled.plan, args.scorer)
+    text = greedy_source(program.source, program.file, compiled.plan, scorer)
     return compile_source(text, f"{program.file} (greedy decoding)",
                           models=_key_values(args.model, "--model"),
                           capabilities=capabilities_of(args.engine)).plan

@@ -8,11 +8,13 @@
    prompt of examples/best_of_n.tts, at its temperature and max_tokens by
    default; each is right when its extracted number equals the answer
    (runtime/scorers.py, as `ttsc eval` scores it).
-2. each judge reads every candidate with three prompts: `chat`, the `check`
+2. each judge reads every candidate with four prompts: `chat`, the `check`
    prompt of examples/best_of_n.tts through the judge's chat template (what
-   `verify` does there); `raw`, the same text as plain text, a new line
-   after it (a `raw prompt`, for a pretrained model without chat training);
-   `fewshot`, four worked judgements (two right, two wrong) then the
+   `verify` does there); `raw`, the same text as plain text ending in
+   "\nAnswer:" (a `raw prompt`, for a pretrained model without chat
+   training); `raw_line`, the same ending in a new line instead, so that
+   "Yes" is scored where a line starts (after "Answer:" the model expects
+   " Yes", with a space, and the op scores "Yes"); `fewshot`, four worked judgements (two right, two wrong) then the
    question and only the candidate's extracted number ("none" without one),
    as plain text. P(Yes) is the verify op's: softmax over the next-token
    log-probabilities of "Yes" and "No".
@@ -109,11 +111,13 @@ def main() -> None:
     for judge in [j.strip() for j in args.judges.split(",") if j.strip()]:
         t1 = time.perf_counter()
         engine = make_engine(judge, device="cpu")
-        for style in ("chat", "raw", "fewshot"):
+        for style in ("chat", "raw", "raw_line", "fewshot"):
             prompts = []
             for i, text, _ in cands:
                 p = render_prompt(check, {"question": rows[i]["question"], "candidate": text})
                 if style == "raw":
+                    p = Prompt(raw=p.messages[-1][1].rstrip() + "\nAnswer:")
+                elif style == "raw_line":
                     p = Prompt(raw=p.messages[-1][1].rstrip() + "\n")
                 elif style == "fewshot":
                     p = Prompt(raw=f"{FEW_SHOT}Question: {rows[i]['question']}\nProposed answer: "

@@ -54,10 +54,10 @@ hint: give each model, prompt and strategy its own name"""),
     "bad model spec": ('model policy = "gpt5-turbo"\nprompt solve = "{question}"\n'
                        "strategy s(question) {\n    return vote(extract(generate(policy, solve), number))\n}\n",
                        """\
-t.tts:1:16: error: bad model spec 'gpt5-turbo': unknown model; built-in models are smollm2-135m, tiny-random
+t.tts:1:16: error: bad model spec 'gpt5-turbo': unknown model; built-in models are smollm2-135m, gemma3-270m, tiny-random
  1 | model policy = "gpt5-turbo"
    |                ^~~~~~~~~~~~
-hint: valid forms: "smollm2-135m", "hf:ORG/NAME", a local directory ("./path"), "gguf:PATH", "vllm:ORG/NAME", "openai:URL#MODEL", "tiny-random\""""),
+hint: valid forms: "smollm2-135m", "gemma3-270m", "hf:ORG/NAME", a local directory ("./path"), "gguf:PATH", "vllm:ORG/NAME", "openai:URL#MODEL", "tiny-random\""""),
     "recursion": (HEAD + "strategy a(question) {\n    return b(question)\n}\n"
                   "strategy b(question) {\n    return a(question)\n}\n", """\
 t.tts:4:12: error: recursive strategy call: a -> b -> a

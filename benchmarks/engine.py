@@ -56,6 +56,8 @@ import torch.nn.functional as F
 
 from ttsc.runtime.engines.base import Prompt, SampleRequest, SamplingParams
 from ttsc.runtime.engines.paged.engine import PagedEngine
+from ttsc.runtime.engines.paged.sampler import RowSettings
+from ttsc.runtime.engines.paged.sampler import sample as torch_sample
 from ttsc.runtime.models import SMOLLM2, load_model
 
 QUESTIONS = (
@@ -194,6 +196,9 @@ def main() -> None:
         line += (f", llama-bench pp512 {pp['tok_s']:.0f} +- {pp['stddev_tok_s']:.0f} tok/s: "
                  f"{prefill['ratio_vs_pp512']:.2f}x")
     print(f"{line} (load {_load():.2f})", flush=True)
+    result["sampling"] = sampling_costs(engine)
+    for key, row in result["sampling"].items():
+        print(f"sampling {key}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in row.items()), flush=True)
     result["load_average_end"] = _load()
     print(json.dumps(_rounded(result)))
 
@@ -364,6 +369,35 @@ def engine_prefill(loaded, dtype: torch.dtype, prompt_tokens: int, runs: int = 3
         rates.append(count / (time.perf_counter() - t0))
         engine.close()
     return {"prompt_tokens": count, "tok_s": _spread(rates), "load_average": _load()}
+
+
+def sampling_costs(engine: PagedEngine, rows: int = 64) -> dict:
+    """Milliseconds to sample `rows` rows of random bf16 logits (best of 5),
+    at the model's vocabulary and a quarter of it: the C++ samplers the
+    engine runs (plain; top-k/top-p) and the torch sampler it used before
+    for top-k/top-p rows."""
+    ops = engine.model.cpu_ops
+    out: dict = {}
+    full = engine.model.cfg.vocab_size
+    for v in (full // 4, full):
+        logits = torch.randn(rows, v, generator=torch.Generator().manual_seed(0)).mul_(3).bfloat16()
+        for name, top_k, top_p in (("plain", 0, 1.0), ("top_k=50", 50, 1.0), ("top_p=0.9", 0, 0.9)):
+            settings = [RowSettings(1.0, top_k, top_p, seed=i, counter=0) for i in range(rows)]
+            row = {"torch": _best_ms(lambda: torch_sample(logits, settings))}
+            if ops is not None:
+                row["cpp"] = _best_ms(lambda: engine._sample_rows(logits, settings))
+            out[f"{name} V={v}"] = row
+    return out
+
+
+def _best_ms(fn, reps: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 
 
 def _rounded(x):

@@ -3,7 +3,7 @@
 At decode batch 64 a small model's matrix products take about as long as
 everything around them: the old attention copied every row's KV blocks into a
 padded tensor per layer before reading them, and RMSNorm, RoPE and SiLU were
-chains of five or six eager ops each. `cpu_ops.cpp` holds five kernels:
+chains of five or six eager ops each. `cpu_ops.cpp` holds these kernels:
 
     decode_attention(q, blocks, own_tables, own_lens, group_rows, group_tables,
                      group_lens, scale) -> out

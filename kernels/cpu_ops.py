@@ -3,7 +3,7 @@
 At decode batch 64 a small model's matrix products take about as long as
 everything around them: the old attention copied every row's KV blocks into a
 padded tensor per layer before reading them, and RMSNorm, RoPE and SiLU were
-chains of five or six eager ops each. `cpu_ops.cpp` holds five kernels:
+chains of five or six eager ops each. `cpu_ops.cpp` holds these kernels:
 
     decode_attention(q, blocks, own_tables, own_lens, group_rows, group_tables,
                      group_lens, scale) -> out
@@ -19,6 +19,10 @@ chains of five or six eager ops each. `cpu_ops.cpp` holds five kernels:
     sample(logits, inv_temp, uniforms, greedy) -> (tokens, logprobs)
         per row, the inverse CDF of softmax(logits * inv_temp) at a uniform,
         or the argmax for greedy rows; the log-probability of the token
+    sample_top(logits, inv_temp, top_k, top_p, uniforms) -> (tokens, logprobs)
+        top-k / top-p rows: streaming passes (max, softmax sum, one
+        selection: a heap of the k likeliest, or the weights' binary
+        exponent bins that hold the nucleus); only the candidates are sorted
 
     prefill_attention(q, blocks, tables, starts, q_lens, scale) -> out
         causal attention of each new prompt token over its sequence's blocks,
@@ -222,3 +226,26 @@ def sample_reference(logits: torch.Tensor, inv_temp: torch.Tensor, uniforms: tor
     drawn = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0]
     tokens = torch.where(greedy, scaled.argmax(-1), drawn.clamp(max=logits.shape[1] - 1))
     return tokens, probs.gather(1, tokens[:, None])[:, 0].log()
+
+
+def sample_top_reference(logits: torch.Tensor, inv_temp: torch.Tensor, top_k: torch.Tensor,
+                         top_p: torch.Tensor, uniforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k, then top-p over the renormalized top-k, then the inverse CDF at u;
+    ranked by logit, ties by token id; log-probabilities before truncation."""
+    tokens, logprobs = [], []
+    v = logits.shape[1]
+    for r in range(logits.shape[0]):
+        probs = torch.softmax(logits[r].float() * inv_temp[r], dim=-1)
+        order = sorted(range(v), key=lambda j: (-float(logits[r, j]), j))
+        ranked = probs[order]
+        k = int(top_k[r]) if 0 < int(top_k[r]) < v else v
+        ranked = ranked[:k]
+        mass = ranked.sum() if k < v else torch.tensor(1.0)
+        keep = (ranked.cumsum(0) - ranked) < float(top_p[r]) * mass
+        keep[0] = True
+        kept = ranked * keep
+        cdf = kept.cumsum(0)
+        pick = int(torch.searchsorted(cdf, (uniforms[r] * cdf[-1]).reshape(1), right=True).clamp(max=k - 1))
+        tokens.append(order[pick])
+        logprobs.append(float(probs[order[pick]].log()))
+    return torch.tensor(tokens), torch.tensor(logprobs)

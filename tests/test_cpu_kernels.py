@@ -231,3 +231,50 @@ def test_attention_is_the_same_bits_however_the_work_is_cut(dtype) -> None:
     grouped = ops.decode_attention(q[late], blocks, tables[:, 2:].expand(len(late), -1), late + 1 - 32,
                                    torch.arange(len(late))[None, :], tables[:, :2], torch.tensor([32]), scale)
     assert torch.equal(grouped, whole[late])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("vocab", [300, 2048])
+def test_sample_top_matches_reference(dtype, vocab) -> None:
+    """Top-k, top-p and both, against the sort-everything reference: the same
+    draws (but for a fp32 sum rounding at a boundary) and log-probabilities."""
+    g = torch.Generator().manual_seed(5)
+    rows = 12
+    logits = (torch.randn(rows, vocab, generator=g) * 3).to(dtype)
+    inv_temp = torch.rand(rows, generator=g) + 0.5
+    top_k = torch.tensor([5, 0, 40, 1, 0, 3, vocab - 1, 0, 17, 2, 0, 8])
+    top_p = torch.tensor([1.0, 0.9, 0.8, 1.0, 0.5, 0.95, 0.99, 0.999, 1.0, 0.7, 0.3, 0.6])
+    uniforms = torch.rand(rows, generator=g)
+    uniforms[:2] = torch.tensor([0.0, 1 - 2 ** -24])
+    tokens, logprobs = ops.sample_top(logits, inv_temp, top_k, top_p, uniforms)
+    want_tokens, want_logprobs = cpu_ops.sample_top_reference(logits, inv_temp, top_k, top_p, uniforms)
+    same = tokens == want_tokens
+    assert same.float().mean() >= 0.9
+    torch.testing.assert_close(logprobs[same], want_logprobs[same], atol=1e-4, rtol=1e-4)
+    assert tokens[3] == logits[3].float().argmax()  # top_k = 1 is greedy
+
+
+def test_sample_top_p_needs_more_than_the_first_candidates() -> None:
+    """A flat distribution whose nucleus holds ~1,800 tokens: the candidate
+    heap grows past its first 256 and draws stay inside the nucleus."""
+    v = 2048
+    logits = (-0.001 * torch.arange(v, dtype=torch.float32)).repeat(200, 1)  # token i is the i-th likeliest
+    probs = torch.softmax(logits[0], -1)
+    allowed = int(((probs.cumsum(0) - probs) < 0.9).sum())
+    u = (torch.arange(200) + 0.5) / 200
+    tokens, logprobs = ops.sample_top(logits, torch.ones(200), torch.zeros(200, dtype=torch.long),
+                                      torch.full((200,), 0.9), u)
+    assert int(tokens.max()) < allowed and int(tokens.max()) > 1024
+    torch.testing.assert_close(logprobs, probs[tokens].log(), atol=1e-5, rtol=0)
+
+
+def test_sample_top_frequencies_follow_the_truncated_distribution() -> None:
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.06, 0.04])
+    rows = 4000
+    logits = probs.log().expand(rows, 5).contiguous()
+    u = (torch.arange(rows) + 0.5) / rows
+    # top_k 3 keeps [0.4, 0.3, 0.2]; top_p 0.75 of that (0.675) keeps the first two.
+    tokens, _ = ops.sample_top(logits, torch.ones(rows), torch.full((rows,), 3), torch.full((rows,), 0.75), u)
+    freq = torch.bincount(tokens, minlength=5).float() / rows
+    torch.testing.assert_close(freq, torch.tensor([4 / 7, 3 / 7, 0, 0, 0]), atol=2e-3, rtol=0)
+

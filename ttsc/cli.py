@@ -272,8 +272,8 @@ def eval_report(summary: Any, strategy: str, args: argparse.Namespace, greedy: A
                  f"95% CI {lo:.1%} to {hi:.1%})")
     if greedy is not None:
         gain = 100 * (summary.accuracy - greedy.accuracy)
-        lines.append(f"vs greedy      {gain:+6.1f} points   at {summary.tokens_per_input / max(greedy.tokens_per_input, 1e-9):.1f}x "
-                     "its tokens per input")
+        times = summary.tokens_per_input / max(greedy.tokens_per_input, 1e-9)
+        lines.append(f"vs greedy      {gain:+6.1f} points   at {times:.1f}x its tokens per input")
     if summary.pass_at:
         lines.append("coverage       " + ", ".join(f"pass@{k} {v:.1%}" for k, v in summary.pass_at.items())
                      + "   (unbiased estimator over each item's samples)")

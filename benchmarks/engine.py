@@ -309,13 +309,7 @@ def gemm_seconds(layers: list, batch: int, dtype: torch.dtype, packed: bool, rep
             x = xs[lin.in_features]
             lin(x) if packed else F.linear(x, w)
 
-    step()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_seconds(step, reps)
 
 
 def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
@@ -383,21 +377,22 @@ def sampling_costs(engine: PagedEngine, rows: int = 64) -> dict:
         logits = torch.randn(rows, v, generator=torch.Generator().manual_seed(0)).mul_(3).bfloat16()
         for name, top_k, top_p in (("plain", 0, 1.0), ("top_k=50", 50, 1.0), ("top_p=0.9", 0, 0.9)):
             settings = [RowSettings(1.0, top_k, top_p, seed=i, counter=0) for i in range(rows)]
-            row = {"torch": _best_ms(lambda: torch_sample(logits, settings))}
+            row = {"torch": 1e3 * best_seconds(lambda: torch_sample(logits, settings))}
             if ops is not None:
-                row["cpp"] = _best_ms(lambda: engine._sample_rows(logits, settings))
+                row["cpp"] = 1e3 * best_seconds(lambda: engine._sample_rows(logits, settings))
             out[f"{name} V={v}"] = row
     return out
 
 
-def _best_ms(fn, reps: int = 5) -> float:
+def best_seconds(fn, reps: int = 5) -> float:
+    """The best of `reps` timed calls of `fn`, after one untimed warm-up call."""
     fn()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+    return best
 
 
 def _rounded(x):

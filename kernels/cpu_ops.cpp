@@ -657,6 +657,20 @@ void rope_store(torch::Tensor qkv, torch::Tensor positions, torch::Tensor cos, t
 // tempered distribution; greedy rows: the raw one). Three passes over a row:
 // maximum, weights with sums per 256-token chunk, then the chunk and the
 // token where the cumulative weight passes u * total.
+// The largest of a row's v logits (16 lanes at a time, then the tail).
+template <typename T>
+float row_max(const T* x, int64_t v) {
+  v16 vm = v16{} - std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + 16 <= v; i += 16) {
+    const v16 y = load16(x + i);
+    vm = y > vm ? y : vm;
+  }
+  float mx = hmax(vm);
+  for (; i < v; ++i) mx = std::max(mx, static_cast<float>(x[i]));
+  return mx;
+}
+
 template <typename T>
 void sample_impl(const torch::Tensor& logits, const float* inv_temp, const float* uniforms,
                  const bool* greedy, int64_t* tokens, float* logprobs) {
@@ -668,17 +682,7 @@ void sample_impl(const torch::Tensor& logits, const float* inv_temp, const float
     for (int64_t r = begin; r < end; ++r) {
       const T* x = lp + r * v;
       const float it = greedy[r] ? 1.f : inv_temp[r];  // > 0, so the max of x * it is it * max(x)
-      float mx = -std::numeric_limits<float>::infinity();
-      {
-        v16 vm = v16{} + mx;
-        int64_t i = 0;
-        for (; i + 16 <= v; i += 16) {
-          const v16 y = load16(x + i);
-          vm = y > vm ? y : vm;
-        }
-        mx = hmax(vm);
-        for (; i < v; ++i) mx = std::max(mx, static_cast<float>(x[i]));
-      }
+      const float mx = row_max(x, v);
       int64_t arg = 0;
       while (arg + 1 < v && static_cast<float>(x[arg]) != mx) ++arg;  // the first maximum
       const float m = mx * it;
@@ -777,17 +781,7 @@ void sample_top_impl(const torch::Tensor& logits, const float* inv_temp, const i
     for (int64_t r = begin; r < end; ++r) {
       const T* x = lp + r * v;
       const float it = inv_temp[r];
-      float mx = -std::numeric_limits<float>::infinity();
-      {
-        v16 vm = v16{} + mx;
-        int64_t i = 0;
-        for (; i + 16 <= v; i += 16) {
-          const v16 y = load16(x + i);
-          vm = y > vm ? y : vm;
-        }
-        mx = hmax(vm);
-        for (; i < v; ++i) mx = std::max(mx, static_cast<float>(x[i]));
-      }
+      const float mx = row_max(x, v);
       const float m = mx * it;
       float total = 0.f;
       {

@@ -3,14 +3,15 @@
 It answers from the prompt text alone, so executor tests can assert exactly
 what a strategy returns: `answers` maps a substring of the prompt to the list
 of sample texts to cycle through; `yes` maps a substring of a verifier prompt
-to P(Yes).
+to P(Yes); `logprob` gives a sample's per-token log-probability from its
+text (the confidence ops read it).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ttsc.runtime.engines.base import (Completion, ContinuationOutput, ContinuationRequest, Engine,
                                        NextTokenRequest, Prompt, SampleOutput, SampleRequest,
@@ -26,8 +27,10 @@ class ScriptedEngine(Engine):
     name = "scripted"
 
     def __init__(self, answers: dict[str, list[str]] | None = None,
-                 yes: dict[str, float] | None = None, finish: str = "eos"):
+                 yes: dict[str, float] | None = None, finish: str = "eos",
+                 logprob: Callable[[str], float] = lambda text: -0.1):
         self.answers = answers or {}
+        self.logprob = logprob
         self.yes = yes or {}
         self.finish = finish
         self.batches: list[int] = []  # size of every sample() call
@@ -50,7 +53,8 @@ class ScriptedEngine(Engine):
             comps = []
             for i in range(r.params.n):
                 t = self._pick(text, i + (r.params.seed or 0) % 3)
-                comps.append(Completion(t, [1] * len(t.split()), [-0.1] * len(t.split()), self.finish))
+                comps.append(Completion(t, [1] * len(t.split()), [self.logprob(t)] * len(t.split()),
+                                        self.finish))
             prompt = len(text.split())
             out.append(SampleOutput(comps, Usage(
                 calls=1, prompt_tokens=prompt, prompt_tokens_computed=prompt,

@@ -77,15 +77,8 @@ def test_a_bad_aggregation_or_window_is_an_error_at_the_argument():
 def test_filter_then_vote_keeps_the_most_confident_samples():
     # Four samples say "1" unsure, two say "2" sure: the vote says 1, the
     # filtered vote 2, the weighted vote weighs them.
-    class Sure(ScriptedEngine):
-        def sample(self, requests):
-            outs = super().sample(requests)
-            for o in outs:
-                for c in o.completions:
-                    c.logprobs = [-0.05 if c.text == "2" else -1.0] * len(c.token_ids)
-            return outs
-
-    engine = Sure({"q": ["1", "1", "2", "1", "1", "2"]})
+    engine = ScriptedEngine({"q": ["1", "1", "2", "1", "1", "2"]},
+                            logprob=lambda text: -0.05 if text == "2" else -1.0)
     head = "strategy s(question) {\n c = generate(policy, solve, n=6)\n"
     plain = run(head + " return vote(extract(c, number))\n}\n", [{"question": "q"}], engine)
     kept = run(head + " return vote(extract(top(c, by=confidence(c), k=2), number))\n}\n",

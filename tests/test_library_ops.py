@@ -220,15 +220,8 @@ def test_top_takes_k_or_keep():
 
 
 def test_keep_filters_then_votes():
-    class Sure(ScriptedEngine):
-        def sample(self, requests):
-            outs = super().sample(requests)
-            for o in outs:
-                for c in o.completions:
-                    c.logprobs = [-0.05 if c.text == "2" else -1.0] * len(c.token_ids)
-            return outs
-
-    engine = Sure({"q": ["1", "1", "2", "1", "1", "2", "1", "1"]})
+    engine = ScriptedEngine({"q": ["1", "1", "2", "1", "1", "2", "1", "1"]},
+                            logprob=lambda text: -0.05 if text == "2" else -1.0)
     body = "strategy s(question) {\n c = generate(policy, solve, n=8)\n return vote(extract(top(c, by=confidence(c), keep=%s), number))\n}\n"
     assert run(body % "0.25", [{"question": "q"}], engine).outputs == ["2"]
     assert run(body % "1", [{"question": "q"}], engine).outputs == ["1"]

@@ -78,6 +78,9 @@ LIBRARY: dict[str, str] = {
     "particle_filter": "particle filtering (Puri et al. 2025)",
     "first_finish": "first-finish search (FFS)",
     "budget_forcing": "budget forcing (s1, Muennighoff et al. 2025)",
+    "pal": "program-aided answering (PAL, Gao et al. 2023)",
+    "pal_vote": "program of thoughts + self-consistency (Chen et al. 2023)",
+    "pal_deepconf": "PAL with DeepConf's confidence filter",
     "debate": "multi-agent debate (Du et al. 2023)",
     "composed": "self-consistency over critique-and-refine",
     "archon": "Archon layers (Saad-Falcon et al. 2024)",
@@ -304,7 +307,14 @@ def plot(results: dict[str, list[Row]], path: Path) -> None:
         if greedy is not None:
             ax.axhline(greedy.accuracy, color="black", linestyle=":", linewidth=1,
                        label="greedy decoding")
+        if any(r.flag for r in done):
+            ax.scatter([], [], marker="o", s=50, color="tab:red",
+                       label=f"beats greedy by >= {GAIN * 100:.0f} points, intervals apart")
         ax.set_xscale("log")
+        # Plain numbers at 1-2-5 steps: the default log labels (3x10^1) overlap.
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(name)
         ax.set_xlabel("tokens computed per input (log)")
         ax.set_ylabel("accuracy (95% bootstrap interval)")

@@ -36,7 +36,7 @@ class Kind(str, Enum):
     VALUE = "value"  # an expression producing a typed value (an IR edge)
     MODEL = "model"  # a model name, or choice(...) / auto over model names
     PROMPT = "prompt"  # a prompt name
-    EXTRACTOR = "extractor"  # number | choice | code | regex("...")
+    EXTRACTOR = "extractor"  # number | choice | code | program | regex("...")
     CONST = "const"  # a compile-time constant (number, string, list, auto, range, choice)
     AGG = "agg"  # a name from the argument's `names` (min | last | prod for score)
 
@@ -79,7 +79,7 @@ def setting(name: str, default: Any = None) -> Arg:
                SETTINGS[name].default if default is None else default, False)
 
 
-EXTRACTORS = ("number", "choice", "code", "regex")
+EXTRACTORS = ("number", "choice", "code", "program", "regex")
 AGGS = ("min", "last", "prod")  # how `score` aggregates its step scores
 CONFIDENCE_AGGS = ("mean", "min", "tail")  # how `confidence` aggregates token logprobs
 
@@ -122,7 +122,8 @@ SIGNATURES: dict[str, OpSig] = {s.name: s for s in [
           True, "continue each unfinished candidate with n continuations; force=\"Wait,\" "
           "continues every candidate, finished or not, after that text"),
     OpSig("extract", (Arg("candidates", Kind.VALUE, CANDS), Arg("how", Kind.EXTRACTOR)), T.ANSWERS,
-          False, "pull an answer out of each candidate: number, choice, code or regex(\"...\")"),
+          False, "pull an answer out of each candidate: number, choice, code, program (run it, "
+          "read its answer) or regex(\"...\")"),
     OpSig("vote", (Arg("answers", Kind.VALUE, (T.ANSWERS,)),
                    Arg("weights", Kind.VALUE, (T.SCORES,), False, None, False)), T.TEXT, False,
           "the most frequent answer (weighted by `weights` if given); ties go to the first seen"),

@@ -14,6 +14,11 @@ Presets:
           it parses as Python statements.
   regex   first capture group of a user pattern (whole match if no groups);
           the last match in the text wins.
+  program the answer of the text run as Python in the sandbox (program-aided
+          answering, PAL): the last ```python``` block, else the text; its
+          last expression's value, else its `answer`, else its last printed
+          line (runtime/sandbox.py: run_python_program). A number is
+          normalised as `number` does; a program that fails has no answer.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import functools
 import re
 import textwrap
 
-from ttsc.common.errors import UserError, did_you_mean
+from typing import Sequence
 
-EXTRACTORS = ("number", "choice", "code", "regex")
+from ttsc.common.errors import UserError, did_you_mean
+from ttsc.compiler.ops import EXTRACTORS
+from ttsc.runtime.sandbox import run_many_python_programs
 
 # A number not glued to a word ("SmolLM2", "v1.5" are not answers). Thousands
 # groups need exactly three digits so that a list "2, 1, 3" stays three numbers.
@@ -62,7 +69,16 @@ def extract(text: str, how: str, pattern: str | None = None) -> str | None:
         return extract_number(text)
     if how == "choice":
         return extract_choice(text)
+    if how == "program":
+        return extract_programs([text])[0]
     return extract_code(text)
+
+
+def extract_all(texts: Sequence[str], how: str, pattern: str | None = None) -> list[str | None]:
+    """`extract` over many texts; programs run several at a time, each distinct one once."""
+    if how == "program":
+        return extract_programs(texts)
+    return [extract(t, how, pattern) for t in texts]
 
 
 # --- number -----------------------------------------------------------------
@@ -172,6 +188,33 @@ def _looks_like_code(text: str) -> bool:
     # has at least one statement or call.
     return any(not isinstance(node, ast.Expr) or isinstance(node.value, ast.Call)
                for node in tree.body)
+
+
+# --- program ----------------------------------------------------------------
+
+_WHOLE_NUMBER = re.compile(r"\s*-?\d+(?:\.\d+)?\s*")
+PROGRAM_TIMEOUT_S = 2.0  # a generated answer program is a line of arithmetic, not a job
+
+
+def program_text(text: str) -> str:
+    """The program in a reply: its last Python code block, else the reply itself."""
+    blocks = [body for tag, body in _FENCE.findall(text) if tag.lower() in _PYTHON_TAGS]
+    return textwrap.dedent(blocks[-1] if blocks else text).strip()
+
+
+def extract_programs(texts: Sequence[str]) -> list[str | None]:
+    """Each text's answer by running it (the `program` preset). Samples often
+    repeat a program, so each distinct one runs once."""
+    programs = [program_text(t) for t in texts]
+    distinct = sorted({p for p in programs if p})
+    runs = dict(zip(distinct, run_many_python_programs(distinct, timeout_s=PROGRAM_TIMEOUT_S)))
+    out: list[str | None] = []
+    for p in programs:
+        value = (runs[p].value if p else None) or ""
+        if _WHOLE_NUMBER.fullmatch(value):
+            value = normalize_number(value.strip())
+        out.append(value.strip() or None)
+    return out
 
 
 # --- regex ------------------------------------------------------------------

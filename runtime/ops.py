@@ -21,7 +21,7 @@ from ttsc.common.prompts import Prompt, PromptDef, default_prompt, render_prompt
 from ttsc.common.sampling import SamplingParams
 from ttsc.compiler.ops import SIGNATURES, keep_count
 from ttsc.runtime.engines.base import Completion, NextTokenRequest, SampleRequest, first_finished
-from ttsc.runtime.extract import extract
+from ttsc.runtime.extract import extract, extract_all
 from ttsc.runtime.replies import parse_ranking, parse_unit_tests
 from ttsc.runtime.sandbox import run_python_tests
 from ttsc.runtime.values import Candidate
@@ -189,7 +189,7 @@ def host_op(op: str, attrs: dict[str, Any], args: dict[str, Value]) -> Value:
         return attrs["value"]
     if op == "extract":
         how = attrs["how"]
-        return [extract(c.text, how["how"], how.get("pattern")) for c in args["candidates"]]
+        return extract_all([c.text for c in args["candidates"]], how["how"], how.get("pattern"))
     if op == "vote":
         return vote(args["answers"], args.get("weights"))
     if op == "best":

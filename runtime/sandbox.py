@@ -1,9 +1,12 @@
-"""Run generated Python code against assert-style tests, away from our process.
+"""Run generated Python code, away from our process: against assert-style
+tests, or as a program whose answer is read back.
 
 `run_python_tests(code, tests)` backs the `run_tests` op and the `unit_tests`
 scorer. Each top-level test statement (an `assert`, or a loop or `with` that
 contains asserts) is one test, run on its own so a failure does not hide the
 rest; other top-level statements (imports, helpers) run as setup, in order.
+`run_python_program(code)` backs the `program` extractor (PAL): it reads
+the program's answer back.
 
 The code runs in a child `python -I -S` (isolated: no site-packages, no user
 paths, no PYTHON* variables), in a fresh temporary directory that is its working
@@ -59,11 +62,11 @@ class TestRun:
         return self.passed / self.total if self.total else 0.0
 
 
-# The driver runs inside the child. It reads the job from stdin, then closes
-# stdin, sets limits and blocks network and process creation, and reports one
-# JSON line per test on a private copy of stdout, so output of the user code
+# A driver runs inside the child: the preamble reads the job from stdin, then
+# closes stdin, sets limits and blocks network and process creation; the body
+# reports JSON lines on a private copy of stdout, so output of the user code
 # (sent to /dev/null) cannot be mistaken for results.
-_DRIVER = r'''
+_PREAMBLE = r'''
 import ast, json, os, resource, socket, sys, traceback
 import _socket, posix
 
@@ -116,7 +119,10 @@ def describe(exc, source=None):
     if isinstance(exc, AssertionError) and not str(exc) and source:
         return f"AssertionError: {source}"[:1000]
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()[:1000]
+'''
 
+# One JSON line per test: each top-level test statement runs on its own.
+_TESTS = _PREAMBLE + r'''
 namespace = {"__name__": "solution", "__builtins__": __builtins__}
 try:
     exec(compile(job["code"], "<solution>", "exec"), namespace)
@@ -137,6 +143,29 @@ for stmt, is_test in zip(tests.body, job["test_flags"]):
         index += 1
     elif not outcome["ok"]:
         report(setup_error=f"a setup statement of the tests failed at {outcome['error']}")
+report(done=True)
+'''
+
+# One JSON line: the program's answer (see run_python_program) or its error.
+_PROGRAM = _PREAMBLE + r'''
+import contextlib, io
+tree = ast.parse(job["code"], "<program>")
+last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+printed = io.StringIO()
+try:
+    with contextlib.redirect_stdout(printed):
+        exec(compile(tree, "<program>", "exec"), namespace)
+        value = eval(compile(ast.Expression(last.value), "<program>", "eval"), namespace) \
+            if last is not None else None
+    if value is None:
+        value = namespace.get("answer")
+    if value is None:
+        lines = [line for line in printed.getvalue().splitlines() if line.strip()]
+        value = lines[-1] if lines else None
+    report(value=None if value is None else str(value)[:1000])
+except BaseException as exc:
+    report(error=describe(exc))
 report(done=True)
 '''
 
@@ -174,23 +203,56 @@ def run_python_tests(code: str, tests: str, *, timeout_s: float = 5.0,
     except ValueError as e:  # null bytes
         return TestRun(0, total, f"invalid code: {e}", False)
 
+    output, returncode, timed_out = _run(_TESTS, {"code": code, "tests": tests, "test_flags": flags},
+                                         timeout_s, memory_mb)
+    return _collect(output, returncode, timed_out, total, timeout_s)
+
+
+@dataclass(frozen=True)
+class ProgramRun:
+    value: str | None  # the program's answer, as text; None when it has none
+    error: str | None  # why there is no answer: a syntax error, an exception, a limit
+
+
+def run_python_program(code: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> ProgramRun:
+    """Run `code` in a limited child process and read its answer (program-aided
+    answering, PAL): the value of its last statement when that is an
+    expression (`46 - 17`), else its variable `answer`, else the last line it
+    printed."""
+    try:
+        ast.parse(code, "<program>")
+    except SyntaxError as e:
+        return ProgramRun(None, _syntax_problem("program", e))
+    except ValueError as e:  # null bytes
+        return ProgramRun(None, f"invalid program: {e}")
+    output, returncode, timed_out = _run(_PROGRAM, {"code": code}, timeout_s, memory_mb)
+    if timed_out or returncode == -signal.SIGXCPU:
+        return ProgramRun(None, f"timed out after {timeout_s:g} s")
+    for item in _report_lines(output):
+        if "value" in item:
+            return ProgramRun(item["value"], None)
+        if "error" in item:
+            return ProgramRun(None, f"the program raised {item['error']}"[:MESSAGE_LIMIT])
+    return ProgramRun(None, f"the program's process ended early ({_signal_name(returncode)})")
+
+
+def _run(driver: str, fields: dict, timeout_s: float, memory_mb: int) -> tuple[bytes, int, bool]:
+    """Run `driver` on a job of `fields` and the limits, in a fresh directory."""
     job = json.dumps({
-        "code": code, "tests": tests, "test_flags": flags,
-        "memory_bytes": memory_mb << 20, "cpu_seconds": math.ceil(timeout_s) + 1,
+        **fields, "memory_bytes": memory_mb << 20, "cpu_seconds": math.ceil(timeout_s) + 1,
         "file_size": FILE_SIZE_LIMIT, "open_files": OPEN_FILES_LIMIT,
     }).encode("utf-8")
     workdir = tempfile.mkdtemp(prefix="ttsc-sandbox-")
     try:
-        output, returncode, timed_out = _run_child(job, workdir, timeout_s)
+        return _run_child(driver, job, workdir, timeout_s)
     finally:
         _remove_tree(workdir)
-    return _collect(output, returncode, timed_out, total, timeout_s)
 
 
-def _run_child(job: bytes, workdir: str, timeout_s: float) -> tuple[bytes, int, bool]:
+def _run_child(driver: str, job: bytes, workdir: str, timeout_s: float) -> tuple[bytes, int, bool]:
     env = {"HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", _DRIVER], cwd=workdir, env=env,
+        [sys.executable, "-I", "-S", "-c", driver], cwd=workdir, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         start_new_session=True)  # its own process group, killed as a whole
     try:
@@ -224,13 +286,7 @@ def _kill_group(pgid: int) -> None:
 def _collect(output: bytes, returncode: int, timed_out: bool, total: int,
              timeout_s: float) -> TestRun:
     passed, errors, done = 0, [], False
-    for line in output.decode("utf-8", "replace").splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a kill
-        if not isinstance(item, dict):
-            continue
+    for item in _report_lines(output):
         if item.get("ok"):
             passed += 1
         elif "error" in item:
@@ -250,6 +306,19 @@ def _collect(output: bytes, returncode: int, timed_out: bool, total: int,
     return TestRun(passed, total, error, False)
 
 
+def _report_lines(output: bytes) -> list[dict]:
+    """The driver's JSON report lines (a line cut short by a kill is dropped)."""
+    items = []
+    for line in output.decode("utf-8", "replace").splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            items.append(item)
+    return items
+
+
 def _signal_name(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -262,8 +331,20 @@ def _signal_name(returncode: int) -> str:
 def run_many_python_tests(jobs: Sequence[tuple[str, str]], *, timeout_s: float = 5.0,
                           memory_mb: int = 512, workers: int | None = None) -> list[TestRun]:
     """`run_python_tests` over many (code, tests) pairs, several children at a time."""
+    return _in_parallel(lambda job: run_python_tests(job[0], job[1], timeout_s=timeout_s,
+                                                     memory_mb=memory_mb), jobs, workers)
+
+
+def run_many_python_programs(programs: Sequence[str], *, timeout_s: float = 5.0,
+                             memory_mb: int = 512, workers: int | None = None) -> list[ProgramRun]:
+    """`run_python_program` over many programs, several children at a time."""
+    return _in_parallel(lambda code: run_python_program(code, timeout_s=timeout_s,
+                                                        memory_mb=memory_mb), programs, workers)
+
+
+def _in_parallel(run, jobs: Sequence, workers: int | None) -> list:
+    if not jobs:
+        return []
     workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(
-            lambda job: run_python_tests(job[0], job[1], timeout_s=timeout_s,
-                                         memory_mb=memory_mb), jobs))
+        return list(pool.map(run, jobs))

@@ -256,6 +256,16 @@ def test_vote_after_extract_runs_as_a_kernel_stage():
     assert [t.kind for t in result.trace] == ["llm", "host", "kernel"]
 
 
+def test_program_extractor_votes_over_what_the_programs_compute():
+    # PAL: three programs, two of them different texts computing 29, one failing.
+    engine = ScriptedEngine({"What is 46 - 17?": [" 46 - 17", " 1 / 0", "-17 + 46"]})
+    body = ("strategy s(question) {\n"
+            " return vote(extract(generate(policy, solve, n=3), program))\n}\n")
+    result = run(body, [{"question": "What is 46 - 17?"}], engine)
+    assert result.outputs == ["29"]
+    assert sorted(result.results[0].sample_answers, key=str) == ["29", "29", None]
+
+
 def test_unit_tests_and_run_tests_pick_the_passing_program():
     right = "```python\ndef add(a, b):\n    return a + b\n```"
     wrong = "```python\ndef add(a, b):\n    return a - b\n```"

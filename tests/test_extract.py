@@ -1,7 +1,7 @@
 import pytest
 
 from ttsc.common.errors import UserError
-from ttsc.runtime.extract import EXTRACTORS, check_regex, extract, normalize_number
+from ttsc.runtime.extract import EXTRACTORS, check_regex, extract, extract_all, normalize_number
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -104,4 +104,21 @@ def test_unknown_extractor_suggests():
     assert "number" in info.value.hint
     with pytest.raises(UserError):
         extract("x", "number", pattern="x")
-    assert set(EXTRACTORS) == {"number", "choice", "code", "regex"}
+    assert set(EXTRACTORS) == {"number", "choice", "code", "program", "regex"}
+
+
+def test_program_runs_the_text_or_its_last_code_block():
+    assert extract(" 46 - 17", "program") == "29"  # a completion of "answer =" in a raw prompt
+    assert extract("Here:\n```python\nprint(6 * 7)\n```\nDone.", "program") == "42"
+    assert extract("46 / 2", "program") == "23"  # numbers normalised as `number` does
+    assert extract("1 / 4", "program") == "0.25"
+    assert extract("'a' + 'b'", "program") == "ab"
+    assert extract("The answer is 29.", "program") is None  # not Python
+    assert extract("1 / 0", "program") is None  # a failing program has no answer
+    assert extract("", "program") is None
+
+
+def test_programs_of_many_samples():
+    texts = [" 2 + 2", "2 + 2", " 2+2", "oops(", "```python\nanswer = 5\n```"]
+    assert extract_all(texts, "program") == ["4", "4", "4", None, "5"]
+    assert extract_all(["Answer: 3", "4"], "number") == ["3", "4"]

@@ -3,7 +3,8 @@ import tempfile
 
 import pytest
 
-from ttsc.runtime.sandbox import find_tests, run_many_python_tests, run_python_tests
+from ttsc.runtime.sandbox import (ProgramRun, find_tests, run_many_python_programs, run_many_python_tests,
+                                  run_python_program, run_python_tests)
 
 ADD = "def add(a, b):\n    return a + b\n"
 
@@ -163,3 +164,29 @@ def test_run_many():
                                   ("def add(a, b):\n    return 0", "assert add(1, 1) == 2")],
                                  workers=2)
     assert [r.passed for r in runs] == [1, 0]
+
+
+# ---------------------------------------------------------------- programs (PAL)
+
+
+def test_program_answer_is_its_last_expression_else_answer_else_last_printed_line():
+    assert run_python_program("46 - 17") == ProgramRun("29", None)
+    assert run_python_program("x = 6\nx * 7").value == "42"
+    assert run_python_program("answer = 2 ** 10").value == "1024"
+    assert run_python_program("print('a')\nprint(3 * 4)\n").value == "12"  # print() returns None
+    assert run_python_program("answer = 1\n2").value == "2"  # the last expression wins
+
+
+def test_program_without_an_answer_or_failing_has_none_and_says_why():
+    assert run_python_program("x = 1") == ProgramRun(None, None)
+    run = run_python_program("1 / 0")
+    assert run.value is None and "ZeroDivisionError" in run.error
+    assert "SyntaxError in program at line 1" in run_python_program("def f(:").error
+    assert "disabled in the sandbox" in run_python_program("import os\nos.system('true')").error
+    assert run_python_program("while True:\n    pass", timeout_s=1) == ProgramRun(None, "timed out after 1 s")
+
+
+def test_run_many_programs_keeps_their_order():
+    runs = run_many_python_programs(["1 + 1", "raise ValueError('no')", "print(7)"], workers=2)
+    assert [r.value for r in runs] == ["2", None, "7"]
+    assert "ValueError: no" in runs[1].error

@@ -11,6 +11,7 @@ import optuna
 import pytest
 
 from kill_mid_trial import kill_mid_trial
+from search_spaces import SPACE
 from ttsc.cli import main
 from ttsc.compiler.pipeline import compile_file, load_program
 from ttsc.runtime.data import Rows
@@ -25,17 +26,6 @@ from ttsc.runtime.search.trial import Scores
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT / "examples/data/addition_dev.jsonl"
 BIG = ROOT / "examples/data/tiers_dev.jsonl"
-
-SPACE = '''model policy = "tiny-random"
-prompt solve = "{question} Answer:"
-prompt terse = "{question}"
-
-strategy space(question) {
-    s = generate(policy, choice(solve, terse), n=choice(1, 2, 4), temperature=choice(0.3, 0.7),
-                 max_tokens=8)
-    return vote(extract(s, number))
-}
-'''
 
 
 @pytest.fixture

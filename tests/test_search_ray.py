@@ -17,6 +17,7 @@ pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'ttsc[r
                                   "scripts/install.sh installs it)")
 
 from kill_mid_trial import kill_mid_trial  # noqa: E402
+from search_spaces import SPACE  # noqa: E402
 from ttsc.cli import main  # noqa: E402
 from ttsc.runtime.distributed.workers import RayOptions  # noqa: E402
 from ttsc.runtime.search import SearchOptions, search  # noqa: E402
@@ -25,23 +26,12 @@ from ttsc.runtime.search.study import STUDY_NAME, open_storage  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT / "examples/data/addition_dev.jsonl"
 BIG = ROOT / "examples/data/tiers_dev.jsonl"
-
-SPACE = '''model policy = "tiny-random"
-prompt solve = "{question} Answer:"
-prompt terse = "{question}"
-
-strategy space(question) {
-    s = generate(policy, choice(solve, terse), n=choice(1, 2, 4), temperature=choice(0.3, 0.7),
-                 max_tokens=MAX)
-    return vote(extract(s, number))
-}
-'''
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def space(tmp_path: Path, max_tokens: int = 8) -> Path:
     path = tmp_path / "space.tts"
-    path.write_text(SPACE.replace("MAX", str(max_tokens)))
+    path.write_text(SPACE.replace("max_tokens=8", f"max_tokens={max_tokens}"))
     return path
 
 

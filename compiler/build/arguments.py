@@ -65,7 +65,8 @@ def static_arg(ctx: Context, arg: Arg, value: ast.Expr, func: str) -> Any:
             ctx.err("regex takes one string, like regex(\"Answer: (\\d+)\")", value.span)
             return BAD
         name = value.id if isinstance(value, ast.Name) else ""
-        ctx.err(f"{where} must be number, choice, code or regex(\"...\")", span_of(value),
+        named = ", ".join(e for e in EXTRACTORS if e != "regex")
+        ctx.err(f"{where} must be {named} or regex(\"...\")", span_of(value),
                 did_you_mean(name, EXTRACTORS) if name else None)
         return BAD
     if arg.kind is Kind.AGG:

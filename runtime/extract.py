@@ -27,7 +27,6 @@ import ast
 import functools
 import re
 import textwrap
-
 from typing import Sequence
 
 from ttsc.common.errors import UserError, did_you_mean

@@ -19,8 +19,14 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define TTSC_BF16_DOT 1
+#endif
 
 namespace {
 
@@ -147,6 +153,190 @@ inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int
   }
 }
 
+// Whether attend_keys<T, DC> takes the bf16 dot-product path below: bf16
+// keys, a head dim of at least 32, and a CPU with AVX512-BF16 (-march=native).
+// Its queries come unscaled (the scale multiplies the scores); the generic
+// path's come pre-scaled.
+template <typename T, int DC>
+constexpr bool bf16_dot() {
+#ifdef TTSC_BF16_DOT
+  return std::is_same<T, at::BFloat16>::value && DC >= 2;
+#else
+  return false;
+#endif
+}
+
+// A query as attend_keys<T, DC> takes it: fp32, pre-scaled unless bf16_dot.
+template <typename T, int DC>
+inline v16 query16(const T* p, float sc) {
+  return bf16_dot<T, DC>() ? load16(p) : load16(p) * sc;
+}
+
+#ifdef TTSC_BF16_DOT
+// In-place transpose of 16 rows of 16 dwords: r[j] lane t <- r[t] lane j.
+inline void transpose16(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // r[4i + k], 128-bit lane L: column 4L + k of rows 4i..4i+3.
+  for (int i = 0; i < 2; ++i)
+    for (int k = 0; k < 4; ++k) {
+      t[8 * i + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
+      t[8 * i + 4 + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xdd);
+  }
+}
+
+// Scores of QB queries against one chunk's transposed keys kt[j] (lane t:
+// dims 2j, 2j+1 of key t): per query two fp32 accumulators (even and odd
+// pairs) of vdpbf16ps, whose bf16 products are exact, then (a0 + a1) * sc.
+// A query's operations do not depend on QB or on the other queries.
+template <int QB, int PAIRS>
+inline void score_block(const __m512i* kt, const uint32_t* qb, float sc, int64_t n, v16* out) {
+  __m512 a[QB][2];
+  for (int q = 0; q < QB; ++q) a[q][0] = a[q][1] = _mm512_setzero_ps();
+  for (int j = 0; j < PAIRS; j += 2) {
+    const __m512bh k0 = (__m512bh)kt[j], k1 = (__m512bh)kt[j + 1];
+    for (int q = 0; q < QB; ++q) {
+      a[q][0] = _mm512_dpbf16_ps(a[q][0], (__m512bh)_mm512_set1_epi32(qb[q * PAIRS + j]), k0);
+      a[q][1] = _mm512_dpbf16_ps(a[q][1], (__m512bh)_mm512_set1_epi32(qb[q * PAIRS + j + 1]), k1);
+    }
+  }
+  const __mmask16 live = static_cast<__mmask16>((1u << n) - 1u);
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int q = 0; q < QB; ++q) {
+    const __m512 s = _mm512_mask_mov_ps(neg_inf, live, _mm512_mul_ps(_mm512_add_ps(a[q][0], a[q][1]),
+                                                                     _mm512_set1_ps(sc)));
+    std::memcpy(out + q, &s, sizeof s);
+  }
+}
+
+// Maxima of 4 vectors at once, in lanes 0, 4, 8 and 12 (sum4's folds, with max).
+inline v16 max4(const v16* x) {
+  auto mx = [](v16 a, v16 b) { return a > b ? a : b; };
+  const v16 y0 = mx(__builtin_shufflevector(x[0], x[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                    __builtin_shufflevector(x[0], x[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+  const v16 y1 = mx(__builtin_shufflevector(x[2], x[3], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                    __builtin_shufflevector(x[2], x[3], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+  const v16 z = mx(__builtin_shufflevector(y0, y1, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27),
+                   __builtin_shufflevector(y0, y1, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
+  const v16 w = mx(z, __builtin_shufflevector(z, z, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  return mx(w, __builtin_shufflevector(w, w, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+}
+
+// The online-softmax step and the values of QB <= 4 queries over one chunk of
+// n keys: the queries' maxima, corrections e^(m - m') and sums side by side
+// in lanes 0, 4, 8, 12 of one vector (max4, exp16, sum4; sum4 adds a
+// vector's lanes in hsum's order, and a block of fewer than 4 pads with a
+// copy of its first query), weights p = e^(s - m') in fp32, then
+// acc = acc * corr + sum_t p[t] v[t] over the keys in order, every widened
+// value vector used by all QB queries. A query's bits do not depend on QB.
+template <int QB, int DC>
+inline void softmax_values_block(const v16* s, const v16* vb, int64_t n, v16* acc, float* m, float* l) {
+  v16 x[4];
+  for (int q = 0; q < 4; ++q) x[q] = s[q < QB ? q : 0];
+  const v16 mx = max4(x);
+  v16 mv = mx, lv{};  // lanes other than 4q: placeholders, never read back
+  for (int q = 0; q < QB; ++q) {
+    mv[4 * q] = m[q];
+    lv[4 * q] = l[q];
+  }
+  const v16 cm = mx > mv ? mx : mv;
+  const v16 corr = exp16(mv - cm);  // ~1e-38, not 0, on the first chunk (m = -inf): acc and l are 0
+  v16 p[QB];
+  for (int q = 0; q < QB; ++q) p[q] = exp16(s[q] - cm[4 * q]);  // padding lanes ~1e-38, not summed below
+  for (int q = 0; q < 4; ++q) x[q] = p[q < QB ? q : 0];
+  const v16 lnew = lv * corr + sum4(x);  // padding lanes add ~1e-37 to a sum >= 1
+  v16 a[QB][DC];
+  for (int q = 0; q < QB; ++q) {
+    m[q] = cm[4 * q];
+    l[q] = lnew[4 * q];
+    for (int c = 0; c < DC; ++c) a[q][c] = acc[q * DC + c] * corr[4 * q];
+  }
+  for (int64_t t = 0; t < n; ++t)
+    for (int c = 0; c < DC; ++c) {
+      const v16 v = vb[t * DC + c];
+      for (int q = 0; q < QB; ++q) a[q][c] += p[q][t] * v;
+    }
+  for (int q = 0; q < QB; ++q)
+    for (int c = 0; c < DC; ++c) acc[q * DC + c] = a[q][c];
+}
+
+// attend_keys for bf16 keys with AVX512-BF16 (see the generic version below
+// for the contract). Per chunk and KV head, the 16 keys are transposed once
+// (16 x 16 dword transposes: lane t of kt[j] holds dims 2j, 2j+1 of key t),
+// so each query's 16 scores come out of D/2 vdpbf16ps with no horizontal
+// sums; the queries (unscaled here) are narrowed back to bf16 pairs, exactly.
+template <int DC>
+void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs,
+                      int64_t hkv, int64_t nq, const v16* qv, float sc, v16* acc, float* m, float* l, v16* sv,
+                      v16* vb) {
+  constexpr int64_t dim = DC * 16;
+  constexpr int PAIRS = DC * 8, E = DC / 2;  // bf16 pairs per head; 32-bf16 vectors per head
+  constexpr int QB = DC <= 4 ? 4 : (DC == 8 ? 2 : 1);  // queries per block: accumulators in registers
+  const int64_t tok_stride = 2 * hkv * dim;
+  thread_local std::vector<uint32_t> qbuf;
+  qbuf.resize(hkv * nq * PAIRS);
+  uint32_t* qb = qbuf.data();
+  for (int64_t i = 0; i < hkv * nq; ++i)
+    for (int e = 0; e < E; ++e) {
+      __m512 lo, hi;
+      std::memcpy(&lo, qv + i * DC + 2 * e, sizeof lo);
+      std::memcpy(&hi, qv + i * DC + 2 * e + 1, sizeof hi);
+      const __m512bh b = _mm512_cvtne2ps_pbh(hi, lo);  // exact: the queries are bf16 values
+      std::memcpy(qb + i * PAIRS + e * 16, &b, sizeof b);
+    }
+  alignas(64) __m512i kt[PAIRS];
+  for (int64_t start = from; start < len; start += 16) {
+    const int64_t n = std::min<int64_t>(16, len - start);
+    const at::BFloat16* tok[16];
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t pos = start + t;
+      tok[t] = pool + (table[pos / bs] * bs + pos % bs) * tok_stride;
+      if (start + 16 < len) {  // the next chunk's token, asked for while this one is scored
+        const int64_t next = std::min(pos + 16, len - 1);
+        const char* ahead = reinterpret_cast<const char*>(pool + (table[next / bs] * bs + next % bs) * tok_stride);
+        for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(at::BFloat16)); off += 64)
+          __builtin_prefetch(ahead + off);
+      }
+    }
+    for (int64_t h = 0; h < hkv; ++h) {
+      for (int e = 0; e < E; ++e) {
+        __m512i r[16];
+        for (int t = 0; t < 16; ++t)
+          r[t] = t < n ? _mm512_loadu_si512(tok[t] + h * dim + e * 32) : _mm512_setzero_si512();
+        transpose16(r);
+        for (int j = 0; j < 16; ++j) kt[e * 16 + j] = r[j];
+      }
+      for (int64_t t = 0; t < n; ++t)
+        for (int c = 0; c < DC; ++c) vb[t * DC + c] = load16(tok[t] + (hkv + h) * dim + c * 16);
+      const uint32_t* qh = qb + h * nq * PAIRS;
+      const int64_t q0 = h * nq;
+      int64_t i = 0;
+      for (; i + QB <= nq; i += QB) {
+        score_block<QB, PAIRS>(kt, qh + i * PAIRS, sc, n, sv);
+        softmax_values_block<QB, DC>(sv, vb, n, acc + (q0 + i) * DC, m + q0 + i, l + q0 + i);
+      }
+      for (; i < nq; ++i) {
+        score_block<1, PAIRS>(kt, qh + i * PAIRS, sc, n, sv);
+        softmax_values_block<1, DC>(sv, vb, n, acc + (q0 + i) * DC, m + q0 + i, l + q0 + i);
+      }
+    }
+  }
+}
+#endif
+
 // Queries attending to one list of keys: the keys of `len` tokens laid out
 // by `table` (block ids) in the pool [NB, bs, 2, Hkv, D]. For each KV head h
 // there are `nq` queries (fp32, pre-scaled) at qv[(h * nq + i) * DC], each
@@ -165,7 +355,14 @@ inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int
 // any chunk of a prefill.
 template <typename T, int DC>
 void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs, int64_t hkv,
-                 int64_t nq, const v16* qv, v16* acc, float* m, float* l, v16* sv, v16* vb) {
+                 int64_t nq, const v16* qv, float sc, v16* acc, float* m, float* l, v16* sv, v16* vb) {
+#ifdef TTSC_BF16_DOT
+  if constexpr (bf16_dot<T, DC>()) {
+    attend_keys_bf16<DC>(pool, table, from, len, bs, hkv, nq, qv, sc, acc, m, l, sv, vb);
+    return;
+  }
+#endif
+  (void)sc;  // the generic path's queries come pre-scaled
   constexpr int64_t dim = DC * 16;
   const int64_t tok_stride = 2 * hkv * dim;  // one token's K and V, all KV heads
   const float neg_inf = -std::numeric_limits<float>::infinity();
@@ -287,7 +484,7 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
   const int64_t chunks = (gmax + kChunk - 1) / kChunk;
   at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
     // Queries of up to kChunk members, ordered [KV head][member][rep].
-    std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), sv(kChunk * rep), vb(16 * DC);
+    std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), sv(std::max<int64_t>(kChunk * rep, 4)), vb(16 * DC);
     std::vector<float> m(kChunk * heads), l(kChunk * heads);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t g = item / chunks;
@@ -301,11 +498,11 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
           for (int64_t j = 0; j < rep; ++j)
             for (int c = 0; c < DC; ++c)
               qv[((h * nm + i) * rep + j) * DC + c] =
-                  load16(qp + (members[i] * heads + h * rep + j) * dim + c * 16) * sc;
+                  query16<T, DC>(qp + (members[i] * heads + h * rep + j) * dim + c * 16, sc);
       std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
       std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
       std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
-      attend_keys<T, DC>(pool, group_tp + g * group_width, 0, group_lp[g], bs, hkv, nq, qv.data(),
+      attend_keys<T, DC>(pool, group_tp + g * group_width, 0, group_lp[g], bs, hkv, nq, qv.data(), sc,
                          acc.data(), m.data(), l.data(), sv.data(), vb.data());
       for (int64_t h = 0; h < hkv; ++h)
         for (int64_t i = 0; i < nm; ++i)
@@ -319,12 +516,12 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
   });
 
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<v16> qv(heads * DC), acc(heads * DC), sv(rep), vb(16 * DC);
+    std::vector<v16> qv(heads * DC), acc(heads * DC), sv(std::max<int64_t>(rep, 4)), vb(16 * DC);
     std::vector<float> m(heads), l(heads);
     if (begin < end) prefetch_chunk(pool, own_tp + begin * own_width, own_lp[begin], 0, bs, 2 * hkv * dim);
     for (int64_t r = begin; r < end; ++r) {
       if (r + 1 < end) prefetch_chunk(pool, own_tp + (r + 1) * own_width, own_lp[r + 1], 0, bs, 2 * hkv * dim);
-      for (int64_t i = 0; i < heads * DC; ++i) qv[i] = load16(qp + r * heads * dim + i * 16) * sc;
+      for (int64_t i = 0; i < heads * DC; ++i) qv[i] = query16<T, DC>(qp + r * heads * dim + i * 16, sc);
       if (grouped[r]) {
         std::copy(pre_acc.begin() + r * heads * DC, pre_acc.begin() + (r + 1) * heads * DC, acc.begin());
         std::copy(pre_m.begin() + r * heads, pre_m.begin() + (r + 1) * heads, m.begin());
@@ -334,7 +531,7 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
         std::fill(m.begin(), m.end(), neg_inf);
         std::fill(l.begin(), l.end(), 0.f);
       }
-      attend_keys<T, DC>(pool, own_tp + r * own_width, 0, own_lp[r], bs, hkv, rep, qv.data(), acc.data(),
+      attend_keys<T, DC>(pool, own_tp + r * own_width, 0, own_lp[r], bs, hkv, rep, qv.data(), sc, acc.data(),
                          m.data(), l.data(), sv.data(), vb.data());
       for (int64_t j = 0; j < heads; ++j)
         finish_query<T, DC>(acc.data() + j * DC, l[j], op + (r * heads + j) * dim);
@@ -383,7 +580,7 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
   TORCH_CHECK(row == q.size(0), "prefill_attention: q has ", q.size(0), " rows, q_lens sum to ", row);
 
   at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<v16> qv(16 * heads * DC), acc(16 * heads * DC), sv(16 * rep), vb(16 * DC);
+    std::vector<v16> qv(16 * heads * DC), acc(16 * heads * DC), sv(std::max<int64_t>(16 * rep, 4)), vb(16 * DC);
     std::vector<v16> one_q(heads * DC), one_acc(heads * DC);
     std::vector<float> m(16 * heads), l(16 * heads), one_m(heads), one_l(heads);
     for (int64_t item = begin; item < end; ++item) {
@@ -396,11 +593,11 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
           for (int64_t j = 0; j < rep; ++j)
             for (int c = 0; c < DC; ++c)
               qv[((h * t.count + i) * rep + j) * DC + c] =
-                  load16(qp + ((t.row + i) * heads + h * rep + j) * dim + c * 16) * sc;
+                  query16<T, DC>(qp + ((t.row + i) * heads + h * rep + j) * dim + c * 16, sc);
       std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
       std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
       std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
-      attend_keys<T, DC>(pool, table, 0, common, bs, hkv, nq, qv.data(), acc.data(), m.data(), l.data(),
+      attend_keys<T, DC>(pool, table, 0, common, bs, hkv, nq, qv.data(), sc, acc.data(), m.data(), l.data(),
                          sv.data(), vb.data());
       // Then each query alone over its last chunk, [common, position].
       for (int64_t i = 0; i < t.count; ++i) {
@@ -414,7 +611,7 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
             one_m[head] = m[qi];
             one_l[head] = l[qi];
           }
-        attend_keys<T, DC>(pool, table, common, t.pos + i + 1, bs, hkv, rep, one_q.data(), one_acc.data(),
+        attend_keys<T, DC>(pool, table, common, t.pos + i + 1, bs, hkv, rep, one_q.data(), sc, one_acc.data(),
                            one_m.data(), one_l.data(), sv.data(), vb.data());
         for (int64_t j = 0; j < heads; ++j)
           finish_query<T, DC>(one_acc.data() + j * DC, one_l[j], op + ((t.row + i) * heads + j) * dim);

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -280,8 +281,8 @@ inline void softmax_values_block(const v16* s, const v16* vb, int64_t n, v16* ac
 // sums; the queries (unscaled here) are narrowed back to bf16 pairs, exactly.
 template <int DC>
 void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs,
-                      int64_t hkv, int64_t nq, const v16* qv, float sc, v16* acc, float* m, float* l, v16* sv,
-                      v16* vb) {
+                      int64_t hkv, int64_t h0, int64_t h1, int64_t nq, const v16* qv, float sc, v16* acc, float* m,
+                      float* l, v16* sv, v16* vb) {
   constexpr int64_t dim = DC * 16;
   constexpr int PAIRS = DC * 8, E = DC / 2;  // bf16 pairs per head; 32-bf16 vectors per head
   constexpr int QB = DC <= 4 ? 4 : (DC == 8 ? 2 : 1);  // queries per block: accumulators in registers
@@ -289,7 +290,7 @@ void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t fr
   thread_local std::vector<uint32_t> qbuf;
   qbuf.resize(hkv * nq * PAIRS);
   uint32_t* qb = qbuf.data();
-  for (int64_t i = 0; i < hkv * nq; ++i)
+  for (int64_t i = h0 * nq; i < h1 * nq; ++i)
     for (int e = 0; e < E; ++e) {
       __m512 lo, hi;
       std::memcpy(&lo, qv + i * DC + 2 * e, sizeof lo);
@@ -311,7 +312,7 @@ void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t fr
           __builtin_prefetch(ahead + off);
       }
     }
-    for (int64_t h = 0; h < hkv; ++h) {
+    for (int64_t h = h0; h < h1; ++h) {
       for (int e = 0; e < E; ++e) {
         __m512i r[16];
         for (int t = 0; t < 16; ++t)
@@ -355,10 +356,11 @@ void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t fr
 // any chunk of a prefill.
 template <typename T, int DC>
 void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs, int64_t hkv,
-                 int64_t nq, const v16* qv, float sc, v16* acc, float* m, float* l, v16* sv, v16* vb) {
+                 int64_t h0, int64_t h1, int64_t nq, const v16* qv, float sc, v16* acc, float* m, float* l, v16* sv,
+                 v16* vb) {
 #ifdef TTSC_BF16_DOT
   if constexpr (bf16_dot<T, DC>()) {
-    attend_keys_bf16<DC>(pool, table, from, len, bs, hkv, nq, qv, sc, acc, m, l, sv, vb);
+    attend_keys_bf16<DC>(pool, table, from, len, bs, hkv, h0, h1, nq, qv, sc, acc, m, l, sv, vb);
     return;
   }
 #endif
@@ -376,14 +378,14 @@ void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len,
       const int64_t next = std::min(pos + 16, len - 1);
       ahead[t] = reinterpret_cast<const char*>(pool + (table[next / bs] * bs + next % bs) * tok_stride);
     }
-    for (int64_t h = 0; h < hkv; ++h) {
+    for (int64_t h = h0; h < h1; ++h) {
       v16* s = sv;  // scores of this chunk, one vector per query
       for (int64_t i = 0; i < nq; ++i) s[i] = v16{} + neg_inf;
       for (int64_t t0 = 0; t0 < n; t0 += 4) {  // four keys at a time: one reduction for four dots
         const int64_t m4 = std::min<int64_t>(4, n - t0);
         v16 k[4][DC];
         for (int u = 0; u < 4; ++u) {
-          if (u < m4 && h == 0 && start + 16 < len)
+          if (u < m4 && h == h0 && start + 16 < len)
             for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(T)); off += 64)
               __builtin_prefetch(ahead[t0 + u] + off);
           for (int c = 0; c < DC; ++c) k[u][c] = u < m4 ? load16(tok[t0 + u] + h * dim + c * 16) : v16{};
@@ -428,6 +430,22 @@ void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len,
   }
 }
 
+// Runs body(claim) once on each of up to n pool threads; claim() hands out
+// the items 0..n-1 one at a time (then -1). A thread that loses its core to
+// another process holds up only the item it is on, where a static split
+// (at::parallel_for's) waits for its whole share. Items are independent, so
+// the results do not depend on which thread takes which.
+template <typename Body>
+void parallel_items(int64_t n, const Body& body) {
+  std::atomic<int64_t> next{0};
+  auto claim = [&]() {
+    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+    return i < n ? i : int64_t{-1};
+  };
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1,
+                   [&](int64_t, int64_t) { body(claim); });
+}
+
 // The output of one query from its online-softmax state: acc / l (zeros
 // when it had no keys), in the output dtype.
 template <typename T, int DC>
@@ -456,7 +474,7 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
                                     const torch::Tensor& group_rows, const torch::Tensor& group_tables,
                                     const torch::Tensor& group_lens, double scale) {
   constexpr int64_t dim = DC * 16;
-  constexpr int64_t kChunk = 4;  // members per prefix pass: reuse of each key vs. parallel work
+  constexpr int64_t kChunk = 8;  // members per prefix pass: reuse of each key vs. parallel work
   const int64_t rows = q.size(0), heads = q.size(1);
   const int64_t bs = blocks.size(1), hkv = blocks.size(3), rep = heads / hkv;
   const int64_t own_width = own_tables.size(1);
@@ -481,46 +499,46 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
   std::vector<float> pre_m(groups ? rows * heads : 0), pre_l(groups ? rows * heads : 0);
   std::vector<v16> pre_acc(groups ? rows * heads * DC : 0);
 
+  // Work items: (group, chunk of up to kChunk members, KV head).
   const int64_t chunks = (gmax + kChunk - 1) / kChunk;
-  at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
-    // Queries of up to kChunk members, ordered [KV head][member][rep].
-    std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), sv(std::max<int64_t>(kChunk * rep, 4)), vb(16 * DC);
+  parallel_items(groups * chunks * hkv, [&](const auto& claim) {
+    // Queries of up to kChunk members, ordered [KV head][member][rep]; one head's are used.
+    std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), vb(16 * DC);
+    std::vector<v16> sv(std::max<int64_t>(kChunk * rep, 4));
     std::vector<float> m(kChunk * heads), l(kChunk * heads);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t g = item / chunks;
-      std::vector<int64_t> members;
-      for (int64_t i = (item % chunks) * kChunk; i < std::min(gmax, (item % chunks + 1) * kChunk); ++i)
+    std::vector<int64_t> members;
+    for (int64_t item; (item = claim()) >= 0;) {
+      const int64_t h = item % hkv, g = item / hkv / chunks, chunk = item / hkv % chunks;
+      members.clear();
+      for (int64_t i = chunk * kChunk; i < std::min(gmax, (chunk + 1) * kChunk); ++i)
         if (grp[g * gmax + i] >= 0) members.push_back(grp[g * gmax + i]);
       const int64_t nm = members.size(), nq = nm * rep;
       if (nm == 0) continue;
-      for (int64_t h = 0; h < hkv; ++h)
-        for (int64_t i = 0; i < nm; ++i)
-          for (int64_t j = 0; j < rep; ++j)
-            for (int c = 0; c < DC; ++c)
-              qv[((h * nm + i) * rep + j) * DC + c] =
-                  query16<T, DC>(qp + (members[i] * heads + h * rep + j) * dim + c * 16, sc);
-      std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
-      std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
-      std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
-      attend_keys<T, DC>(pool, group_tp + g * group_width, 0, group_lp[g], bs, hkv, nq, qv.data(), sc,
-                         acc.data(), m.data(), l.data(), sv.data(), vb.data());
-      for (int64_t h = 0; h < hkv; ++h)
-        for (int64_t i = 0; i < nm; ++i)
-          for (int64_t j = 0; j < rep; ++j) {
-            const int64_t qi = (h * nm + i) * rep + j, s = members[i] * heads + h * rep + j;
-            pre_m[s] = m[qi];
-            pre_l[s] = l[qi];
-            for (int c = 0; c < DC; ++c) pre_acc[s * DC + c] = acc[qi * DC + c];
-          }
+      for (int64_t i = 0; i < nm; ++i)
+        for (int64_t j = 0; j < rep; ++j)
+          for (int c = 0; c < DC; ++c)
+            qv[((h * nm + i) * rep + j) * DC + c] =
+                query16<T, DC>(qp + (members[i] * heads + h * rep + j) * dim + c * 16, sc);
+      std::fill(acc.begin() + h * nq * DC, acc.begin() + (h + 1) * nq * DC, v16{});
+      std::fill(m.begin() + h * nq, m.begin() + (h + 1) * nq, neg_inf);
+      std::fill(l.begin() + h * nq, l.begin() + (h + 1) * nq, 0.f);
+      attend_keys<T, DC>(pool, group_tp + g * group_width, 0, group_lp[g], bs, hkv, h, h + 1, nq, qv.data(),
+                         sc, acc.data(), m.data(), l.data(), sv.data(), vb.data());
+      for (int64_t i = 0; i < nm; ++i)
+        for (int64_t j = 0; j < rep; ++j) {
+          const int64_t qi = (h * nm + i) * rep + j, s = members[i] * heads + h * rep + j;
+          pre_m[s] = m[qi];
+          pre_l[s] = l[qi];
+          for (int c = 0; c < DC; ++c) pre_acc[s * DC + c] = acc[qi * DC + c];
+        }
     }
   });
 
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(rows, [&](const auto& claim) {
     std::vector<v16> qv(heads * DC), acc(heads * DC), sv(std::max<int64_t>(rep, 4)), vb(16 * DC);
     std::vector<float> m(heads), l(heads);
-    if (begin < end) prefetch_chunk(pool, own_tp + begin * own_width, own_lp[begin], 0, bs, 2 * hkv * dim);
-    for (int64_t r = begin; r < end; ++r) {
-      if (r + 1 < end) prefetch_chunk(pool, own_tp + (r + 1) * own_width, own_lp[r + 1], 0, bs, 2 * hkv * dim);
+    for (int64_t r; (r = claim()) >= 0;) {
+      prefetch_chunk(pool, own_tp + r * own_width, own_lp[r], 0, bs, 2 * hkv * dim);
       for (int64_t i = 0; i < heads * DC; ++i) qv[i] = query16<T, DC>(qp + r * heads * dim + i * 16, sc);
       if (grouped[r]) {
         std::copy(pre_acc.begin() + r * heads * DC, pre_acc.begin() + (r + 1) * heads * DC, acc.begin());
@@ -531,8 +549,8 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
         std::fill(m.begin(), m.end(), neg_inf);
         std::fill(l.begin(), l.end(), 0.f);
       }
-      attend_keys<T, DC>(pool, own_tp + r * own_width, 0, own_lp[r], bs, hkv, rep, qv.data(), sc, acc.data(),
-                         m.data(), l.data(), sv.data(), vb.data());
+      attend_keys<T, DC>(pool, own_tp + r * own_width, 0, own_lp[r], bs, hkv, 0, hkv, rep, qv.data(), sc,
+                         acc.data(), m.data(), l.data(), sv.data(), vb.data());
       for (int64_t j = 0; j < heads; ++j)
         finish_query<T, DC>(acc.data() + j * DC, l[j], op + (r * heads + j) * dim);
     }
@@ -579,11 +597,11 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
   }
   TORCH_CHECK(row == q.size(0), "prefill_attention: q has ", q.size(0), " rows, q_lens sum to ", row);
 
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<v16> qv(16 * heads * DC), acc(16 * heads * DC), sv(std::max<int64_t>(16 * rep, 4)), vb(16 * DC);
+  parallel_items(static_cast<int64_t>(tiles.size()), [&](const auto& claim) {
+    std::vector<v16> qv(16 * heads * DC), acc(16 * heads * DC), vb(16 * DC), sv(std::max<int64_t>(16 * rep, 4));
     std::vector<v16> one_q(heads * DC), one_acc(heads * DC);
     std::vector<float> m(16 * heads), l(16 * heads), one_m(heads), one_l(heads);
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item; (item = claim()) >= 0;) {
       const Tile t = tiles[item];
       const int64_t* table = tp + t.seq * width;
       const int64_t common = t.pos / 16 * 16, nq = t.count * rep;
@@ -597,7 +615,7 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
       std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
       std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
       std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
-      attend_keys<T, DC>(pool, table, 0, common, bs, hkv, nq, qv.data(), sc, acc.data(), m.data(), l.data(),
+      attend_keys<T, DC>(pool, table, 0, common, bs, hkv, 0, hkv, nq, qv.data(), sc, acc.data(), m.data(), l.data(),
                          sv.data(), vb.data());
       // Then each query alone over its last chunk, [common, position].
       for (int64_t i = 0; i < t.count; ++i) {
@@ -611,7 +629,7 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
             one_m[head] = m[qi];
             one_l[head] = l[qi];
           }
-        attend_keys<T, DC>(pool, table, common, t.pos + i + 1, bs, hkv, rep, one_q.data(), sc, one_acc.data(),
+        attend_keys<T, DC>(pool, table, common, t.pos + i + 1, bs, hkv, 0, hkv, rep, one_q.data(), sc, one_acc.data(),
                            one_m.data(), one_l.data(), sv.data(), vb.data());
         for (int64_t j = 0; j < heads; ++j)
           finish_query<T, DC>(one_acc.data() + j * DC, one_l[j], op + ((t.row + i) * heads + j) * dim);

@@ -274,6 +274,21 @@ inline void softmax_values_block(const v16* s, const v16* vb, int64_t n, v16* ac
     for (int c = 0; c < DC; ++c) acc[q * DC + c] = a[q][c];
 }
 
+// One block of the last k < QB queries of a head (k in 1..QB-1): score_block
+// and softmax_values_block at QB = k.
+template <int K, int DC, int PAIRS>
+inline void rest_block(int64_t k, const __m512i* kt, const uint32_t* qb, float sc, int64_t n, v16* sv,
+                       const v16* vb, v16* acc, float* m, float* l) {
+  if constexpr (K >= 1) {
+    if (k == K) {
+      score_block<K, PAIRS>(kt, qb, sc, n, sv);
+      softmax_values_block<K, DC>(sv, vb, n, acc, m, l);
+    } else {
+      rest_block<K - 1, DC, PAIRS>(k, kt, qb, sc, n, sv, vb, acc, m, l);
+    }
+  }
+}
+
 // attend_keys for bf16 keys with AVX512-BF16 (see the generic version below
 // for the contract). Per chunk and KV head, the 16 keys are transposed once
 // (16 x 16 dword transposes: lane t of kt[j] holds dims 2j, 2j+1 of key t),
@@ -329,10 +344,9 @@ void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t fr
         score_block<QB, PAIRS>(kt, qh + i * PAIRS, sc, n, sv);
         softmax_values_block<QB, DC>(sv, vb, n, acc + (q0 + i) * DC, m + q0 + i, l + q0 + i);
       }
-      for (; i < nq; ++i) {
-        score_block<1, PAIRS>(kt, qh + i * PAIRS, sc, n, sv);
-        softmax_values_block<1, DC>(sv, vb, n, acc + (q0 + i) * DC, m + q0 + i, l + q0 + i);
-      }
+      // The rest (a row's rep queries, 3 for SmolLM2, in one block where QB = 4): a block of its own size.
+      if (i < nq) rest_block<QB - 1, DC, PAIRS>(nq - i, kt, qh + i * PAIRS, sc, n, sv, vb, acc + (q0 + i) * DC,
+                                                 m + q0 + i, l + q0 + i);
     }
   }
 }

@@ -4,8 +4,9 @@
 // products as inside them: each eager op is a parallel region plus a pass over
 // memory, and attention first gathered every row's KV blocks into a padded
 // copy. These kernels read the paged pool in place and fuse the element-wise
-// chains of a layer into single passes. Arithmetic is fp32 throughout; inputs
-// and outputs are bf16 or fp32 (the model dtype).
+// chains of a layer into single passes. Arithmetic is fp32 throughout (bf16
+// attention scores multiply bf16 pairs, exactly, with AVX512-BF16's dot
+// product); inputs and outputs are bf16 or fp32 (the model dtype).
 //
 // Every kernel computes a row (a token) with the same operations in the same
 // order whatever else is in the call: element-wise kernels go row by row, and

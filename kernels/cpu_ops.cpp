@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -514,9 +515,25 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
   std::vector<float> pre_m(groups ? rows * heads : 0), pre_l(groups ? rows * heads : 0);
   std::vector<v16> pre_acc(groups ? rows * heads * DC : 0);
 
-  // Work items: (group, chunk of up to kChunk members, KV head).
+  // One parallel region, two passes: first the prefix items (group, chunk of
+  // up to kChunk members, KV head), then, once every prefix item is done, the
+  // rows. Each pass hands its items out one at a time; a thread out of prefix
+  // items waits for the ones others hold (a second region would wake the
+  // pool's threads again, which under OMP_WAIT_POLICY=PASSIVE costs about as
+  // much as the pass). Every claimed item is being worked on by a running
+  // thread, so the wait ends whatever the number of threads.
   const int64_t chunks = (gmax + kChunk - 1) / kChunk;
-  parallel_items(groups * chunks * hkv, [&](const auto& claim) {
+  const int64_t items = groups * chunks * hkv;
+  std::atomic<int64_t> next_item{0}, done_items{0}, next_row{0};
+  auto prefix_claim = [&]() {
+    const int64_t i = next_item.fetch_add(1, std::memory_order_relaxed);
+    return i < items ? i : int64_t{-1};
+  };
+  auto row_claim = [&]() {
+    const int64_t i = next_row.fetch_add(1, std::memory_order_relaxed);
+    return i < rows ? i : int64_t{-1};
+  };
+  auto prefix_pass = [&](const auto& claim) {
     // Queries of up to kChunk members, ordered [KV head][member][rep]; one head's are used.
     std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), vb(16 * DC);
     std::vector<v16> sv(std::max<int64_t>(kChunk * rep, 4));
@@ -528,7 +545,10 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
       for (int64_t i = chunk * kChunk; i < std::min(gmax, (chunk + 1) * kChunk); ++i)
         if (grp[g * gmax + i] >= 0) members.push_back(grp[g * gmax + i]);
       const int64_t nm = members.size(), nq = nm * rep;
-      if (nm == 0) continue;
+      if (nm == 0) {
+        done_items.fetch_add(1, std::memory_order_release);
+        continue;
+      }
       for (int64_t i = 0; i < nm; ++i)
         for (int64_t j = 0; j < rep; ++j)
           for (int c = 0; c < DC; ++c)
@@ -546,10 +566,10 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
           pre_l[s] = l[qi];
           for (int c = 0; c < DC; ++c) pre_acc[s * DC + c] = acc[qi * DC + c];
         }
+      done_items.fetch_add(1, std::memory_order_release);  // publishes pre_m, pre_l, pre_acc
     }
-  });
-
-  parallel_items(rows, [&](const auto& claim) {
+  };
+  auto row_pass = [&](const auto& claim) {
     std::vector<v16> qv(heads * DC), acc(heads * DC), sv(std::max<int64_t>(rep, 4)), vb(16 * DC);
     std::vector<float> m(heads), l(heads);
     for (int64_t r; (r = claim()) >= 0;) {
@@ -569,6 +589,17 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
       for (int64_t j = 0; j < heads; ++j)
         finish_query<T, DC>(acc.data() + j * DC, l[j], op + (r * heads + j) * dim);
     }
+  };
+  at::parallel_for(0, std::min<int64_t>(std::max(items, rows), at::get_num_threads()), 1,
+                   [&](int64_t, int64_t) {
+    prefix_pass(prefix_claim);
+    for (int spins = 0; done_items.load(std::memory_order_acquire) < items; ++spins) {
+      if (spins % 64 == 63) std::this_thread::yield();  // the holder may have lost its core
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+    row_pass(row_claim);
   });
   return out;
 }

@@ -593,7 +593,7 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
   at::parallel_for(0, std::min<int64_t>(std::max(items, rows), at::get_num_threads()), 1,
                    [&](int64_t, int64_t) {
     prefix_pass(prefix_claim);
-    for (int spins = 0; done_items.load(std::memory_order_acquire) < items; ++spins) {
+    for (uint32_t spins = 0; done_items.load(std::memory_order_acquire) < items; ++spins) {
       if (spins % 64 == 63) std::this_thread::yield();  // the holder may have lost its core
 #if defined(__x86_64__)
       __builtin_ia32_pause();

@@ -26,6 +26,7 @@ batch 64; and prefill: `llama-bench` pp512 against the engine prefilling a
 512-token prompt.
 
     python -P benchmarks/engine.py [--quick] [--runs N] [--no-peer] [--no-hf] [--threads N]
+                                   [--peer-configs no-kvu+n_cmpl,kvu+n_cmpl]
 
 Progress goes to stdout; the last line is one JSON object of figures. Run it
 under `flock /tmp/ttsc-heavy.lock` where others share the machine.
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each engine per work")
     parser.add_argument("--no-peer", action="store_true", help="skip llama-server and llama-bench")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers generate")
+    parser.add_argument("--peer-configs", default="",
+                        help="comma-separated llama-server configurations to try (e.g. "
+                             "no-kvu+n_cmpl,kvu+n_cmpl); default: all four")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch and llama.cpp threads (default 2)")
     args = parser.parse_args()
@@ -122,14 +126,19 @@ def main() -> None:
         best = None
         if peer is not None:
             trials = {}
-            for config in peer.CONFIGS:
+            wanted = [c for c in args.peer_configs.split(",") if c]
+            configs = [c for c in peer.CONFIGS if not wanted or c.name in wanted]
+            if not configs:
+                parser.error(f"--peer-configs: none of {wanted} is one of "
+                             f"{', '.join(c.name for c in peer.CONFIGS)}")
+            for config in configs:
                 got = peer.run_peer(gguf, ids[name], SAMPLES, new_tokens, config,
                                     threads=args.threads, poll=poll)
                 trials[config.name] = {**got, "load_average": _load()}
                 print(f"{name} llama-server {config.name}: {got['tok_s']:.0f} tok/s "
                       f"({got['seconds']:.2f}s, prompt tokens evaluated {got['prompt_tokens_evaluated']}, "
                       f"load {_load():.2f})", flush=True)
-            best = max(peer.CONFIGS, key=lambda c: trials[c.name]["tok_s"])
+            best = max(configs, key=lambda c: trials[c.name]["tok_s"])
             figures["peer_configs"] = trials
             figures["peer_config"] = best.name
         engine_runs, peer_runs = [], []

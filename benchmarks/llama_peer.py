@@ -82,7 +82,11 @@ def run_peer(gguf: Path, ids_list: list[list[int]], samples: int, new_tokens: in
     extra = ["--cache-ram", "0", "-cb", "-kvu" if config.kv_unified else "-no-kvu", "--no-webui"]
     with LlamaServer(gguf, parallel=slots, ctx_per_slot=ctx, threads=threads, poll=poll,
                      extra_args=extra) as server:
-        with httpx.Client(timeout=600) as client:
+        # One connection per concurrent request: with httpx's default cap (100), the
+        # 128 one-per-sample requests of work A queued for a connection, and a run
+        # once ended in `httpx.ReadError: [Errno 9] Bad file descriptor`.
+        limits = httpx.Limits(max_connections=slots + 1, max_keepalive_connections=slots + 1)
+        with httpx.Client(timeout=600, limits=limits) as client:
             # Warm-up on a prompt that shares no token with the work's.
             _complete(client, server.root, {"prompt": [42] * 4, "n_predict": 2, "seed": 0}, samples=1)
             bodies = []

@@ -4,8 +4,9 @@
 // products as inside them: each eager op is a parallel region plus a pass over
 // memory, and attention first gathered every row's KV blocks into a padded
 // copy. These kernels read the paged pool in place and fuse the element-wise
-// chains of a layer into single passes. Arithmetic is fp32 throughout; inputs
-// and outputs are bf16 or fp32 (the model dtype).
+// chains of a layer into single passes. Arithmetic is fp32 throughout (bf16
+// attention scores multiply bf16 pairs, exactly, with AVX512-BF16's dot
+// product); inputs and outputs are bf16 or fp32 (the model dtype).
 //
 // Every kernel computes a row (a token) with the same operations in the same
 // order whatever else is in the call: element-wise kernels go row by row, and
@@ -16,11 +17,19 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define TTSC_BF16_DOT 1
+#endif
 
 namespace {
 
@@ -147,6 +156,204 @@ inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int
   }
 }
 
+// Whether attend_keys<T, DC> takes the bf16 dot-product path below: bf16
+// keys, a head dim of at least 32, and a CPU with AVX512-BF16 (-march=native).
+// Its queries come unscaled (the scale multiplies the scores); the generic
+// path's come pre-scaled.
+template <typename T, int DC>
+constexpr bool bf16_dot() {
+#ifdef TTSC_BF16_DOT
+  return std::is_same<T, at::BFloat16>::value && DC >= 2;
+#else
+  return false;
+#endif
+}
+
+// A query as attend_keys<T, DC> takes it: fp32, pre-scaled unless bf16_dot.
+template <typename T, int DC>
+inline v16 query16(const T* p, float sc) {
+  return bf16_dot<T, DC>() ? load16(p) : load16(p) * sc;
+}
+
+#ifdef TTSC_BF16_DOT
+// In-place transpose of 16 rows of 16 dwords: r[j] lane t <- r[t] lane j.
+inline void transpose16(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // r[4i + k], 128-bit lane L: column 4L + k of rows 4i..4i+3.
+  for (int i = 0; i < 2; ++i)
+    for (int k = 0; k < 4; ++k) {
+      t[8 * i + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
+      t[8 * i + 4 + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0xdd);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+    r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xdd);
+  }
+}
+
+// Scores of QB queries against one chunk's transposed keys kt[j] (lane t:
+// dims 2j, 2j+1 of key t): per query two fp32 accumulators (even and odd
+// pairs) of vdpbf16ps, whose bf16 products are exact, then (a0 + a1) * sc.
+// A query's operations do not depend on QB or on the other queries.
+template <int QB, int PAIRS>
+inline void score_block(const __m512i* kt, const uint32_t* qb, float sc, int64_t n, v16* out) {
+  __m512 a[QB][2];
+  for (int q = 0; q < QB; ++q) a[q][0] = a[q][1] = _mm512_setzero_ps();
+  for (int j = 0; j < PAIRS; j += 2) {
+    const __m512bh k0 = (__m512bh)kt[j], k1 = (__m512bh)kt[j + 1];
+    for (int q = 0; q < QB; ++q) {
+      a[q][0] = _mm512_dpbf16_ps(a[q][0], (__m512bh)_mm512_set1_epi32(qb[q * PAIRS + j]), k0);
+      a[q][1] = _mm512_dpbf16_ps(a[q][1], (__m512bh)_mm512_set1_epi32(qb[q * PAIRS + j + 1]), k1);
+    }
+  }
+  const __mmask16 live = static_cast<__mmask16>((1u << n) - 1u);
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int q = 0; q < QB; ++q) {
+    const __m512 s = _mm512_mask_mov_ps(neg_inf, live, _mm512_mul_ps(_mm512_add_ps(a[q][0], a[q][1]),
+                                                                     _mm512_set1_ps(sc)));
+    std::memcpy(out + q, &s, sizeof s);
+  }
+}
+
+// Maxima of 4 vectors at once, in lanes 0, 4, 8 and 12 (sum4's folds, with max).
+inline v16 max4(const v16* x) {
+  auto mx = [](v16 a, v16 b) { return a > b ? a : b; };
+  const v16 y0 = mx(__builtin_shufflevector(x[0], x[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                    __builtin_shufflevector(x[0], x[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+  const v16 y1 = mx(__builtin_shufflevector(x[2], x[3], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                    __builtin_shufflevector(x[2], x[3], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31));
+  const v16 z = mx(__builtin_shufflevector(y0, y1, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27),
+                   __builtin_shufflevector(y0, y1, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31));
+  const v16 w = mx(z, __builtin_shufflevector(z, z, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  return mx(w, __builtin_shufflevector(w, w, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+}
+
+// The online-softmax step and the values of QB <= 4 queries over one chunk of
+// n keys: the queries' maxima, corrections e^(m - m') and sums side by side
+// in lanes 0, 4, 8, 12 of one vector (max4, exp16, sum4; sum4 adds a
+// vector's lanes in hsum's order, and a block of fewer than 4 pads with a
+// copy of its first query), weights p = e^(s - m') in fp32, then
+// acc = acc * corr + sum_t p[t] v[t] over the keys in order, every widened
+// value vector used by all QB queries. A query's bits do not depend on QB.
+template <int QB, int DC>
+inline void softmax_values_block(const v16* s, const v16* vb, int64_t n, v16* acc, float* m, float* l) {
+  v16 x[4];
+  for (int q = 0; q < 4; ++q) x[q] = s[q < QB ? q : 0];
+  const v16 mx = max4(x);
+  v16 mv = mx, lv{};  // lanes other than 4q: placeholders, never read back
+  for (int q = 0; q < QB; ++q) {
+    mv[4 * q] = m[q];
+    lv[4 * q] = l[q];
+  }
+  const v16 cm = mx > mv ? mx : mv;
+  const v16 corr = exp16(mv - cm);  // ~1e-38, not 0, on the first chunk (m = -inf): acc and l are 0
+  v16 p[QB];
+  for (int q = 0; q < QB; ++q) p[q] = exp16(s[q] - cm[4 * q]);  // padding lanes ~1e-38, not summed below
+  for (int q = 0; q < 4; ++q) x[q] = p[q < QB ? q : 0];
+  const v16 lnew = lv * corr + sum4(x);  // padding lanes add ~1e-37 to a sum >= 1
+  v16 a[QB][DC];
+  for (int q = 0; q < QB; ++q) {
+    m[q] = cm[4 * q];
+    l[q] = lnew[4 * q];
+    for (int c = 0; c < DC; ++c) a[q][c] = acc[q * DC + c] * corr[4 * q];
+  }
+  for (int64_t t = 0; t < n; ++t)
+    for (int c = 0; c < DC; ++c) {
+      const v16 v = vb[t * DC + c];
+      for (int q = 0; q < QB; ++q) a[q][c] += p[q][t] * v;
+    }
+  for (int q = 0; q < QB; ++q)
+    for (int c = 0; c < DC; ++c) acc[q * DC + c] = a[q][c];
+}
+
+// One block of the last k < QB queries of a head (k in 1..QB-1): score_block
+// and softmax_values_block at QB = k.
+template <int K, int DC, int PAIRS>
+inline void rest_block(int64_t k, const __m512i* kt, const uint32_t* qb, float sc, int64_t n, v16* sv,
+                       const v16* vb, v16* acc, float* m, float* l) {
+  if constexpr (K >= 1) {
+    if (k == K) {
+      score_block<K, PAIRS>(kt, qb, sc, n, sv);
+      softmax_values_block<K, DC>(sv, vb, n, acc, m, l);
+    } else {
+      rest_block<K - 1, DC, PAIRS>(k, kt, qb, sc, n, sv, vb, acc, m, l);
+    }
+  }
+}
+
+// attend_keys for bf16 keys with AVX512-BF16 (see the generic version below
+// for the contract). Per chunk and KV head, the 16 keys are transposed once
+// (16 x 16 dword transposes: lane t of kt[j] holds dims 2j, 2j+1 of key t),
+// so each query's 16 scores come out of D/2 vdpbf16ps with no horizontal
+// sums; the queries (unscaled here) are narrowed back to bf16 pairs, exactly.
+template <int DC>
+void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs,
+                      int64_t hkv, int64_t h0, int64_t h1, int64_t nq, const v16* qv, float sc, v16* acc, float* m,
+                      float* l, v16* sv, v16* vb) {
+  constexpr int64_t dim = DC * 16;
+  constexpr int PAIRS = DC * 8, E = DC / 2;  // bf16 pairs per head; 32-bf16 vectors per head
+  constexpr int QB = DC <= 4 ? 4 : (DC == 8 ? 2 : 1);  // queries per block: accumulators in registers
+  const int64_t tok_stride = 2 * hkv * dim;
+  thread_local std::vector<uint32_t> qbuf;
+  qbuf.resize(hkv * nq * PAIRS);
+  uint32_t* qb = qbuf.data();
+  for (int64_t i = h0 * nq; i < h1 * nq; ++i)
+    for (int e = 0; e < E; ++e) {
+      __m512 lo, hi;
+      std::memcpy(&lo, qv + i * DC + 2 * e, sizeof lo);
+      std::memcpy(&hi, qv + i * DC + 2 * e + 1, sizeof hi);
+      const __m512bh b = _mm512_cvtne2ps_pbh(hi, lo);  // exact: the queries are bf16 values
+      std::memcpy(qb + i * PAIRS + e * 16, &b, sizeof b);
+    }
+  alignas(64) __m512i kt[PAIRS];
+  for (int64_t start = from; start < len; start += 16) {
+    const int64_t n = std::min<int64_t>(16, len - start);
+    const at::BFloat16* tok[16];
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t pos = start + t;
+      tok[t] = pool + (table[pos / bs] * bs + pos % bs) * tok_stride;
+      if (start + 16 < len) {  // the next chunk's token, asked for while this one is scored
+        const int64_t next = std::min(pos + 16, len - 1);
+        const char* ahead = reinterpret_cast<const char*>(pool + (table[next / bs] * bs + next % bs) * tok_stride);
+        for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(at::BFloat16)); off += 64)
+          __builtin_prefetch(ahead + off);
+      }
+    }
+    for (int64_t h = h0; h < h1; ++h) {
+      for (int e = 0; e < E; ++e) {
+        __m512i r[16];
+        for (int t = 0; t < 16; ++t)
+          r[t] = t < n ? _mm512_loadu_si512(tok[t] + h * dim + e * 32) : _mm512_setzero_si512();
+        transpose16(r);
+        for (int j = 0; j < 16; ++j) kt[e * 16 + j] = r[j];
+      }
+      for (int64_t t = 0; t < n; ++t)
+        for (int c = 0; c < DC; ++c) vb[t * DC + c] = load16(tok[t] + (hkv + h) * dim + c * 16);
+      const uint32_t* qh = qb + h * nq * PAIRS;
+      const int64_t q0 = h * nq;
+      int64_t i = 0;
+      for (; i + QB <= nq; i += QB) {
+        score_block<QB, PAIRS>(kt, qh + i * PAIRS, sc, n, sv);
+        softmax_values_block<QB, DC>(sv, vb, n, acc + (q0 + i) * DC, m + q0 + i, l + q0 + i);
+      }
+      // The rest (a row's rep queries, 3 for SmolLM2, in one block where QB = 4): a block of its own size.
+      if (i < nq) rest_block<QB - 1, DC, PAIRS>(nq - i, kt, qh + i * PAIRS, sc, n, sv, vb, acc + (q0 + i) * DC,
+                                                 m + q0 + i, l + q0 + i);
+    }
+  }
+}
+#endif
+
 // Queries attending to one list of keys: the keys of `len` tokens laid out
 // by `table` (block ids) in the pool [NB, bs, 2, Hkv, D]. For each KV head h
 // there are `nq` queries (fp32, pre-scaled) at qv[(h * nq + i) * DC], each
@@ -165,7 +372,15 @@ inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int
 // any chunk of a prefill.
 template <typename T, int DC>
 void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs, int64_t hkv,
-                 int64_t nq, const v16* qv, v16* acc, float* m, float* l, v16* sv, v16* vb) {
+                 int64_t h0, int64_t h1, int64_t nq, const v16* qv, float sc, v16* acc, float* m, float* l, v16* sv,
+                 v16* vb) {
+#ifdef TTSC_BF16_DOT
+  if constexpr (bf16_dot<T, DC>()) {
+    attend_keys_bf16<DC>(pool, table, from, len, bs, hkv, h0, h1, nq, qv, sc, acc, m, l, sv, vb);
+    return;
+  }
+#endif
+  (void)sc;  // the generic path's queries come pre-scaled
   constexpr int64_t dim = DC * 16;
   const int64_t tok_stride = 2 * hkv * dim;  // one token's K and V, all KV heads
   const float neg_inf = -std::numeric_limits<float>::infinity();
@@ -179,14 +394,14 @@ void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len,
       const int64_t next = std::min(pos + 16, len - 1);
       ahead[t] = reinterpret_cast<const char*>(pool + (table[next / bs] * bs + next % bs) * tok_stride);
     }
-    for (int64_t h = 0; h < hkv; ++h) {
+    for (int64_t h = h0; h < h1; ++h) {
       v16* s = sv;  // scores of this chunk, one vector per query
       for (int64_t i = 0; i < nq; ++i) s[i] = v16{} + neg_inf;
       for (int64_t t0 = 0; t0 < n; t0 += 4) {  // four keys at a time: one reduction for four dots
         const int64_t m4 = std::min<int64_t>(4, n - t0);
         v16 k[4][DC];
         for (int u = 0; u < 4; ++u) {
-          if (u < m4 && h == 0 && start + 16 < len)
+          if (u < m4 && h == h0 && start + 16 < len)
             for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(T)); off += 64)
               __builtin_prefetch(ahead[t0 + u] + off);
           for (int c = 0; c < DC; ++c) k[u][c] = u < m4 ? load16(tok[t0 + u] + h * dim + c * 16) : v16{};
@@ -231,6 +446,22 @@ void attend_keys(const T* pool, const int64_t* table, int64_t from, int64_t len,
   }
 }
 
+// Runs body(claim) once on each of up to n pool threads; claim() hands out
+// the items 0..n-1 one at a time (then -1). A thread that loses its core to
+// another process holds up only the item it is on, where a static split
+// (at::parallel_for's) waits for its whole share. Items are independent, so
+// the results do not depend on which thread takes which.
+template <typename Body>
+void parallel_items(int64_t n, const Body& body) {
+  std::atomic<int64_t> next{0};
+  auto claim = [&]() {
+    const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+    return i < n ? i : int64_t{-1};
+  };
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1,
+                   [&](int64_t, int64_t) { body(claim); });
+}
+
 // The output of one query from its online-softmax state: acc / l (zeros
 // when it had no keys), in the output dtype.
 template <typename T, int DC>
@@ -259,7 +490,7 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
                                     const torch::Tensor& group_rows, const torch::Tensor& group_tables,
                                     const torch::Tensor& group_lens, double scale) {
   constexpr int64_t dim = DC * 16;
-  constexpr int64_t kChunk = 4;  // members per prefix pass: reuse of each key vs. parallel work
+  constexpr int64_t kChunk = 8;  // members per prefix pass: reuse of each key vs. parallel work
   const int64_t rows = q.size(0), heads = q.size(1);
   const int64_t bs = blocks.size(1), hkv = blocks.size(3), rep = heads / hkv;
   const int64_t own_width = own_tables.size(1);
@@ -284,47 +515,66 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
   std::vector<float> pre_m(groups ? rows * heads : 0), pre_l(groups ? rows * heads : 0);
   std::vector<v16> pre_acc(groups ? rows * heads * DC : 0);
 
+  // One parallel region, two passes: first the prefix items (group, chunk of
+  // up to kChunk members, KV head), then, once every prefix item is done, the
+  // rows. Each pass hands its items out one at a time; a thread out of prefix
+  // items waits for the ones others hold (a second region would wake the
+  // pool's threads again, which under OMP_WAIT_POLICY=PASSIVE costs about as
+  // much as the pass). Every claimed item is being worked on by a running
+  // thread, so the wait ends whatever the number of threads.
   const int64_t chunks = (gmax + kChunk - 1) / kChunk;
-  at::parallel_for(0, groups * chunks, 1, [&](int64_t begin, int64_t end) {
-    // Queries of up to kChunk members, ordered [KV head][member][rep].
-    std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), sv(kChunk * rep), vb(16 * DC);
+  const int64_t items = groups * chunks * hkv;
+  std::atomic<int64_t> next_item{0}, done_items{0}, next_row{0};
+  auto prefix_claim = [&]() {
+    const int64_t i = next_item.fetch_add(1, std::memory_order_relaxed);
+    return i < items ? i : int64_t{-1};
+  };
+  auto row_claim = [&]() {
+    const int64_t i = next_row.fetch_add(1, std::memory_order_relaxed);
+    return i < rows ? i : int64_t{-1};
+  };
+  auto prefix_pass = [&](const auto& claim) {
+    // Queries of up to kChunk members, ordered [KV head][member][rep]; one head's are used.
+    std::vector<v16> qv(kChunk * heads * DC), acc(kChunk * heads * DC), vb(16 * DC);
+    std::vector<v16> sv(std::max<int64_t>(kChunk * rep, 4));
     std::vector<float> m(kChunk * heads), l(kChunk * heads);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t g = item / chunks;
-      std::vector<int64_t> members;
-      for (int64_t i = (item % chunks) * kChunk; i < std::min(gmax, (item % chunks + 1) * kChunk); ++i)
+    std::vector<int64_t> members;
+    for (int64_t item; (item = claim()) >= 0;) {
+      const int64_t h = item % hkv, g = item / hkv / chunks, chunk = item / hkv % chunks;
+      members.clear();
+      for (int64_t i = chunk * kChunk; i < std::min(gmax, (chunk + 1) * kChunk); ++i)
         if (grp[g * gmax + i] >= 0) members.push_back(grp[g * gmax + i]);
       const int64_t nm = members.size(), nq = nm * rep;
-      if (nm == 0) continue;
-      for (int64_t h = 0; h < hkv; ++h)
-        for (int64_t i = 0; i < nm; ++i)
-          for (int64_t j = 0; j < rep; ++j)
-            for (int c = 0; c < DC; ++c)
-              qv[((h * nm + i) * rep + j) * DC + c] =
-                  load16(qp + (members[i] * heads + h * rep + j) * dim + c * 16) * sc;
-      std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
-      std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
-      std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
-      attend_keys<T, DC>(pool, group_tp + g * group_width, 0, group_lp[g], bs, hkv, nq, qv.data(),
-                         acc.data(), m.data(), l.data(), sv.data(), vb.data());
-      for (int64_t h = 0; h < hkv; ++h)
-        for (int64_t i = 0; i < nm; ++i)
-          for (int64_t j = 0; j < rep; ++j) {
-            const int64_t qi = (h * nm + i) * rep + j, s = members[i] * heads + h * rep + j;
-            pre_m[s] = m[qi];
-            pre_l[s] = l[qi];
-            for (int c = 0; c < DC; ++c) pre_acc[s * DC + c] = acc[qi * DC + c];
-          }
+      if (nm == 0) {
+        done_items.fetch_add(1, std::memory_order_release);
+        continue;
+      }
+      for (int64_t i = 0; i < nm; ++i)
+        for (int64_t j = 0; j < rep; ++j)
+          for (int c = 0; c < DC; ++c)
+            qv[((h * nm + i) * rep + j) * DC + c] =
+                query16<T, DC>(qp + (members[i] * heads + h * rep + j) * dim + c * 16, sc);
+      std::fill(acc.begin() + h * nq * DC, acc.begin() + (h + 1) * nq * DC, v16{});
+      std::fill(m.begin() + h * nq, m.begin() + (h + 1) * nq, neg_inf);
+      std::fill(l.begin() + h * nq, l.begin() + (h + 1) * nq, 0.f);
+      attend_keys<T, DC>(pool, group_tp + g * group_width, 0, group_lp[g], bs, hkv, h, h + 1, nq, qv.data(),
+                         sc, acc.data(), m.data(), l.data(), sv.data(), vb.data());
+      for (int64_t i = 0; i < nm; ++i)
+        for (int64_t j = 0; j < rep; ++j) {
+          const int64_t qi = (h * nm + i) * rep + j, s = members[i] * heads + h * rep + j;
+          pre_m[s] = m[qi];
+          pre_l[s] = l[qi];
+          for (int c = 0; c < DC; ++c) pre_acc[s * DC + c] = acc[qi * DC + c];
+        }
+      done_items.fetch_add(1, std::memory_order_release);  // publishes pre_m, pre_l, pre_acc
     }
-  });
-
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<v16> qv(heads * DC), acc(heads * DC), sv(rep), vb(16 * DC);
+  };
+  auto row_pass = [&](const auto& claim) {
+    std::vector<v16> qv(heads * DC), acc(heads * DC), sv(std::max<int64_t>(rep, 4)), vb(16 * DC);
     std::vector<float> m(heads), l(heads);
-    if (begin < end) prefetch_chunk(pool, own_tp + begin * own_width, own_lp[begin], 0, bs, 2 * hkv * dim);
-    for (int64_t r = begin; r < end; ++r) {
-      if (r + 1 < end) prefetch_chunk(pool, own_tp + (r + 1) * own_width, own_lp[r + 1], 0, bs, 2 * hkv * dim);
-      for (int64_t i = 0; i < heads * DC; ++i) qv[i] = load16(qp + r * heads * dim + i * 16) * sc;
+    for (int64_t r; (r = claim()) >= 0;) {
+      prefetch_chunk(pool, own_tp + r * own_width, own_lp[r], 0, bs, 2 * hkv * dim);
+      for (int64_t i = 0; i < heads * DC; ++i) qv[i] = query16<T, DC>(qp + r * heads * dim + i * 16, sc);
       if (grouped[r]) {
         std::copy(pre_acc.begin() + r * heads * DC, pre_acc.begin() + (r + 1) * heads * DC, acc.begin());
         std::copy(pre_m.begin() + r * heads, pre_m.begin() + (r + 1) * heads, m.begin());
@@ -334,11 +584,22 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
         std::fill(m.begin(), m.end(), neg_inf);
         std::fill(l.begin(), l.end(), 0.f);
       }
-      attend_keys<T, DC>(pool, own_tp + r * own_width, 0, own_lp[r], bs, hkv, rep, qv.data(), acc.data(),
-                         m.data(), l.data(), sv.data(), vb.data());
+      attend_keys<T, DC>(pool, own_tp + r * own_width, 0, own_lp[r], bs, hkv, 0, hkv, rep, qv.data(), sc,
+                         acc.data(), m.data(), l.data(), sv.data(), vb.data());
       for (int64_t j = 0; j < heads; ++j)
         finish_query<T, DC>(acc.data() + j * DC, l[j], op + (r * heads + j) * dim);
     }
+  };
+  at::parallel_for(0, std::min<int64_t>(std::max(items, rows), at::get_num_threads()), 1,
+                   [&](int64_t, int64_t) {
+    prefix_pass(prefix_claim);
+    for (uint32_t spins = 0; done_items.load(std::memory_order_acquire) < items; ++spins) {
+      if (spins % 64 == 63) std::this_thread::yield();  // the holder may have lost its core
+#if defined(__x86_64__)
+      __builtin_ia32_pause();
+#endif
+    }
+    row_pass(row_claim);
   });
   return out;
 }
@@ -382,11 +643,11 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
   }
   TORCH_CHECK(row == q.size(0), "prefill_attention: q has ", q.size(0), " rows, q_lens sum to ", row);
 
-  at::parallel_for(0, static_cast<int64_t>(tiles.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<v16> qv(16 * heads * DC), acc(16 * heads * DC), sv(16 * rep), vb(16 * DC);
+  parallel_items(static_cast<int64_t>(tiles.size()), [&](const auto& claim) {
+    std::vector<v16> qv(16 * heads * DC), acc(16 * heads * DC), vb(16 * DC), sv(std::max<int64_t>(16 * rep, 4));
     std::vector<v16> one_q(heads * DC), one_acc(heads * DC);
     std::vector<float> m(16 * heads), l(16 * heads), one_m(heads), one_l(heads);
-    for (int64_t item = begin; item < end; ++item) {
+    for (int64_t item; (item = claim()) >= 0;) {
       const Tile t = tiles[item];
       const int64_t* table = tp + t.seq * width;
       const int64_t common = t.pos / 16 * 16, nq = t.count * rep;
@@ -396,11 +657,11 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
           for (int64_t j = 0; j < rep; ++j)
             for (int c = 0; c < DC; ++c)
               qv[((h * t.count + i) * rep + j) * DC + c] =
-                  load16(qp + ((t.row + i) * heads + h * rep + j) * dim + c * 16) * sc;
+                  query16<T, DC>(qp + ((t.row + i) * heads + h * rep + j) * dim + c * 16, sc);
       std::fill(acc.begin(), acc.begin() + hkv * nq * DC, v16{});
       std::fill(m.begin(), m.begin() + hkv * nq, neg_inf);
       std::fill(l.begin(), l.begin() + hkv * nq, 0.f);
-      attend_keys<T, DC>(pool, table, 0, common, bs, hkv, nq, qv.data(), acc.data(), m.data(), l.data(),
+      attend_keys<T, DC>(pool, table, 0, common, bs, hkv, 0, hkv, nq, qv.data(), sc, acc.data(), m.data(), l.data(),
                          sv.data(), vb.data());
       // Then each query alone over its last chunk, [common, position].
       for (int64_t i = 0; i < t.count; ++i) {
@@ -414,7 +675,7 @@ torch::Tensor prefill_attention_impl(const torch::Tensor& q, const torch::Tensor
             one_m[head] = m[qi];
             one_l[head] = l[qi];
           }
-        attend_keys<T, DC>(pool, table, common, t.pos + i + 1, bs, hkv, rep, one_q.data(), one_acc.data(),
+        attend_keys<T, DC>(pool, table, common, t.pos + i + 1, bs, hkv, 0, hkv, rep, one_q.data(), sc, one_acc.data(),
                            one_m.data(), one_l.data(), sv.data(), vb.data());
         for (int64_t j = 0; j < heads; ++j)
           finish_query<T, DC>(one_acc.data() + j * DC, one_l[j], op + ((t.row + i) * heads + j) * dim);
@@ -505,6 +766,18 @@ torch::Tensor prefill_attention(torch::Tensor q, torch::Tensor blocks, torch::Te
 
 // ---------------------------------------------------------- element-wise
 
+// Rows per thread for the element-wise kernels: a decode step's calls (up to
+// ~256K values) run on the calling thread. Split over 2 threads they gain
+// ~10-30 us on an idle machine, but each parallel region must wake and wait
+// for the other threads, and on a shared machine (other processes on the
+// cores, OMP_WAIT_POLICY=PASSIVE) that costs more than the work: medians of
+// 29 vs 17 us (RMSNorm) and 76 vs 65 us (SiLU-mul) at 128 rows. Prefill
+// chunks, hundreds of rows, still split.
+constexpr int64_t kSerialValues = 1 << 18;
+inline int64_t rows_per_task(int64_t values_per_row) {
+  return std::max<int64_t>(1, kSerialValues / std::max<int64_t>(1, values_per_row));
+}
+
 // y = x * rsqrt(mean(x^2) + eps) * w in fp32, written in out's dtype. With
 // `add`, the residual update x += add comes first, in place, in the same pass.
 template <typename T, typename A>
@@ -514,7 +787,7 @@ void rms_norm_impl(torch::Tensor& x, const torch::Tensor& w, double eps, const A
   const float* wp = w.data_ptr<float>();
   T* op = out.data_ptr<T>();
   const float e = static_cast<float>(eps);
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, rows_per_task(n), [&](int64_t begin, int64_t end) {
     std::vector<float> buf(n);
     float* __restrict y = buf.data();
     for (int64_t r = begin; r < end; ++r) {
@@ -565,7 +838,7 @@ void silu_mul_impl(const torch::Tensor& gu, torch::Tensor& out) {
   const int64_t rows = gu.size(0), n = gu.size(1) / 2;
   const T* gp = gu.data_ptr<T>();
   T* op = out.data_ptr<T>();
-  at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, rows, rows_per_task(3 * n), [&](int64_t begin, int64_t end) {
     std::vector<float> g(n), u(n);
     for (int64_t r = begin; r < end; ++r) {
       load_row(gp + r * 2 * n, g.data(), n);
@@ -609,7 +882,7 @@ void rope_store_impl(torch::Tensor& qkv, const torch::Tensor& positions, const t
   const int64_t* slp = slots.data_ptr<int64_t>();
   const int64_t kv_len = 2 * hkv * dim;
   TORCH_CHECK(dim % 16 == 0 && dim <= 256, "rope_store: head dim must be a multiple of 16, at most 256");
-  at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tokens, rows_per_task(width), [&](int64_t begin, int64_t end) {
     // Per token, cos and sin laid out per lane: x' = x * cos2 + swap(x) * sin2,
     // where swap exchanges each pair (a, b) -> (b, a) and sin2 = (-s, s).
     v16 c2[16], s2[16];

@@ -9,10 +9,17 @@ chains of five or six eager ops each. `cpu_ops.cpp` holds these kernels:
                      group_lens, scale) -> out
         cascade decode attention read in place from the paged pool: each row
         attends to its own blocks and, if it is in a group, to the group's
-        shared prefix, which is read once for up to 4 members at a time
+        shared prefix, which is read once per KV head for up to 8 members at
+        a time. bf16 on a CPU with AVX512-BF16: each 16-key chunk is
+        transposed once and scored with vdpbf16ps (exact bf16 products, fp32
+        sums), softmax and values in fp32 for 4 queries at a time; fp32 (and
+        CPUs without it) keep the fp32 path. Either way a query's arithmetic
+        is fixed: the same bits in any batch, group or query block
     rms_norm(x, w, eps, dtype, add=None)
         fp32 rows -> normalized and scaled, in dtype; with `add`, first the
-        residual update x += add, in place
+        residual update x += add, in place (this and the next two run a
+        decode step's rows on the calling thread: on a shared machine a
+        parallel region's wake-up costs more than these passes)
     silu_mul(gate_up)                 [T, 2I] -> silu(gate) * up
     rope_store(qkv, positions, cos, sin, pool_layer, slots, H, Hkv)
         RoPE on q and k in place, then each token's K|V into its pool slot

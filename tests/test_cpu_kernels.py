@@ -278,3 +278,54 @@ def test_sample_top_frequencies_follow_the_truncated_distribution() -> None:
     freq = torch.bincount(tokens, minlength=5).float() / rows
     torch.testing.assert_close(freq, torch.tensor([4 / 7, 3 / 7, 0, 0, 0]), atol=2e-3, rtol=0)
 
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(32, 8, 2), (64, 9, 3), (128, 4, 4), (256, 2, 1)])
+def test_decode_attention_rows_do_not_depend_on_their_group(dtype, head_dim, heads, kv_heads) -> None:
+    """bf16 scores queries in blocks of 4 (2 at head dim 128, 1 at 256) whose
+    make-up follows the group's size and the row's place in it: a row's output
+    is the same bits alone (prefix and own keys as one list) and in groups of
+    1 to 7 members, at every place."""
+    g, blocks, table = _pool_case(dtype, head_dim, heads, kv_heads)
+    prefix, scale = 48, head_dim ** -0.5  # 3 shared blocks of 16
+    own_lens = torch.tensor([1, 16, 17, 40, 33, 5, 29])
+    q = torch.randn(len(own_lens), heads, head_dim, generator=g).to(dtype)
+    none = torch.zeros(0, 1, dtype=torch.long)
+    whole = table[None, :].expand(len(own_lens), -1)
+    alone = ops.decode_attention(q, blocks, whole, own_lens + prefix, none, none, none[:, 0], scale)
+    _close(alone, cpu_ops.decode_attention_reference(q, blocks, whole, own_lens + prefix, none, none,
+                                                     none[:, 0], scale), dtype)
+    own = table[None, 3:].expand(len(own_lens), -1)
+    for size in range(1, len(own_lens) + 1):
+        members = torch.arange(len(own_lens)).roll(size)[:size]  # a different place for each row
+        rest = torch.tensor([r for r in range(len(own_lens)) if r not in members.tolist()], dtype=torch.long)
+        rows = torch.cat([members, rest])
+        got = ops.decode_attention(q[rows], blocks, own.contiguous(), own_lens[rows],
+                                   torch.arange(size)[None, :], table[None, :3], torch.tensor([prefix]), scale)
+        assert torch.equal(got[:size], alone[members]), f"group of {size}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_element_wise_rows_do_not_depend_on_the_row_count(dtype) -> None:
+    """A decode step's rows run on one thread, a long prefill's are split
+    across threads: a row gets the same bits either way."""
+    g = torch.Generator().manual_seed(9)
+    n = 1200  # past the serial threshold for every kernel at these widths
+    x, w = torch.randn(n, 576, generator=g), torch.randn(576, generator=g)
+    add = torch.randn(n, 576, generator=g).to(dtype)
+    gate_up = torch.randn(n, 3072, generator=g).to(dtype)
+    x_all, x_few = x.clone(), x[:7].clone()
+    assert torch.equal(ops.rms_norm(x_all, w, 1e-5, dtype, add)[:7], ops.rms_norm(x_few, w, 1e-5, dtype, add[:7]))
+    assert torch.equal(x_all[:7], x_few)
+    assert torch.equal(ops.silu_mul(gate_up)[:7], ops.silu_mul(gate_up[:7]))
+    freqs = torch.outer(torch.arange(2048).float(), torch.rand(32, generator=g))
+    cos, sin = freqs.cos().contiguous(), freqs.sin().contiguous()
+    qkv = torch.randn(n, 15 * 64, generator=g).to(dtype)
+    pos, slots = torch.arange(n), torch.randperm(n, generator=g)
+    pools = [torch.zeros(n // 16 + 1, 16, 2, 3, 64, dtype=dtype) for _ in range(2)]
+    few = qkv[:7].clone()
+    ops.rope_store(qkv, pos, cos, sin, pools[0], slots, 9, 3)
+    ops.rope_store(few, pos[:7], cos, sin, pools[1], slots[:7], 9, 3)
+    assert torch.equal(qkv[:7], few)
+    assert torch.equal(pools[0].flatten(0, 1)[slots[:7]], pools[1].flatten(0, 1)[slots[:7]])

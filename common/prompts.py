@@ -130,13 +130,11 @@ OP_HOLES: dict[str, dict[str, str]] = {
     "refine": {"candidate": "call", "critique": "call"},
     "fuse": {"candidates": "list", "critiques": "list"},
     "rank": {"candidates": "list"},
-}
-# The strategy library's ops: a knockout match shows two candidates; a debate
-# agent sees its own answer and, numbered, the other agents' answers.
-OP_HOLES.update({
+    # A knockout match shows two candidates; a debate agent sees its own
+    # answer and, numbered, the other agents' answers.
     "knockout": {"candidate_a": "call", "candidate_b": "call"},
     "debate": {"candidate": "call", "others": "call"},
-})
+}
 
 
 # ------------------------------------------------------- the shipped prompts

@@ -24,9 +24,9 @@ from ttsc.compiler import cost
 from ttsc.compiler.ir import Graph, Node, Op
 from ttsc.compiler.ops import T, keep_count
 
-# Ops whose candidates are new text of up to max_tokens tokens.
-MAKES_TEXT = (Op.GENERATE, Op.FUSE, Op.UNIT_TESTS, Op.CRITIQUE, Op.REFINE)
-MAKES_TEXT = MAKES_TEXT + (Op.DEBATE,)  # the strategy library's debate: one revision per agent
+# Ops whose candidates are new text of up to max_tokens tokens (a debate: one
+# revision per agent).
+MAKES_TEXT = (Op.GENERATE, Op.FUSE, Op.UNIT_TESTS, Op.CRITIQUE, Op.REFINE, Op.DEBATE)
 
 
 def fixed_int(attrs: dict[str, Any], key: str) -> int | None:
@@ -162,10 +162,11 @@ def candidate_lengths(graph: Graph, outer: dict[str, int], made: Made = max_toke
     for node in graph.nodes():
         a = node.attrs
         mt = made(node) if node.op in MAKES_TEXT or node.op is Op.EXTEND else 0
+        ffs = first_finish(node, made)  # None unless a generate(..., first=k)
         if node.op is Op.INPUT:
             lengths[node.id] = outer.get(a.get("name", ""), 0)
-        elif node.op is Op.GENERATE and first_finish(node, made) is not None:
-            lengths[node.id] = round(first_finish(node, made).kept_length)
+        elif ffs is not None:
+            lengths[node.id] = round(ffs.kept_length)
         elif node.op in MAKES_TEXT:
             lengths[node.id] = mt
         elif node.op is Op.RANK:

@@ -259,6 +259,16 @@ def _sample_answers(region: Region, env: Env, out: str) -> tuple[list[Any] | Non
     return env[src.id], env[src.inputs["candidates"]]
 
 
+def call_engine(engine: Engine, batches: dict[str, list]) -> tuple[dict[str, list], Usage]:
+    """One engine call per kind for a stage's batched requests ("sample",
+    "score"): each request's result (completions, next-token log-probs), by
+    kind, and the calls' usage."""
+    samples = engine.sample(batches["sample"]) if batches["sample"] else []
+    scores = engine.score_next(batches["score"]) if batches["score"] else []
+    values = {"sample": [o.completions for o in samples], "score": [o.logprobs for o in scores]}
+    return values, total_usage(samples) + total_usage(scores)
+
+
 def play_rounds(engine: Engine, games: dict[str, Generator], env: Env) -> tuple[int, Usage]:
     """Play ops that need several engine calls (a knockout) to their ends.
     Each round sends the next requests of every game still playing in one
@@ -278,10 +288,8 @@ def play_rounds(engine: Engine, games: dict[str, Generator], env: Env) -> tuple[
             kind = "score" if reqs and isinstance(reqs[0], NextTokenRequest) else "sample"
             spans.append((nid, kind, len(batches[kind]), len(reqs)))
             batches[kind].extend(reqs)
-        samples = engine.sample(batches["sample"]) if batches["sample"] else []
-        scores = engine.score_next(batches["score"]) if batches["score"] else []
-        values = {"sample": [o.completions for o in samples], "score": [o.logprobs for o in scores]}
-        usage = usage + total_usage(samples) + total_usage(scores)
+        values, round_usage = call_engine(engine, batches)
+        usage = usage + round_usage
         requests += len(batches["sample"]) + len(batches["score"])
         results = {nid: values[kind][start:start + n] for nid, kind, start, n in spans}
     return requests, usage
@@ -351,15 +359,9 @@ class _InputRun:
             batch = batches[op.kind]
             spans.append((nid, op, attrs, args, reqs, op.kind, len(batch)))
             batch.extend(reqs)
-        outputs = {
-            "sample": engine.sample(batches["sample"]) if batches["sample"] else [],
-            "score": engine.score_next(batches["score"]) if batches["score"] else [],
-        }
-        values = {"sample": [o.completions for o in outputs["sample"]],
-                  "score": [o.logprobs for o in outputs["score"]]}
+        values, usage = call_engine(engine, batches)
         for nid, op, attrs, args, reqs, kind, start in spans:
             env[nid] = op.collect(attrs, args, reqs, values[kind][start:start + len(reqs)])
-        usage = total_usage(outputs["sample"]) + total_usage(outputs["score"])
         requests = sum(len(b) for b in batches.values())
         if games:
             more, more_usage = play_rounds(engine, games, env)

@@ -548,5 +548,5 @@ class Debate(Critique):
 LLM_OPS: dict[str, LLMOp] = {
     "generate": Generate(), "unit_tests": UnitTests(), "extend": Extend(), "verify": Verify(),
     "score": Score(), "critique": Critique(), "refine": Refine(), "fuse": Fuse(), "rank": Rank(),
+    "knockout": Knockout(), "debate": Debate(),
 }
-LLM_OPS.update({"knockout": Knockout(), "debate": Debate()})

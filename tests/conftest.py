@@ -17,6 +17,18 @@ def tiny_model() -> LoadedModel:
     return tiny_random_model()
 
 
+@pytest.fixture
+def tiny_paged(tiny_model: LoadedModel) -> Iterator:
+    """A paged engine on the tiny model: fp32 (exact) and a 16 MiB KV pool."""
+    import torch
+
+    from ttsc.runtime.engines.paged.engine import PagedEngine
+
+    engine = PagedEngine(tiny_model, dtype=torch.float32, kv_memory_bytes=16 << 20)
+    yield engine
+    engine.close()
+
+
 @pytest.fixture(autouse=True)
 def private_call_cache(tmp_path_factory, monkeypatch) -> None:
     """Each test gets its own default call cache: answers never leak between

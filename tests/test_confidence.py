@@ -11,11 +11,8 @@ from scripted_engine import ScriptedEngine
 from test_compile_errors import render
 from test_executor import HEAD, plan_of, run
 from ttsc.compiler.ops import T
-from ttsc.runtime.engines.paged.engine import PagedEngine
 from ttsc.runtime.ops import confidence, host_op
 from ttsc.runtime.values import Candidate
-
-import torch
 
 
 def cand(*lps: float) -> Candidate:
@@ -86,8 +83,8 @@ def test_filter_then_vote_keeps_the_most_confident_samples():
     assert (plain.outputs, kept.outputs) == (["1"], ["2"])
 
 
-def test_confidence_vote_runs_on_the_tiny_model(tiny_model):
-    engine = PagedEngine(tiny_model, dtype=torch.float32, kv_memory_bytes=16 << 20)
+def test_confidence_vote_runs_on_the_tiny_model(tiny_paged):
+    engine = tiny_paged
     body = ("strategy s(question) {\n c = generate(policy, solve, n=6, max_tokens=6)\n"
             " kept = top(c, by=confidence(c, agg=min, window=3), k=3)\n"
             " return vote(extract(kept, regex(\".\")), weights=confidence(kept))\n}\n")

@@ -8,7 +8,6 @@ import math
 import re
 
 import pytest
-import torch
 
 from scripted_engine import ScriptedEngine, _text
 from test_compile_errors import render
@@ -18,7 +17,6 @@ from ttsc.common.errors import TTSError
 from ttsc.compiler.ops import keep_count
 from ttsc.compiler.pipeline import compile_source
 from ttsc.runtime.engines.base import ScoreOutput, Usage
-from ttsc.runtime.engines.paged.engine import PagedEngine
 from ttsc.runtime.ops import host_op
 from ttsc.runtime.values import Candidate
 
@@ -182,8 +180,8 @@ def test_debate_is_typed_and_predicted():
     assert two > one
 
 
-def test_debate_runs_on_the_tiny_model(tiny_model):
-    engine = PagedEngine(tiny_model, dtype=torch.float32, kv_memory_bytes=16 << 20)
+def test_debate_runs_on_the_tiny_model(tiny_paged):
+    engine = tiny_paged
     body = ("strategy s(question) {\n a = generate(policy, solve, n=3, max_tokens=6)\n"
             " repeat 2 {\n  a = debate(policy, a, max_tokens=6)\n }\n"
             " return knockout(judge, a)\n}\n")

@@ -8,7 +8,6 @@ import math
 from collections import Counter
 
 import pytest
-import torch
 
 from scripted_engine import ScriptedEngine
 from test_compile_errors import render
@@ -19,7 +18,6 @@ from ttsc.compiler.pipeline import compile_source
 from ttsc.runtime.engines.base import (Completion, Prompt, SampleOutput, SampleRequest, SamplingParams,
                                        Usage, first_finished)
 from ttsc.runtime.engines.hf import HFEngine
-from ttsc.runtime.engines.paged.engine import PagedEngine
 from ttsc.runtime.ops import Extend, Generate, OpContext, host_op, resample, resample_weights, top_per_group
 from ttsc.runtime.values import Candidate
 
@@ -151,11 +149,11 @@ def _ffs_requests(first):
             SampleRequest(Prompt.user("What is 2 + 3?"), params.replace(seed=11))]
 
 
-def test_paged_engine_stops_the_other_samples_once_k_finished(tiny_model):
+def test_paged_engine_stops_the_other_samples_once_k_finished(tiny_paged):
     """Same seeds with and without first=2: the engine returns the 2 samples
     that finished first (the 2 shortest of the full run, token for token) and
     generates fewer tokens, the stopped samples counted in the usage."""
-    engine = PagedEngine(tiny_model, dtype=torch.float32, kv_memory_bytes=16 << 20)
+    engine = tiny_paged
     full = engine.sample(_ffs_requests(None))
     first = engine.sample(_ffs_requests(2))
     for a, b in zip(full, first):
@@ -177,8 +175,8 @@ def test_the_hf_engine_falls_back_to_the_k_shortest_and_counts_all_it_generated(
     assert len(r.samples) == 2
 
 
-def test_first_finish_in_a_strategy_on_the_paged_engine_saves_tokens(tiny_model):
-    engine = PagedEngine(tiny_model, dtype=torch.float32, kv_memory_bytes=16 << 20)
+def test_first_finish_in_a_strategy_on_the_paged_engine_saves_tokens(tiny_paged):
+    engine = tiny_paged
     body = ("strategy s(question) {\n c = generate(policy, solve, n=8, {first}temperature=1.0, "
             "max_tokens=24, stop=\"e\")\n return vote(extract(c, regex(\".\")))\n}\n")
     inputs = [{"question": "What is 1 + 1?"}, {"question": "What is 7 + 5?"}]
@@ -189,11 +187,10 @@ def test_first_finish_in_a_strategy_on_the_paged_engine_saves_tokens(tiny_model)
     assert "samples stopped early" in kept.summary()
 
 
-def test_the_call_cache_passes_first_finish_requests_through(tiny_model, tmp_path):
+def test_the_call_cache_passes_first_finish_requests_through(tiny_paged, tmp_path):
     from ttsc.runtime.cache import CachedEngine, CallCache, call_key
 
-    engine = CachedEngine(PagedEngine(tiny_model, dtype=torch.float32, kv_memory_bytes=16 << 20),
-                          CallCache(tmp_path / "c.db"), "tiny-random")
+    engine = CachedEngine(tiny_paged, CallCache(tmp_path / "c.db"), "tiny-random")
     plain = SampleRequest(P, SamplingParams(n=2, max_tokens=4, seed=1))
     outs = engine.sample([*_ffs_requests(2), plain])
     assert [len(o.completions) for o in outs] == [2, 2, 2]

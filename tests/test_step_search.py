@@ -4,14 +4,11 @@ a candidate, and `top(..., distinct=true)` keeps identical beams once."""
 
 from __future__ import annotations
 
-import torch
-
 from engine_contract import completions_of
 from scripted_engine import ScriptedEngine
 from test_executor import run
 from ttsc.runtime.engines.base import Completion, Prompt, SampleRequest, SamplingParams
 from ttsc.runtime.engines.hf import HFEngine
-from ttsc.runtime.engines.paged.engine import PagedEngine
 from ttsc.runtime.ops import Extend, Generate, OpContext, host_op, top
 from ttsc.runtime.values import Candidate
 
@@ -102,8 +99,8 @@ def _stop_after_first_tokens(engine) -> None:
     assert (cut.finish_reason, cut.text, cut.stop) == ("stop", free.text[:3], stop)
 
 
-def test_the_paged_engine_says_which_stop_string_cut_a_completion(tiny_model):
-    _stop_after_first_tokens(PagedEngine(tiny_model, dtype=torch.float32, kv_memory_bytes=16 << 20))
+def test_the_paged_engine_says_which_stop_string_cut_a_completion(tiny_paged):
+    _stop_after_first_tokens(tiny_paged)
 
 
 def test_the_hf_engine_says_which_stop_string_cut_a_completion(tiny_model):

@@ -212,30 +212,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         common = dict(scorer=scorer, answer_field=args.answer_field, seed=args.seed,
                       batch_size=args.batch_size, out=args.out, data=rows.source,
                       on_item=lambda done, total: progress.update(task, completed=done))
+        log = None if args.quiet else progress.console.print
+
+        def run(plan_: Any, log: Any, **kw: Any) -> Any:
+            """`plan_` over the rows, on Ray workers (--ray) or the local engines."""
+            if ray is None:
+                return evaluate(plan_, engines, rows, **kw)
+            from ttsc.runtime.distributed.evaluate import evaluate_on_ray
+
+            return evaluate_on_ray(plan_, rows, options=ray, engine=args.engine,
+                                   device=args.device, cache=cache, log=log, **kw)
+
         greedy = None
         if greedy_plan is not None:
             # First, and with no results file: its calls come from the call
             # cache on a rerun, and a resumed --out stays the strategy's own.
-            g_common = {**common, "out": None}
-            if ray is not None:
-                from ttsc.runtime.distributed.evaluate import evaluate_on_ray
-
-                greedy = evaluate_on_ray(greedy_plan, rows, options=ray, engine=args.engine,
-                                         device=args.device, cache=cache, log=None, **g_common)
-            else:
-                greedy = evaluate(greedy_plan, engines, rows, **g_common)
+            greedy = run(greedy_plan, None, **{**common, "out": None})
             progress.update(task, completed=0)
-        if ray is not None:
-            from ttsc.runtime.distributed.evaluate import evaluate_on_ray
-
-            summary = evaluate_on_ray(plan, rows, options=ray, engine=args.engine,
-                                      device=args.device, cache=cache,
-                                      log=None if args.quiet else progress.console.print, **common)
-        elif target is None:
-            summary = evaluate(plan, engines, rows, **common)
+        if target is None:  # (--ray with a total budget was refused above)
+            summary = run(plan, log, **common)
         else:
-            summary = evaluate_adaptive(plan, engines, rows, target, values,
-                                        log=None if args.quiet else progress.console.print, **common)
+            summary = evaluate_adaptive(plan, engines, rows, target, values, log=log, **common)
     print(eval_report(summary, plan.strategy, args, greedy))
     if args.json:
         print(json.dumps({**summary.as_dict(), **({"greedy": greedy.as_dict()} if greedy else {})}))

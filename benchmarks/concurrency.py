@@ -24,14 +24,16 @@ with few rows each gain close to 2x.
 
 `measure_concurrency()` is what benchmarks/runtime.py calls; run as a script it
 prints its figures and, last, one JSON object. CPU timings need a quiet
-machine: run as a script with a load average of 1 or more and
-OMP_WAIT_POLICY unset, it restarts itself with OMP_WAIT_POLICY=PASSIVE (as
-benchmarks/engine.py does), so that spinning OpenMP threads do not stall.
+machine: run as a script while other processes keep a quarter of a core
+busy and OMP_WAIT_POLICY is unset, it restarts itself with
+OMP_WAIT_POLICY=PASSIVE (benchmarks/engine.py's `sleep_threads_if_busy`), so
+that spinning OpenMP threads do not stall.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -129,13 +131,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mode", choices=MODES, action="append", help="default: both")
     args = parser.parse_args()
-    if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= 1.0:
-        print(f"load average {os.getloadavg()[0]:.1f}: restarting with OMP_WAIT_POLICY=PASSIVE", flush=True)
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by OpenMP when the process starts
-        os.execv(sys.executable, [sys.executable, "-P", os.path.abspath(__file__), *sys.argv[1:]])
+    _engine_benchmark().sleep_threads_if_busy(__file__)
     figures = measure_concurrency(args.spec, args.requests, args.max_tokens, args.repeats,
                                   tuple(args.mode or MODES))
     print(json.dumps(figures))
+
+
+def _engine_benchmark():
+    """benchmarks/engine.py, loaded by path (the folder is not a package)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine.py")
+    spec = importlib.util.spec_from_file_location("ttsc_bench_engine", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

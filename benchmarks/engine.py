@@ -7,7 +7,9 @@ The same work, side by side in one run on the embedded model
 - work A: 8 chat prompts x 16 samples x 64 new tokens;
 - work B: one ~1,000-token few-shot prompt x 16 samples x 64 new tokens;
 
-run by (a) PagedEngine (a fresh engine, cold prefix cache, each run) and
+run by (a) PagedEngine, one engine per work as a server would hold it (one
+untimed run of the work first; its prefix cache emptied before every run,
+`reset_prefix_cache`, so each run computes its prompts afresh) and
 (b) the peer, llama.cpp's `llama-server` (benchmarks/llama_peer.py) on the
 same weight values (the shipped Q4_1 GGUF converted to BF16 by llama.cpp's
 `llama-quantize`), one slot per sequence with continuous batching, in the
@@ -33,10 +35,14 @@ under `flock /tmp/ttsc-heavy.lock` where others share the machine.
 
 CPU timings need a quiet machine. When other processes compete for the cores,
 spinning threads that lose their core stall every parallel region for
-milliseconds. So when the load average is 1 or more and OMP_WAIT_POLICY is
-unset, the benchmark restarts itself with OMP_WAIT_POLICY=PASSIVE and runs
-llama-server with `--poll 0` (its threads sleep instead of spinning); the
-policy and the load average are recorded. (An earlier version ran llama.cpp
+milliseconds. So when other processes keep a quarter of a core or more busy
+(read from /proc/stat over two seconds before anything starts; the load
+average is no guide here: this VM's sits near 1 with its cores idle) and
+OMP_WAIT_POLICY is unset, the benchmark restarts itself with
+OMP_WAIT_POLICY=PASSIVE and runs llama-server with `--poll 0` (its threads
+sleep instead of spinning). On a quiet machine both keep their defaults:
+OpenMP's threads spin a little before sleeping, llama-server polls at 50.
+The policy, the busy cores and the load average are recorded. (An earlier version ran llama.cpp
 through llama-cpp-python one request at a time, 86 and 54 tok/s: not a fair
 peer for parallel sampling, and dropped.)
 """
@@ -83,11 +89,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch and llama.cpp threads (default 2)")
     args = parser.parse_args()
-    if "OMP_WAIT_POLICY" not in os.environ and os.getloadavg()[0] >= 1.0:
-        print(f"load average {os.getloadavg()[0]:.1f}: restarting with OMP_WAIT_POLICY=PASSIVE",
-              flush=True)
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read by OpenMP when the process starts
-        os.execv(sys.executable, [sys.executable, "-P", os.path.abspath(__file__), *sys.argv[1:]])
+    busy = sleep_threads_if_busy(__file__)
     torch.set_num_threads(args.threads)
     passive = os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
     poll = 0 if passive else 50  # llama.cpp's threads wait the way OpenMP's do
@@ -96,7 +98,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, llama-server --poll {poll}, "
-          f"load average {_load():.2f} (other processes skew CPU timings)", flush=True)
+          f"other processes busy on {busy:.2f} cores, load average {_load():.2f} "
+          f"(other processes skew CPU timings)", flush=True)
     t0 = time.perf_counter()
     loaded = load_model(SMOLLM2)
     print(f"loaded {SMOLLM2} in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -112,7 +115,7 @@ def main() -> None:
           f"{SAMPLES} x {new_tokens}", flush=True)
     result: dict = {"dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                    "llama_server_poll": poll, "load_average_start": _load()}
+                    "llama_server_poll": poll, "busy_cores_start": busy, "load_average_start": _load()}
 
     peer = None if args.no_peer else _peer_module()
     gguf = None
@@ -142,11 +145,9 @@ def main() -> None:
             figures["peer_configs"] = trials
             figures["peer_config"] = best.name
         engine_runs, peer_runs = [], []
+        served = served_engine(loaded, dtype, prompts, new_tokens)
         for run in range(args.runs):
-            fresh = PagedEngine(loaded, dtype=dtype)  # a cold prefix cache for each run
-            warm_up(fresh)
-            got = run_engine(fresh, prompts, new_tokens)
-            fresh.close()
+            got = run_engine(served, prompts, new_tokens)
             engine_runs.append({**got, "load_average": _load()})
             line = (f"{name} run {run + 1}: paged {got['engine_tok_s']:.0f} tok/s "
                     f"(prefill computed {got['prefill_tokens_computed']} of "
@@ -158,6 +159,7 @@ def main() -> None:
                 line += (f", llama-server {best.name} {theirs['tok_s']:.0f} tok/s, "
                          f"ratio {got['engine_tok_s'] / theirs['tok_s']:.2f}x")
             print(f"{line}, load {_load():.2f}", flush=True)
+        served.close()
         figures["engine_runs"] = engine_runs
         figures["engine_tok_s"] = _spread([r["engine_tok_s"] for r in engine_runs])
         for key in ("prefill_tokens_requested", "prefill_tokens_computed", "radix_hits_tokens"):
@@ -216,6 +218,47 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
+BUSY_CORES_FOR_PASSIVE = 0.25
+
+
+def busy_cores(seconds: float = 2.0) -> float:
+    """Cores that other processes kept busy (user, system, steal) over the
+    next `seconds`, from /proc/stat; 0.0 where there is none."""
+
+    def times() -> list[int] | None:
+        try:
+            with open("/proc/stat") as f:
+                return [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+
+    before = times()
+    time.sleep(seconds)
+    after = times()
+    if before is None or after is None:
+        return 0.0
+    delta = [b - a for a, b in zip(before, after)]
+    total = sum(delta[:8])  # user nice system idle iowait irq softirq steal
+    idle = delta[3] + delta[4]
+    return (total - idle) / total * (os.cpu_count() or 1) if total else 0.0
+
+
+def sleep_threads_if_busy(script: str) -> float:
+    """Restart `script` with OMP_WAIT_POLICY=PASSIVE when other processes
+    keep BUSY_CORES_FOR_PASSIVE cores or more busy (OpenMP reads the policy
+    when the process starts); returns the cores found busy."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return float(os.environ.get("TTSC_BENCH_BUSY_CORES", "nan"))
+    busy = busy_cores()
+    os.environ["TTSC_BENCH_BUSY_CORES"] = f"{busy:.3f}"
+    if busy >= BUSY_CORES_FOR_PASSIVE:
+        print(f"other processes busy on {busy:.2f} cores: restarting with OMP_WAIT_POLICY=PASSIVE",
+              flush=True)
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.execv(sys.executable, [sys.executable, "-P", os.path.abspath(script), *sys.argv[1:]])
+    return busy
+
+
 def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
@@ -252,10 +295,21 @@ def warm_up(engine: PagedEngine) -> None:
                                  SamplingParams(n=4, max_tokens=4, seed=0))])
 
 
+def served_engine(loaded, dtype: torch.dtype, prompts: list[Prompt], new_tokens: int) -> PagedEngine:
+    """An engine that has run the work once, untimed, as a running server has
+    (llama-server clears its whole KV buffer when it starts; this engine's
+    pool is mapped page by page as it is first written)."""
+    engine = PagedEngine(loaded, dtype=dtype)
+    run_engine(engine, prompts, new_tokens)
+    return engine
+
+
 # ------------------------------------------------------------------ runs
 
 def run_engine(engine: PagedEngine, prompts: list[Prompt], new_tokens: int) -> dict:
+    """One timed run of the work, from a cold prefix cache."""
     params = SamplingParams(n=SAMPLES, temperature=1.0, max_tokens=new_tokens, ignore_eos=True, seed=0)
+    engine.reset_prefix_cache()
     before = engine.stats()
     t0 = time.perf_counter()
     out = engine.sample([SampleRequest(p, params) for p in prompts])
@@ -326,8 +380,8 @@ def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
 
     The bare rate is measured in bf16 and fp32 (the engine runs either); the
     fraction compares the engine with its own dtype's."""
-    engine = PagedEngine(loaded, dtype=dtype)
-    warm_up(engine)
+    prompts = [Prompt.user(q) for q in QUESTIONS[: batch // SAMPLES]]
+    engine = served_engine(loaded, dtype, prompts, new_tokens)
     layers = linear_layers(engine)
     flops_per_token = 2 * sum(lin.numel for lin in layers)  # matmul FLOPs of one decode token
     # The machine's matmul rate on these shapes: the faster of plain and prepacked GEMMs.
@@ -336,7 +390,7 @@ def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
         own = layers if kind == dtype else linear_layers_in(loaded, kind)
         gemm_s = min(gemm_seconds(own, batch, kind, packed=False), gemm_seconds(own, batch, kind, packed=True))
         matmul[str(kind).replace("torch.", "")] = flops_per_token * batch / gemm_s / 1e9
-    prompts = [Prompt.user(q) for q in QUESTIONS[: batch // SAMPLES]]
+    engine.reset_prefix_cache()
     before = engine.stats()
     engine.sample([SampleRequest(p, SamplingParams(n=SAMPLES, temperature=1.0, max_tokens=new_tokens,
                                                    ignore_eos=True, seed=1)) for p in prompts])

@@ -52,8 +52,7 @@ def main() -> None:
     layers = bench.linear_layers(probe)
     result: dict = {"threads": torch.get_num_threads(), "load_average_start": os.getloadavg()[0]}
     for name, prompts in works.items():
-        engine = PagedEngine(loaded, dtype=probe.dtype)
-        bench.warm_up(engine)
+        engine = bench.served_engine(loaded, probe.dtype, prompts, bench.NEW_TOKENS)
         profile = cProfile.Profile()
         t0 = time.perf_counter()
         profile.enable()

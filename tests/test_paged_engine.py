@@ -423,6 +423,46 @@ def test_lru_eviction_of_unreferenced_blocks() -> None:
     radix.check_invariants()
 
 
+def test_freed_blocks_are_reused_first() -> None:
+    """Last freed, first reused: a long-lived engine keeps to pool pages it has touched."""
+    blocks = BlockManager(num_blocks=8, block_size=2, block_bytes=10)
+    got = [blocks.allocate() for _ in range(3)]
+    assert got == [0, 1, 2]  # a fresh pool from its start
+    blocks.decref(1)
+    blocks.decref(0)
+    assert [blocks.allocate(), blocks.allocate(), blocks.allocate()] == [0, 1, 3]
+    blocks.check_invariants()
+
+
+def test_radix_clear_frees_idle_blocks_only() -> None:
+    blocks = BlockManager(num_blocks=4, block_size=2, block_bytes=10)
+    radix = RadixCache(blocks)
+    node = radix.root
+    for i, key in enumerate(((1, 2), (3, 4), (5, 6))):
+        node = radix.insert(node, key, blocks.allocate())
+    blocks.decref(2)  # the leaf is idle; its parents are still held
+    assert radix.clear() == 1 and radix.match([1, 2, 3, 4, 5, 6])[1] == 4
+    blocks.decref(1)
+    blocks.decref(0)
+    assert radix.clear() == 2 and radix.match([1, 2])[1] == 0 and radix.num_nodes == 0
+    assert blocks.num_free == 4
+    blocks.check_invariants()
+    radix.check_invariants()
+
+
+def test_reset_prefix_cache_computes_the_prompt_again(tiny_paged) -> None:
+    prompt = Prompt(raw="The quick brown fox jumps over the lazy dog. " * 2)
+    request = [SampleRequest(prompt, SamplingParams(n=3, max_tokens=3, ignore_eos=True, seed=1))]
+    n_tok = len(tiny_paged.tokenize(prompt))
+    first = tiny_paged.sample(request)[0]
+    assert tiny_paged.reset_prefix_cache() > 0
+    again = tiny_paged.sample(request)[0]
+    assert again.usage.prompt_tokens_computed == first.usage.prompt_tokens_computed == n_tok
+    assert completions_of([again]) == completions_of([first])  # same seeds, same tokens
+    assert tiny_paged.stats()["kv_live_bytes"] == 0
+    assert_clean(tiny_paged)
+
+
 # ------------------------------------------------------------------------ memory
 
 def test_memory_cap_holds_under_a_burst(tiny_model: LoadedModel) -> None:

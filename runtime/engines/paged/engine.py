@@ -256,6 +256,15 @@ class PagedEngine(Engine):
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def reset_prefix_cache(self) -> int:
+        """Forget every stored prefix no running sequence holds (vLLM's
+        `reset_prefix_cache`): the next call computes its prompts afresh, as on
+        a new engine, on pool pages already touched. Returns the blocks freed."""
+        with self._cond:
+            while self._stepping:
+                self._cond.wait()
+            return self.radix.clear()
+
     def stats(self) -> dict:
         """Memory, prefix-cache and work counters since the engine was created."""
         s = self.scheduler.stats

@@ -135,6 +135,14 @@ class RadixCache:
             return node.block_id
         return None
 
+    def clear(self) -> int:
+        """Free every block no sequence holds (what `evict_one` would free,
+        all of it); blocks in use stay. Returns how many were freed."""
+        freed = 0
+        while self.evict_one() is not None:
+            freed += 1
+        return freed
+
     @property
     def num_nodes(self) -> int:
         return len(self.node_of_block)

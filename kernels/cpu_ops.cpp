@@ -4,9 +4,11 @@
 // products as inside them: each eager op is a parallel region plus a pass over
 // memory, and attention first gathered every row's KV blocks into a padded
 // copy. These kernels read the paged pool in place and fuse the element-wise
-// chains of a layer into single passes. Arithmetic is fp32 throughout (bf16
-// attention scores multiply bf16 pairs, exactly, with AVX512-BF16's dot
-// product); inputs and outputs are bf16 or fp32 (the model dtype).
+// chains of a layer into single passes. Arithmetic is fp32 throughout, but
+// for bf16 attention on CPUs with AVX512-BF16: scores multiply bf16 pairs,
+// exactly, with its dot product, and the softmax weights are rounded to bf16
+// for the values' products, as GPU flash attention rounds them; inputs and
+// outputs are bf16 or fp32 (the model dtype).
 //
 // Every kernel computes a row (a token) with the same operations in the same
 // order whatever else is in the call: element-wise kernels go row by row, and
@@ -242,11 +244,13 @@ inline v16 max4(const v16* x) {
 // n keys: the queries' maxima, corrections e^(m - m') and sums side by side
 // in lanes 0, 4, 8, 12 of one vector (max4, exp16, sum4; sum4 adds a
 // vector's lanes in hsum's order, and a block of fewer than 4 pads with a
-// copy of its first query), weights p = e^(s - m') in fp32, then
-// acc = acc * corr + sum_t p[t] v[t] over the keys in order, every widened
-// value vector used by all QB queries. A query's bits do not depend on QB.
+// copy of its first query), weights p = e^(s - m') in fp32, summed in fp32
+// into l, then acc = acc * corr + sum_t p[t] v[t]. The values' products take
+// p rounded to bf16, as GPU flash attention does: one vdpbf16ps adds the
+// products of two keys (bf16 x bf16, exact) per lane, over `vp`, the chunk's
+// values as key pairs (value_pairs). A query's bits do not depend on QB.
 template <int QB, int DC>
-inline void softmax_values_block(const v16* s, const v16* vb, int64_t n, v16* acc, float* m, float* l) {
+inline void softmax_values_block(const v16* s, const __m512i* vp, int64_t n, v16* acc, float* m, float* l) {
   v16 x[4];
   for (int q = 0; q < 4; ++q) x[q] = s[q < QB ? q : 0];
   const v16 mx = max4(x);
@@ -258,35 +262,61 @@ inline void softmax_values_block(const v16* s, const v16* vb, int64_t n, v16* ac
   const v16 cm = mx > mv ? mx : mv;
   const v16 corr = exp16(mv - cm);  // ~1e-38, not 0, on the first chunk (m = -inf): acc and l are 0
   v16 p[QB];
-  for (int q = 0; q < QB; ++q) p[q] = exp16(s[q] - cm[4 * q]);  // padding lanes ~1e-38, not summed below
+  for (int q = 0; q < QB; ++q) p[q] = exp16(s[q] - cm[4 * q]);  // padding lanes ~1e-38; their values are 0
   for (int q = 0; q < 4; ++q) x[q] = p[q < QB ? q : 0];
   const v16 lnew = lv * corr + sum4(x);  // padding lanes add ~1e-37 to a sum >= 1
-  v16 a[QB][DC];
+  __m512 a[QB][DC];
+  __m512i pw[QB];  // dword i: the bf16 weights of keys 2i and 2i + 1
   for (int q = 0; q < QB; ++q) {
     m[q] = cm[4 * q];
     l[q] = lnew[4 * q];
-    for (int c = 0; c < DC; ++c) a[q][c] = acc[q * DC + c] * corr[4 * q];
-  }
-  for (int64_t t = 0; t < n; ++t)
     for (int c = 0; c < DC; ++c) {
-      const v16 v = vb[t * DC + c];
-      for (int q = 0; q < QB; ++q) a[q][c] += p[q][t] * v;
+      const v16 scaled = acc[q * DC + c] * corr[4 * q];
+      std::memcpy(&a[q][c], &scaled, sizeof scaled);
     }
+    __m512 pq;
+    std::memcpy(&pq, &p[q], sizeof pq);
+    pw[q] = _mm512_castsi256_si512((__m256i)_mm512_cvtneps_pbh(pq));
+  }
+  for (int64_t i = 0; 2 * i < n; ++i) {
+    const __m512i which = _mm512_set1_epi32(static_cast<int>(i));
+    for (int q = 0; q < QB; ++q) {
+      const __m512bh w = (__m512bh)_mm512_permutexvar_epi32(which, pw[q]);
+      for (int c = 0; c < DC; ++c) a[q][c] = _mm512_dpbf16_ps(a[q][c], w, (__m512bh)vp[i * DC + c]);
+    }
+  }
   for (int q = 0; q < QB; ++q)
-    for (int c = 0; c < DC; ++c) acc[q * DC + c] = a[q][c];
+    for (int c = 0; c < DC; ++c) std::memcpy(acc + q * DC + c, &a[q][c], sizeof(v16));
+}
+
+// A chunk's values of one KV head as key pairs for softmax_values_block:
+// vp[i * DC + c], lane k, holds the values of keys 2i and 2i + 1 (zeros past
+// the n keys) at one dimension. unpack{lo,hi}_epi16 pair the keys within
+// 128-bit lanes, so vector c = 2e (2e + 1) holds dimensions 32e + 8L + j
+// (+ 4) in lane 4L + j: the outputs come out in that order, and
+// finish_query puts them back.
+template <int DC>
+inline void value_pairs(const at::BFloat16* const* tok, int64_t n, int64_t offset, __m512i* vp) {
+  for (int64_t i = 0; 2 * i < n; ++i)
+    for (int e = 0; e < DC / 2; ++e) {
+      const __m512i a = _mm512_loadu_si512(tok[2 * i] + offset + e * 32);
+      const __m512i b = 2 * i + 1 < n ? _mm512_loadu_si512(tok[2 * i + 1] + offset + e * 32) : _mm512_setzero_si512();
+      vp[i * DC + 2 * e] = _mm512_unpacklo_epi16(a, b);
+      vp[i * DC + 2 * e + 1] = _mm512_unpackhi_epi16(a, b);
+    }
 }
 
 // One block of the last k < QB queries of a head (k in 1..QB-1): score_block
 // and softmax_values_block at QB = k.
 template <int K, int DC, int PAIRS>
 inline void rest_block(int64_t k, const __m512i* kt, const uint32_t* qb, float sc, int64_t n, v16* sv,
-                       const v16* vb, v16* acc, float* m, float* l) {
+                       const __m512i* vp, v16* acc, float* m, float* l) {
   if constexpr (K >= 1) {
     if (k == K) {
       score_block<K, PAIRS>(kt, qb, sc, n, sv);
-      softmax_values_block<K, DC>(sv, vb, n, acc, m, l);
+      softmax_values_block<K, DC>(sv, vp, n, acc, m, l);
     } else {
-      rest_block<K - 1, DC, PAIRS>(k, kt, qb, sc, n, sv, vb, acc, m, l);
+      rest_block<K - 1, DC, PAIRS>(k, kt, qb, sc, n, sv, vp, acc, m, l);
     }
   }
 }
@@ -296,6 +326,7 @@ inline void rest_block(int64_t k, const __m512i* kt, const uint32_t* qb, float s
 // (16 x 16 dword transposes: lane t of kt[j] holds dims 2j, 2j+1 of key t),
 // so each query's 16 scores come out of D/2 vdpbf16ps with no horizontal
 // sums; the queries (unscaled here) are narrowed back to bf16 pairs, exactly.
+// The values go in key pairs (value_pairs), `vb` holding them.
 template <int DC>
 void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t from, int64_t len, int64_t bs,
                       int64_t hkv, int64_t h0, int64_t h1, int64_t nq, const v16* qv, float sc, v16* acc, float* m,
@@ -316,6 +347,7 @@ void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t fr
       std::memcpy(qb + i * PAIRS + e * 16, &b, sizeof b);
     }
   alignas(64) __m512i kt[PAIRS];
+  __m512i* vp = reinterpret_cast<__m512i*>(vb);  // 8 * DC vectors; vb holds 16 * DC
   for (int64_t start = from; start < len; start += 16) {
     const int64_t n = std::min<int64_t>(16, len - start);
     const at::BFloat16* tok[16];
@@ -337,17 +369,16 @@ void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t fr
         transpose16(r);
         for (int j = 0; j < 16; ++j) kt[e * 16 + j] = r[j];
       }
-      for (int64_t t = 0; t < n; ++t)
-        for (int c = 0; c < DC; ++c) vb[t * DC + c] = load16(tok[t] + (hkv + h) * dim + c * 16);
+      value_pairs<DC>(tok, n, (hkv + h) * dim, vp);
       const uint32_t* qh = qb + h * nq * PAIRS;
       const int64_t q0 = h * nq;
       int64_t i = 0;
       for (; i + QB <= nq; i += QB) {
         score_block<QB, PAIRS>(kt, qh + i * PAIRS, sc, n, sv);
-        softmax_values_block<QB, DC>(sv, vb, n, acc + (q0 + i) * DC, m + q0 + i, l + q0 + i);
+        softmax_values_block<QB, DC>(sv, vp, n, acc + (q0 + i) * DC, m + q0 + i, l + q0 + i);
       }
       // The rest (a row's rep queries, 3 for SmolLM2, in one block where QB = 4): a block of its own size.
-      if (i < nq) rest_block<QB - 1, DC, PAIRS>(nq - i, kt, qh + i * PAIRS, sc, n, sv, vb, acc + (q0 + i) * DC,
+      if (i < nq) rest_block<QB - 1, DC, PAIRS>(nq - i, kt, qh + i * PAIRS, sc, n, sv, vp, acc + (q0 + i) * DC,
                                                  m + q0 + i, l + q0 + i);
     }
   }
@@ -473,6 +504,19 @@ inline void finish_query(const v16* acc, float l, T* out) {
     const v16 v = acc[c] * inv;
     std::memcpy(y + c * 16, &v, sizeof v);
   }
+#ifdef TTSC_BF16_DOT
+  if constexpr (bf16_dot<T, DC>()) {  // value_pairs' order: 128-bit pieces [a0 b0 a1 b1] [a2 b2 a3 b3]
+    for (int e = 0; e < DC / 2; ++e) {
+      __m512 a, b;
+      std::memcpy(&a, y + e * 32, sizeof a);
+      std::memcpy(&b, y + e * 32 + 16, sizeof b);
+      const __m512 lo = _mm512_shuffle_f32x4(a, b, 0x44), hi = _mm512_shuffle_f32x4(a, b, 0xee);
+      const __m512 first = _mm512_shuffle_f32x4(lo, lo, 0xd8), second = _mm512_shuffle_f32x4(hi, hi, 0xd8);
+      std::memcpy(y + e * 32, &first, sizeof first);
+      std::memcpy(y + e * 32 + 16, &second, sizeof second);
+    }
+  }
+#endif
   store_row(y, out, dim);
 }
 
@@ -491,6 +535,7 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
                                     const torch::Tensor& group_lens, double scale) {
   constexpr int64_t dim = DC * 16;
   constexpr int64_t kChunk = 8;  // members per prefix pass: reuse of each key vs. parallel work
+  constexpr int64_t kRowsAhead = 2;  // rows whose first keys are asked for ahead of use
   const int64_t rows = q.size(0), heads = q.size(1);
   const int64_t bs = blocks.size(1), hkv = blocks.size(3), rep = heads / hkv;
   const int64_t own_width = own_tables.size(1);
@@ -573,7 +618,11 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
     std::vector<v16> qv(heads * DC), acc(heads * DC), sv(std::max<int64_t>(rep, 4)), vb(16 * DC);
     std::vector<float> m(heads), l(heads);
     for (int64_t r; (r = claim()) >= 0;) {
-      prefetch_chunk(pool, own_tp + r * own_width, own_lp[r], 0, bs, 2 * hkv * dim);
+      // This row's first keys, and the next rows' (whichever thread takes
+      // them: the last-level cache is shared), so a row's start does not wait
+      // on memory; attend_keys fetches each further chunk one ahead.
+      for (int64_t ahead = r; ahead < std::min(rows, r + 1 + kRowsAhead); ++ahead)
+        prefetch_chunk(pool, own_tp + ahead * own_width, own_lp[ahead], 0, bs, 2 * hkv * dim);
       for (int64_t i = 0; i < heads * DC; ++i) qv[i] = query16<T, DC>(qp + r * heads * dim + i * 16, sc);
       if (grouped[r]) {
         std::copy(pre_acc.begin() + r * heads * DC, pre_acc.begin() + (r + 1) * heads * DC, acc.begin());

@@ -80,7 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 prompts and 16 new tokens (smoke run)")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of each engine per work")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs of each engine per work (default 5)")
     parser.add_argument("--no-peer", action="store_true", help="skip llama-server and llama-bench")
     parser.add_argument("--no-hf", action="store_true", help="skip transformers generate")
     parser.add_argument("--peer-configs", default="",

@@ -42,9 +42,9 @@ OMP_WAIT_POLICY is unset, the benchmark restarts itself with
 OMP_WAIT_POLICY=PASSIVE and runs llama-server with `--poll 0` (its threads
 sleep instead of spinning). On a quiet machine both keep their defaults:
 OpenMP's threads spin a little before sleeping, llama-server polls at 50.
-The policy, the busy cores and the load average are recorded. (An earlier version ran llama.cpp
-through llama-cpp-python one request at a time, 86 and 54 tok/s: not a fair
-peer for parallel sampling, and dropped.)
+The policy, the busy cores and the load average are recorded. (An earlier
+version ran llama.cpp through llama-cpp-python one request at a time, 86 and
+54 tok/s: not a fair peer for parallel sampling, and dropped.)
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, llama-server --poll {poll}, "
-          f"other processes busy on {busy:.2f} cores, load average {_load():.2f} "
+          f"other processes busy on {'?' if busy is None else f'{busy:.2f}'} cores, "
+          f"load average {_load():.2f} "
           f"(other processes skew CPU timings)", flush=True)
     t0 = time.perf_counter()
     loaded = load_model(SMOLLM2)
@@ -243,12 +244,14 @@ def busy_cores(seconds: float = 2.0) -> float:
     return (total - idle) / total * (os.cpu_count() or 1) if total else 0.0
 
 
-def sleep_threads_if_busy(script: str) -> float:
+def sleep_threads_if_busy(script: str) -> float | None:
     """Restart `script` with OMP_WAIT_POLICY=PASSIVE when other processes
     keep BUSY_CORES_FOR_PASSIVE cores or more busy (OpenMP reads the policy
-    when the process starts); returns the cores found busy."""
+    when the process starts); returns the cores found busy, None where the
+    policy was set before the script started."""
     if "OMP_WAIT_POLICY" in os.environ:
-        return float(os.environ.get("TTSC_BENCH_BUSY_CORES", "nan"))
+        found = os.environ.get("TTSC_BENCH_BUSY_CORES")
+        return None if found is None else float(found)
     busy = busy_cores()
     os.environ["TTSC_BENCH_BUSY_CORES"] = f"{busy:.3f}"
     if busy >= BUSY_CORES_FOR_PASSIVE:

@@ -438,7 +438,7 @@ def test_radix_clear_frees_idle_blocks_only() -> None:
     blocks = BlockManager(num_blocks=4, block_size=2, block_bytes=10)
     radix = RadixCache(blocks)
     node = radix.root
-    for i, key in enumerate(((1, 2), (3, 4), (5, 6))):
+    for key in ((1, 2), (3, 4), (5, 6)):
         node = radix.insert(node, key, blocks.allocate())
     blocks.decref(2)  # the leaf is idle; its parents are still held
     assert radix.clear() == 1 and radix.match([1, 2, 3, 4, 5, 6])[1] == 4

@@ -150,10 +150,11 @@ class PagedEngine(Engine):
         self._busy_seconds = 0.0
         self._decode_only_seconds = 0.0  # steps without prefill rows, schedule to sample
         self._decode_only_tokens = 0
-        # Callers on several threads: each adds its sequences to `_pending` and
-        # then steps the engine itself, one step at a time (`_stepping` says
-        # someone is), until its own sequences are done. One step serves every
-        # caller's running sequences, so concurrent calls batch together.
+        # Callers on several threads: each adds its sequences to `_pending`;
+        # the first to find the engine idle steps it (`_stepping` says someone
+        # is) until its own sequences are done, the others sleeping meanwhile.
+        # One step serves every caller's running sequences, so concurrent
+        # calls batch together.
         self._cond = threading.Condition()  # guards _pending, _stepping, _seeds, counters
         self._pending: list[Sequence] = []
         self._stepping = False
@@ -259,7 +260,8 @@ class PagedEngine(Engine):
     def reset_prefix_cache(self) -> int:
         """Forget every stored prefix no running sequence holds (vLLM's
         `reset_prefix_cache`): the next call computes its prompts afresh, as on
-        a new engine, on pool pages already touched. Returns the blocks freed."""
+        a new engine, on pool pages already touched. Waits for calls being
+        served to finish. Returns the blocks freed."""
         with self._cond:
             while self._stepping:
                 self._cond.wait()
@@ -431,20 +433,32 @@ class PagedEngine(Engine):
         """Queue `submitted` and step the engine until every sequence in `watched`
         (`submitted` and the samples they fork) is done.
 
-        Whoever finds no step running runs the next one; the others wait. A
-        failed step fails every sequence in flight: each caller gets the error.
+        Whoever finds the engine idle steps it until its own sequences are
+        done, then hands the stepping on; the others sleep until a step
+        finishes some sequence (theirs may be among them) or the stepping is
+        free. (Handed on after every step, the stepping changed threads at
+        every step: two callers sending one request at a time then ran no
+        faster together than one after the other.) A failed step fails every
+        sequence in flight: each caller gets the error.
         """
+
+        def done() -> bool:
+            return all(s.is_finished for s in watched)
+
         with self._cond:
             self._pending.extend(submitted)
-        while True:
-            with self._cond:
-                while self._stepping and not all(s.is_finished for s in watched):
-                    self._cond.wait()
-                if all(s.is_finished for s in watched):
-                    break
-                self._stepping = True
+            while self._stepping and not done():
+                self._cond.wait()
+            stepping = not done()
+            self._stepping = self._stepping or stepping
+        if stepping:
             try:
-                self._step()
+                while not done():
+                    finished = self.scheduler.num_finished
+                    self._step()
+                    if self.scheduler.num_finished != finished:
+                        with self._cond:
+                            self._cond.notify_all()  # a waiting caller's sequences may be done
             except BaseException as exc:
                 self._abort(exc)
                 raise

@@ -62,6 +62,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.stats = SchedulerStats()
+        self.num_finished = 0  # sequences ended so far (finished or cancelled)
         self._release_after_step: list[int] = []  # CoW sources, held until copied
 
     def add(self, seq: Sequence) -> None:
@@ -244,6 +245,7 @@ class Scheduler:
             self.running.remove(seq)
         self._release(seq)
         seq.status = SequenceStatus.FINISHED
+        self.num_finished += 1
 
     def cancel(self, seq: Sequence) -> None:
         """End `seq` before it finished, waiting or running (first-finish

@@ -626,7 +626,7 @@ torch::Tensor decode_attention_impl(const torch::Tensor& q, const torch::Tensor&
     for (int64_t r; (r = claim()) >= 0;) {
       // This row's first keys, and the next rows' (whichever thread takes
       // them: the last-level cache is shared), so a row's start does not wait
-      // on memory; attend_keys fetches each further chunk one ahead.
+      // on memory; attend_keys asks for each further chunk ahead of use.
       for (int64_t ahead = r; ahead < std::min(rows, r + 1 + kRowsAhead); ++ahead)
         prefetch_chunk(pool, own_tp + ahead * own_width, own_lp[ahead], 0, bs, 2 * hkv * dim);
       for (int64_t i = 0; i < heads * DC; ++i) qv[i] = query16<T, DC>(qp + r * heads * dim + i * 16, sc);

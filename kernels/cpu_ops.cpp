@@ -148,14 +148,18 @@ inline v16 exp16(v16 x) {
 // Ask for the K|V of tokens [start, start + 16) of a key list ahead of use:
 // a sequence's blocks lie anywhere in the pool, so the hardware prefetcher,
 // which follows runs of addresses, loses the stream at every block.
+// One token's K|V (all KV heads), into L1 (Locality 3) or L2 only (1).
+template <int Locality = 3, typename T>
+inline void prefetch_token(const T* pool, const int64_t* table, int64_t pos, int64_t bs, int64_t tok_stride) {
+  const char* p = reinterpret_cast<const char*>(pool + (table[pos / bs] * bs + pos % bs) * tok_stride);
+  for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(T)); off += 64)
+    __builtin_prefetch(p + off, 0, Locality);
+}
+
 template <typename T>
 inline void prefetch_chunk(const T* pool, const int64_t* table, int64_t len, int64_t start, int64_t bs,
                            int64_t tok_stride) {
-  const int64_t bytes = tok_stride * sizeof(T);
-  for (int64_t pos = start; pos < std::min(len, start + 16); ++pos) {
-    const char* p = reinterpret_cast<const char*>(pool + (table[pos / bs] * bs + pos % bs) * tok_stride);
-    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
-  }
+  for (int64_t pos = start; pos < std::min(len, start + 16); ++pos) prefetch_token(pool, table, pos, bs, tok_stride);
 }
 
 // Whether attend_keys<T, DC> takes the bf16 dot-product path below: bf16
@@ -355,16 +359,10 @@ void attend_keys_bf16(const at::BFloat16* pool, const int64_t* table, int64_t fr
       const int64_t pos = start + t;
       tok[t] = pool + (table[pos / bs] * bs + pos % bs) * tok_stride;
       if (start + 16 < len) {  // the next chunk's token, asked for while this one is scored
-        const int64_t next = std::min(pos + 16, len - 1);
-        const char* ahead = reinterpret_cast<const char*>(pool + (table[next / bs] * bs + next % bs) * tok_stride);
-        for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(at::BFloat16)); off += 64)
-          __builtin_prefetch(ahead + off);
+        prefetch_token(pool, table, std::min(pos + 16, len - 1), bs, tok_stride);
         // And the one after, into L2 only: more loads in flight without
         // crowding L1 (work A's own keys, cold: 6-7 % faster a layer).
-        const int64_t far = std::min(pos + 32, len - 1);
-        const char* further = reinterpret_cast<const char*>(pool + (table[far / bs] * bs + far % bs) * tok_stride);
-        for (int64_t off = 0; off < tok_stride * static_cast<int64_t>(sizeof(at::BFloat16)); off += 64)
-          __builtin_prefetch(further + off, 0, 1);
+        prefetch_token<1>(pool, table, std::min(pos + 32, len - 1), bs, tok_stride);
       }
     }
     for (int64_t h = h0; h < h1; ++h) {

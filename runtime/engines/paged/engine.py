@@ -449,8 +449,9 @@ class PagedEngine(Engine):
             self._pending.extend(submitted)
             while self._stepping and not done():
                 self._cond.wait()
-            stepping = not done()
-            self._stepping = self._stepping or stepping
+            stepping = not done()  # then nobody is stepping: this caller takes it
+            if stepping:
+                self._stepping = True
         if stepping:
             try:
                 while not done():

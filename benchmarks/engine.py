@@ -66,6 +66,7 @@ from ttsc.runtime.engines.paged.engine import PagedEngine
 from ttsc.runtime.engines.paged.sampler import RowSettings
 from ttsc.runtime.engines.paged.sampler import sample as torch_sample
 from ttsc.runtime.models import SMOLLM2, load_model
+from ttsc.runtime import torch_thread
 
 QUESTIONS = (
     "What is 7 + 5?", "Name three primary colors.", "What is the capital of France?",
@@ -470,4 +471,6 @@ def _rounded(x):
 
 
 if __name__ == "__main__":
-    main()
+    # All of it on the torch thread, where the engines step inline: one OpenMP
+    # pool in the process, as in `ttsc run` (runtime/torch_thread.py).
+    torch_thread.call(main)

@@ -99,4 +99,8 @@ def _engine_benchmark():
 
 
 if __name__ == "__main__":
-    main()
+    from ttsc.runtime import torch_thread
+
+    # On the torch thread, where the engine steps inline and cProfile sees the
+    # steps (it profiles one thread): one OpenMP pool, as in `ttsc run`.
+    torch_thread.call(main)

@@ -74,6 +74,20 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _cpu_workarounds() -> list[str]:
+    """Flags this machine's CPU needs. With AMX, llama.cpp (build 11434)
+    moves quantized weights into its AMX buffers and its AMX matrix product
+    crashes the server while it loads (SIGSEGV in ggml_backend_amx_mul_mat,
+    seen on a Xeon with AMX, the embedded Q4_1 model); `--no-repack` keeps
+    the weights where the plain CPU kernels read them. bf16 weights, as the
+    engine benchmark runs, have no AMX kernel there either way."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return ["--no-repack"] if " amx_int8" in flags else []
+
+
 class LlamaServer:
     """One llama-server process serving `model` as `alias` on 127.0.0.1."""
 
@@ -121,7 +135,8 @@ class LlamaServer:
         return [self.binary, "-m", str(self.model), "-a", self.alias,
                 "--host", "127.0.0.1", "--port", str(self.port),
                 "-np", str(self.parallel), "-c", str(self.ctx_per_slot * self.parallel),
-                "-t", str(self.threads), "--poll", str(self.poll), *self.extra_args]
+                "-t", str(self.threads), "--poll", str(self.poll), *_cpu_workarounds(),
+                *self.extra_args]
 
     def start(self) -> "LlamaServer":
         self.port = free_port()

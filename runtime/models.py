@@ -21,6 +21,7 @@ import torch
 from ttsc.common import paths
 from ttsc.common.errors import UserError
 from ttsc.common.specs import resolve_spec
+from ttsc.runtime.torch_thread import on_torch_thread
 
 if TYPE_CHECKING:
     import transformers
@@ -173,6 +174,7 @@ _cache: dict[tuple[str, str, torch.dtype], LoadedModel] = {}
 _cache_lock = threading.Lock()
 
 
+@on_torch_thread  # see torch_thread.py: the thread that loads is the one that runs
 def load_model(spec: str, device: str | None = None,
                dtype: torch.dtype | None = None) -> LoadedModel:
     """Load (or fetch from the in-process cache) the model a spec names."""

@@ -13,9 +13,10 @@ tokens can depend on its batch mates.
 No prefix cache: every prompt token of every row is computed. The paged engine
 (runtime/engines/paged) is the high-throughput one.
 
-Threads: any number may call at once; calls take turns under a lock (one call,
-batched over its own rows, at a time: `capabilities.max_concurrency` is 1), and
-each gets exactly its own results and usage.
+Threads: any number may call at once; calls take turns on the torch thread
+(runtime/torch_thread.py: one call, batched over its own rows, at a time:
+`capabilities.max_concurrency` is 1), and each gets exactly its own results
+and usage.
 
 Conventions shared with the contract suite (tests/engine_contract.py):
 - `Completion.token_ids` exclude the EOS token; they include the tokens that
@@ -55,6 +56,7 @@ from ttsc.runtime.engines.base import (
 )
 from ttsc.runtime.engines.registry import HF_CAPABILITIES
 from ttsc.runtime.models import LoadedModel
+from ttsc.runtime.torch_thread import on_torch_thread
 
 # Pruning copies the whole KV cache, so finished rows ride along (their outputs
 # ignored) until this fraction of the batch is done.
@@ -122,8 +124,7 @@ class HFEngine(Engine):
         pad = self.tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else next(iter(self._eos_ids), 0))
         self._seeds = random.Random(seed)  # seeds for requests that give none
-        self._lock = threading.Lock()  # one call at a time: concurrent callers take turns
-        self._tokenizer_lock = threading.RLock()  # tokenize() is called outside `_lock` too
+        self._tokenizer_lock = threading.RLock()  # tokenize() is called off the torch thread too
 
     # ------------------------------------------------------------ prompts
 
@@ -154,64 +155,64 @@ class HFEngine(Engine):
 
     # ------------------------------------------------------------ contract
 
+    @on_torch_thread
     def sample(self, requests: Sequence[SampleRequest]) -> list[SampleOutput]:
-        with self._lock:
-            rows = self._expand(requests)
-            order = sorted(range(len(rows)), key=lambda i: -len(rows[i].prompt_ids))
-            for chunk in self._chunks([rows[i] for i in order]):
-                self._generate(chunk)
-            results = [SampleOutput([], Usage(calls=1)) for _ in requests]
-            for row in rows:
-                out = results[row.request_index]
-                out.completions.append(Completion(
-                    row.text, row.token_ids, row.logprobs, row.finish_reason or "length", row.stop))
-                # Every row prefills its own prompt: nothing is reused.
-                out.usage += Usage(prompt_tokens=len(row.prompt_ids),
-                                   prompt_tokens_computed=len(row.prompt_ids),
-                                   generated_tokens=len(row.token_ids))
-            return results
+        rows = self._expand(requests)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].prompt_ids))
+        for chunk in self._chunks([rows[i] for i in order]):
+            self._generate(chunk)
+        results = [SampleOutput([], Usage(calls=1)) for _ in requests]
+        for row in rows:
+            out = results[row.request_index]
+            out.completions.append(Completion(
+                row.text, row.token_ids, row.logprobs, row.finish_reason or "length", row.stop))
+            # Every row prefills its own prompt: nothing is reused.
+            out.usage += Usage(prompt_tokens=len(row.prompt_ids),
+                               prompt_tokens_computed=len(row.prompt_ids),
+                               generated_tokens=len(row.token_ids))
+        return results
 
+    @on_torch_thread
     def score_next(self, requests: Sequence[NextTokenRequest]) -> list[ScoreOutput]:
-        with self._lock:
-            ids_list, choice_ids = [], []
-            for req in requests:
-                if not req.choices or any(not c for c in req.choices):
-                    raise UserError("score_next needs at least one non-empty choice")
-                ids_list.append(self.tokenize(req.prompt))
-                self._check_length(ids_list[-1])
-                choice_ids.append([self._first_token(req.prompt, c) for c in req.choices])
-            results = [ScoreOutput([], _prompt_usage(len(ids))) for ids in ids_list]
-            order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
-            for chunk in self._index_chunks([len(ids_list[i]) for i in order]):
-                idx = [order[k] for k in chunk]
-                logits = self._forward_last([ids_list[i] for i in idx], keep=1)[:, -1]
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-                for row, i in enumerate(idx):
-                    results[i].logprobs = logprobs[row, choice_ids[i]].tolist()
-            return results
+        ids_list, choice_ids = [], []
+        for req in requests:
+            if not req.choices or any(not c for c in req.choices):
+                raise UserError("score_next needs at least one non-empty choice")
+            ids_list.append(self.tokenize(req.prompt))
+            self._check_length(ids_list[-1])
+            choice_ids.append([self._first_token(req.prompt, c) for c in req.choices])
+        results = [ScoreOutput([], _prompt_usage(len(ids))) for ids in ids_list]
+        order = sorted(range(len(ids_list)), key=lambda i: -len(ids_list[i]))
+        for chunk in self._index_chunks([len(ids_list[i]) for i in order]):
+            idx = [order[k] for k in chunk]
+            logits = self._forward_last([ids_list[i] for i in idx], keep=1)[:, -1]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, i in enumerate(idx):
+                results[i].logprobs = logprobs[row, choice_ids[i]].tolist()
+        return results
 
+    @on_torch_thread
     def score_continuations(self, requests: Sequence[ContinuationRequest]) -> list[ContinuationOutput]:
-        with self._lock:
-            splits = [self._continuation_split(r.prompt, r.continuation) for r in requests]
-            for full_ids, _ in splits:
-                self._check_length(full_ids, "prompt + continuation")
-            results = [ContinuationOutput(0.0, _prompt_usage(len(full))) for full, _ in splits]
-            order = sorted(range(len(splits)), key=lambda i: -len(splits[i][0]))
-            for chunk in self._index_chunks(
-                    [len(splits[i][0]) for i in order],
-                    kept=[len(splits[i][0]) - splits[i][1] + 1 for i in order]):
-                idx = [order[k] for k in chunk]
-                num_cont = [len(splits[i][0]) - splits[i][1] for i in idx]
-                keep = max(num_cont) + 1
-                logits = self._forward_last([splits[i][0] for i in idx], keep=keep)
-                for row, i in enumerate(idx):
-                    n = num_cont[row]
-                    if n == 0:
-                        continue
-                    targets = torch.tensor(splits[i][0][-n:], device=logits.device)
-                    lp = torch.log_softmax(logits[row, keep - 1 - n: keep - 1].float(), dim=-1)
-                    results[i].logprob = float(lp.gather(-1, targets[:, None]).sum())
-            return results
+        splits = [self._continuation_split(r.prompt, r.continuation) for r in requests]
+        for full_ids, _ in splits:
+            self._check_length(full_ids, "prompt + continuation")
+        results = [ContinuationOutput(0.0, _prompt_usage(len(full))) for full, _ in splits]
+        order = sorted(range(len(splits)), key=lambda i: -len(splits[i][0]))
+        for chunk in self._index_chunks(
+                [len(splits[i][0]) for i in order],
+                kept=[len(splits[i][0]) - splits[i][1] + 1 for i in order]):
+            idx = [order[k] for k in chunk]
+            num_cont = [len(splits[i][0]) - splits[i][1] for i in idx]
+            keep = max(num_cont) + 1
+            logits = self._forward_last([splits[i][0] for i in idx], keep=keep)
+            for row, i in enumerate(idx):
+                n = num_cont[row]
+                if n == 0:
+                    continue
+                targets = torch.tensor(splits[i][0][-n:], device=logits.device)
+                lp = torch.log_softmax(logits[row, keep - 1 - n: keep - 1].float(), dim=-1)
+                results[i].logprob = float(lp.gather(-1, targets[:, None]).sum())
+        return results
 
     def close(self) -> None:
         # The model itself belongs to the load_model cache; only free what batches left.

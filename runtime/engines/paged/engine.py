@@ -13,14 +13,16 @@ Usage: `prompt_tokens` counts the prompt once per sample; what the engine did
 not compute (radix hits, prompts shared by forked samples) is `prompt_tokens_reused`.
 
 Concurrent callers. `sample`, `score_next` and `score_continuations` may be
-called from many threads at once. A call queues its sequences, then steps the
-engine itself, one step at a time, until its own sequences are done; whoever
-finds no step running runs the next one. Each step serves every caller's
-queued and running sequences, so requests from different callers share
-batches (continuous batching across callers), with no background thread.
-Each result carries only its own request's usage. The scheduler, block
-manager and radix tree are touched only by the stepping thread; the tokenizer,
-the seed stream of unseeded requests and the counters have their locks.
+called from many threads at once. A call queues its sequences and sleeps
+until they are done; the engine steps on the torch thread (runtime/
+torch_thread.py: all of a process's torch work runs on one thread, or OpenMP
+puts its workers to sleep after every parallel region), one job per step,
+each step serving every caller's queued and running sequences, so requests
+from different callers share batches (continuous batching across callers).
+The engine is built there too, and a call made on that thread steps it
+inline. Each result carries only its own request's usage. The scheduler,
+block manager and radix tree are touched only there; the tokenizer, the seed
+stream of unseeded requests and the counters have their locks.
 
 Batch invariance. On CPU with the C++ kernels (the default wherever they can
 be built, in bf16 and fp32 alike) a request's tokens and log-probabilities
@@ -29,8 +31,9 @@ its prompt is cut into prefill chunks, what the prefix cache holds, whether
 its samples decode as a cascade group, preemption and recomputation. So a
 resumed `ttsc eval` draws what an uninterrupted one draws. Why it holds:
 - matrix products: oneDNN's prepacked GEMMs give a row the same bits for any
-  row count from 2 up, and a lone row is computed as two (model.Linear); MKL,
-  which served fp32 before, rounds by row count;
+  row count from 2 up, and a lone row is computed as two (model.Linear); on
+  CPUs with AMX only up to 32 bf16 rows, so there products run in slices of
+  32; MKL, which served fp32 before, rounds by row count;
 - attention: every token, in decode and prefill, reads its keys in chunks of
   16 from position 0, a cascade group handing its online-softmax state on to
   each member's own keys, groups rounded to whole chunks (attention.py);
@@ -67,6 +70,7 @@ from typing import Any, Sequence as Seq
 import torch
 
 from ttsc.common.errors import UserError
+from ttsc.runtime import torch_thread
 from ttsc.runtime.engines import prompting
 from ttsc.runtime.engines.base import (
     check_sampling,
@@ -96,12 +100,14 @@ from ttsc.runtime.engines.paged.sequence import Sequence, SequenceKind, Sequence
 from ttsc.runtime.engines.paged.weight_cache import PagedWeights
 from ttsc.runtime.engines.registry import PAGED_CAPABILITIES
 from ttsc.runtime.models import LoadedModel, resolve_device
+from ttsc.runtime.torch_thread import on_torch_thread
 
 
 
 class PagedEngine(Engine):
     name = "paged"
 
+    @on_torch_thread  # converting and prepacking the weights is torch work too
     def __init__(self, loaded: LoadedModel | PagedWeights, *, kv_memory_bytes: int | None = None,
                  block_size: int = 16, max_batch_tokens: int = 2048, max_num_seqs: int = 256,
                  dtype: torch.dtype | str | None = None, seed: int = 0,
@@ -150,18 +156,17 @@ class PagedEngine(Engine):
         self._busy_seconds = 0.0
         self._decode_only_seconds = 0.0  # steps without prefill rows, schedule to sample
         self._decode_only_tokens = 0
-        # Callers on several threads: each adds its sequences to `_pending`;
-        # the first to find the engine idle steps it (`_stepping` says someone
-        # is) until its own sequences are done, the others sleeping meanwhile.
-        # One step serves every caller's running sequences, so concurrent
-        # calls batch together.
-        self._cond = threading.Condition()  # guards _pending, _stepping, _seeds, counters
+        # Callers on several threads add their sequences to `_pending` and
+        # sleep on `_cond`; `_driving` says a step is queued on the torch
+        # thread, which queues the next while there is work.
+        self._cond = threading.Condition()  # guards _pending, _driving, _seeds, counters
         self._pending: list[Sequence] = []
-        self._stepping = False
+        self._driving = False
         self._tokenizer_lock = threading.RLock()  # fast tokenizers refuse concurrent use
         self._first_groups: list[list[Sequence]] = []  # first-finish requests still running
 
     @classmethod
+    @on_torch_thread
     def from_spec(cls, spec: str, *, device: str | None = None, dtype: torch.dtype | str | None = None,
                   **options: Any) -> "PagedEngine":
         """The engine for a model spec, its weights from the weight cache when they
@@ -251,6 +256,7 @@ class PagedEngine(Engine):
                 ContinuationOutput(float(sum(row[0] for row in s.scores)), self._account_score(s))
                 for s in seqs]
 
+    @on_torch_thread
     def close(self) -> None:
         self.runner.kv_pool = torch.empty(0)
         self.runner.layers = []
@@ -260,12 +266,9 @@ class PagedEngine(Engine):
     def reset_prefix_cache(self) -> int:
         """Forget every stored prefix no running sequence holds (vLLM's
         `reset_prefix_cache`): the next call computes its prompts afresh, as on
-        a new engine, on pool pages already touched. Waits for calls being
-        served to finish. Returns the blocks freed."""
-        with self._cond:
-            while self._stepping:
-                self._cond.wait()
-            return self.radix.clear()
+        a new engine, on pool pages already touched. Runs between two steps.
+        Returns the blocks freed."""
+        return torch_thread.call(self.radix.clear)
 
     def stats(self) -> dict:
         """Memory, prefix-cache and work counters since the engine was created."""
@@ -430,46 +433,47 @@ class PagedEngine(Engine):
     # ---------------------------------------------------------------- loop
 
     def _serve(self, submitted: list[Sequence], watched: list[Sequence]) -> None:
-        """Queue `submitted` and step the engine until every sequence in `watched`
-        (`submitted` and the samples they fork) is done.
-
-        Whoever finds the engine idle steps it until its own sequences are
-        done, then hands the stepping on; the others sleep until a step
-        finishes some sequence (theirs may be among them) or the stepping is
-        free. (Handed on after every step, it changed threads at every step;
-        held, two callers sending one request at a time ran about 10 %
-        faster.) A failed step fails every sequence in flight: each caller
-        gets the error.
-        """
+        """Queue `submitted` and wait until every sequence in `watched`
+        (`submitted` and the samples they fork) is done. A failed step fails
+        every sequence in flight: each caller gets the error."""
 
         def done() -> bool:
             return all(s.is_finished for s in watched)
 
         with self._cond:
             self._pending.extend(submitted)
-            while self._stepping and not done():
-                self._cond.wait()
-            stepping = not done()  # then nobody is stepping: this caller takes it
-            if stepping:
-                self._stepping = True
-        if stepping:
-            try:
+            if not torch_thread.is_current():
+                if submitted and not self._driving:
+                    self._driving = True
+                    torch_thread.submit(self._drive)
                 while not done():
-                    finished = self.scheduler.num_finished
-                    self._step()
-                    if self.scheduler.num_finished != finished:
-                        with self._cond:
-                            self._cond.notify_all()  # a waiting caller's sequences may be done
-            except BaseException as exc:
-                self._abort(exc)
-                raise
-            finally:
-                with self._cond:
-                    self._stepping = False
-                    self._cond.notify_all()
+                    self._cond.wait()
+        while not done():  # called on the torch thread itself: step here
+            self._advance()
         failed = next((s.error for s in watched if s.error is not None), None)
         if failed is not None:
             raise RuntimeError(f"the engine failed while serving this call: {failed!r}") from failed
+
+    def _drive(self) -> None:
+        """One step, as a job of the torch thread, queuing the next while there
+        is work: jobs of other engines and loads take turns with the steps."""
+        self._advance()
+        with self._cond:
+            self._driving = bool(self._pending) or self.scheduler.has_work()
+        if self._driving:
+            torch_thread.submit(self._drive)
+
+    def _advance(self) -> None:
+        """One step, then wake the callers if it finished some sequence (theirs
+        may be among them); a failed step fails them all, and wakes them."""
+        finished = self.scheduler.num_finished
+        try:
+            self._step()
+        except BaseException as exc:
+            self._abort(exc)
+        if self.scheduler.num_finished != finished:
+            with self._cond:
+                self._cond.notify_all()
 
     def _abort(self, exc: BaseException) -> None:
         """After a failed step: every queued or running sequence ends with `exc`,
@@ -479,9 +483,10 @@ class PagedEngine(Engine):
             seqs = self._pending + self.scheduler.abort_all()
             self._pending = []
             self._first_groups = []  # their sequences are all failed below
-        for seq in seqs + [child for seq in seqs if seq.num_forks for child in seq.siblings]:
-            seq.error = exc
-            seq.status = SequenceStatus.FINISHED
+            for seq in seqs + [child for seq in seqs if seq.num_forks for child in seq.siblings]:
+                seq.error = exc
+                seq.status = SequenceStatus.FINISHED
+            self._cond.notify_all()
 
     @torch.inference_mode()
     def _step(self) -> None:

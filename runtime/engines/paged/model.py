@@ -118,10 +118,16 @@ class Linear:
     Batch invariance: a row's result must not depend on how many rows share
     the product. oneDNN's prepacked products (bf16 and fp32) give every row the
     same bits for any number of rows from 2 up, but a single row takes another
-    kernel, so a lone row is computed as two. MKL's fp32 `F.linear`, which fp32
-    used before, picks kernels by row count (rows below 4, and tails of a
-    thread's share of rows, round differently): fp32 is prepacked too.
-    tests/test_batch_invariance.py checks the shapes of the models it runs.
+    kernel, so a lone row is computed as two. On CPUs with AMX, bf16 products
+    of more than 32 rows take other kernels again, several by row count (on a
+    Xeon with AMX, rows 33 and up, and again from about 300 or 500 up by
+    shape, differed from the same rows in pairs), so there a product runs in
+    slices of at most 32 rows: small batches lose nothing (2 to 32 rows cost
+    about the same), 128 rows cost about 2x what one product would. MKL's fp32
+    `F.linear`, which fp32 used before, picks kernels by row count (rows below
+    4, and tails of a thread's share of rows, round differently): fp32 is
+    prepacked too. tests/test_batch_invariance.py checks the shapes of the
+    models it runs.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
@@ -129,13 +135,22 @@ class Linear:
         self.bias = bias
         self.weight: torch.Tensor | None = weight
         self.packed: torch.Tensor | None = None
+        self.max_rows: int | None = None  # rows per product, where more would round otherwise
         if can_prepack(weight):
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 64)
             self.weight = None  # the packed copy replaces it
+            if weight.dtype == torch.bfloat16 and has_amx():
+                self.max_rows = AMX_MAX_ROWS
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
             return F.linear(x, self.weight, self.bias)
+        rows = x.shape[0]
+        if self.max_rows is not None and rows > self.max_rows:
+            return torch.cat([self._product(x[i:i + self.max_rows]) for i in range(0, rows, self.max_rows)])
+        return self._product(x)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] == 1:  # one row: computed as two, so it gets the batched kernel's bits
             return torch.ops.mkldnn._linear_pointwise(x.repeat(2, 1), self.packed, self.bias,
                                                       "none", [], "")[:1]
@@ -144,6 +159,15 @@ class Linear:
     @property
     def numel(self) -> int:
         return self.out_features * self.in_features
+
+
+AMX_MAX_ROWS = 32  # bf16 rows per product on AMX CPUs that keep one kernel's bits (Linear)
+
+
+def has_amx() -> bool:
+    """Whether the CPU has AMX tiles (oneDNN then runs bf16 products on them)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
 
 
 def can_prepack(weight: torch.Tensor) -> bool:

@@ -196,8 +196,9 @@ def main() -> None:
     print(f"bare GEMMs at batch {roof['batch']} on the model's shapes: bf16 "
           f"{roof['matmul_gflops']['bfloat16']:.0f} GFLOP/s, fp32 {roof['matmul_gflops']['float32']:.0f}; "
           f"engine decode ({result['dtype']}) {roof['engine_decode_tok_s']:.0f} tok/s = "
-          f"{roof['engine_gflops']:.0f} GFLOP/s = {roof['roofline_fraction']:.2f} of its dtype's bare rate "
-          f"(load {_load():.2f})", flush=True)
+          f"{roof['engine_gflops']:.0f} GFLOP/s = {roof['roofline_fraction']:.2f} of its dtype's bare rate, "
+          f"{roof['fraction_of_engine_products']:.2f} of its own products' bare rate "
+          f"({roof['engine_products_gflops'][result['dtype']]:.0f} GFLOP/s) (load {_load():.2f})", flush=True)
 
     prefill = engine_prefill(loaded, dtype, prompt_tokens=512)
     result["prefill"] = prefill
@@ -389,11 +390,16 @@ def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
     layers = linear_layers(engine)
     flops_per_token = 2 * sum(lin.numel for lin in layers)  # matmul FLOPs of one decode token
     # The machine's matmul rate on these shapes: the faster of plain and prepacked GEMMs.
-    matmul = {}
+    # The engine's own products (`packed`) may be slower than that where batch
+    # invariance costs speed (slices of 32 rows on AMX, model.Linear).
+    matmul, packed = {}, {}
     for kind in (torch.bfloat16, torch.float32):
         own = layers if kind == dtype else linear_layers_in(loaded, kind)
-        gemm_s = min(gemm_seconds(own, batch, kind, packed=False), gemm_seconds(own, batch, kind, packed=True))
-        matmul[str(kind).replace("torch.", "")] = flops_per_token * batch / gemm_s / 1e9
+        plain_s = gemm_seconds(own, batch, kind, packed=False)
+        packed_s = gemm_seconds(own, batch, kind, packed=True)
+        name = str(kind).replace("torch.", "")
+        matmul[name] = flops_per_token * batch / min(plain_s, packed_s) / 1e9
+        packed[name] = flops_per_token * batch / packed_s / 1e9
     engine.reset_prefix_cache()
     before = engine.stats()
     engine.sample([SampleRequest(p, SamplingParams(n=SAMPLES, temperature=1.0, max_tokens=new_tokens,
@@ -404,9 +410,11 @@ def roofline(loaded, dtype: torch.dtype, batch: int, new_tokens: int) -> dict:
     steps_tokens = after["decode_only_tokens"] - before["decode_only_tokens"]
     engine_gflops = flops_per_token * steps_tokens / steps_s / 1e9
     own_rate = matmul[str(dtype).replace("torch.", "")]
-    return {"batch": batch, "matmul_gflops": matmul, "engine_decode_tok_s": steps_tokens / steps_s,
-            "engine_gflops": engine_gflops, "roofline_fraction": engine_gflops / own_rate,
-            "load_average": _load()}
+    own_packed = packed[str(dtype).replace("torch.", "")]
+    return {"batch": batch, "matmul_gflops": matmul, "engine_products_gflops": packed,
+            "engine_decode_tok_s": steps_tokens / steps_s, "engine_gflops": engine_gflops,
+            "roofline_fraction": engine_gflops / own_rate,
+            "fraction_of_engine_products": engine_gflops / own_packed, "load_average": _load()}
 
 
 def linear_layers_in(loaded, dtype: torch.dtype) -> list:

@@ -176,3 +176,21 @@ def test_embedded_model_samples_are_the_same_bits_in_any_batch(dtype: torch.dtyp
     pairs = [bits(o) for i in range(0, len(reqs), 2)
              for o in chunked.sample([long_prompt, *reqs[i:i + 2]])[1:]]
     assert pairs == alone
+
+
+def test_products_run_in_slices_where_more_rows_would_round_otherwise(monkeypatch) -> None:
+    """On AMX CPUs a bf16 product runs in slices of 32 rows (model.Linear):
+    each row is what its slice's own product gives, a lone last row included."""
+    from ttsc.runtime.engines.paged import model
+
+    monkeypatch.setattr(model, "has_amx", lambda: True)
+    g = torch.Generator().manual_seed(0)
+    lin = Linear((torch.randn(960, 576, generator=g) * 0.05).bfloat16())
+    if lin.packed is None:
+        pytest.skip("no oneDNN prepacking here")
+    assert lin.max_rows == model.AMX_MAX_ROWS == 32
+    x = torch.randn(97, 576, generator=g).bfloat16()  # three slices of 32, then one row
+    slices = torch.cat([lin._product(x[i:i + 32]) for i in range(0, 97, 32)])
+    assert torch.equal(lin(x), slices)
+    assert torch.equal(lin(x[96:]), slices[96:])
+    assert Linear(torch.randn(64, 576, generator=g)).max_rows is None  # fp32: one product

@@ -161,7 +161,7 @@ def test_a_failed_step_fails_every_caller_and_the_engine_recovers(tiny_model: Lo
 
 
 def test_hf_engine_is_safe_from_threads(tiny_model: LoadedModel) -> None:
-    """One batch at a time under its lock (capabilities say so); each caller's
+    """One call at a time on the torch thread (capabilities say so); each caller's
     results and usage as when alone."""
     a_reqs, b_reqs = caller_requests("alpha")[:8], caller_requests("beta")[:8]
     a_alone, b_alone = HFEngine(tiny_model).sample(a_reqs), HFEngine(tiny_model).sample(b_reqs)

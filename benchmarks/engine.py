@@ -61,12 +61,12 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ttsc.runtime import torch_thread
 from ttsc.runtime.engines.base import Prompt, SampleRequest, SamplingParams
 from ttsc.runtime.engines.paged.engine import PagedEngine
 from ttsc.runtime.engines.paged.sampler import RowSettings
 from ttsc.runtime.engines.paged.sampler import sample as torch_sample
 from ttsc.runtime.models import SMOLLM2, load_model
-from ttsc.runtime import torch_thread
 
 QUESTIONS = (
     "What is 7 + 5?", "Name three primary colors.", "What is the capital of France?",

